@@ -1,0 +1,129 @@
+"""Command line: `mailagent run | check | status`.
+
+Commands only: each turns expected failures (MailagentError) into one readable line on stderr
+and a non-zero exit code, never a traceback. The only module that configures logging handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from mailagent import __version__
+from mailagent.config import Settings, find_config_path, load_settings
+from mailagent.errors import MailagentError
+from mailagent.mailbox import Mailbox
+from mailagent.notify import check_smtp
+from mailagent.service import run_service
+from mailagent.store import Store
+
+log = logging.getLogger("mailagent")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(find_config_path(args.config))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    run_service(_settings(args))
+    return 0
+
+
+def _check_imap(settings: Settings) -> str:
+    mailbox = Mailbox(settings.imap)
+    mailbox.connect()
+    idle = "IDLE" if mailbox.can_idle else "polling (no IDLE)"
+    mailbox.close()
+    return f"IMAP login as {settings.imap.username} on {settings.imap.host}, folder " \
+           f"{settings.imap.folder!r}, {idle}"
+
+
+def _check_smtp(settings: Settings) -> str:
+    asyncio.run(check_smtp(settings.smtp))
+    who = settings.smtp.username or "no AUTH"
+    return f"SMTP {settings.smtp.host}:{settings.smtp.port} ({who})"
+
+
+def _check_store(settings: Settings) -> str:
+    store = Store.open(settings.database_url)
+    store.close()
+    return f"database {settings.database_url}"
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(f"ok: config {settings.config_path}")
+    checks: list[Callable[[Settings], str]] = [_check_store, _check_imap, _check_smtp]
+    failures = 0
+    for check in checks:
+        try:
+            print(f"ok: {check(settings)}")
+        except MailagentError as exc:
+            failures += 1
+            print(f"error: {exc}")
+    if settings.owner.verification == "none":
+        print('warning: owner.verification = "none" trusts the From header alone')
+    return 1 if failures else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    store = Store.open(settings.database_url)
+    try:
+        print("Conversations:")
+        for c in store.conversations() or []:
+            counts = ", ".join(f"{n} {state}" for state, n in sorted(c.task_counts.items()))
+            print(f"  {c.name}: {counts or 'no tasks'}")
+        print("Tasks:")
+        for t in store.tasks():
+            print(f"  #{t.task_id} [{t.conversation_name}] {t.state}: {t.subject[:60]}"
+                  f" (from {t.owner_address}, {t.created_at:%Y-%m-%d %H:%M})")
+        print("Commands waiting:")
+        for command in store.commands():
+            if command.state == "pending":
+                print(f"  #{command.command_id} {command.name} {command.argument}".rstrip())
+        print("Recent refusals:")
+        for event in store.audit_events("intake.", limit=10):
+            if event.kind != "intake.duplicate":
+                print(f"  {event.at:%Y-%m-%d %H:%M} {event.kind}: {event.reason}")
+    finally:
+        store.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailagent", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mailagent {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, text in (
+        ("run", cmd_run, "run the service in the foreground until SIGINT/SIGTERM"),
+        ("check", cmd_check, "validate the config and log in to IMAP and SMTP"),
+        ("status", cmd_status, "print conversations, tasks and refusals"),
+    ):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--config", help="config file (default: $MAILAGENT_CONFIG, "
+                             "then the user config dir)")
+        command.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        logging.getLogger("imapclient").setLevel(logging.WARNING)
+    try:
+        result: int = args.func(args)
+        return result
+    except MailagentError as exc:
+        print(f"mailagent: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,288 @@
+"""Configuration: one TOML file (plus `*_env` secrets) -> frozen settings.
+
+In: the path of the config file and the process environment. Out: `Settings`, a tree of frozen
+dataclasses, each stage receiving only its own section. This is the only module that reads
+`os.environ`. It never logs a secret, and every error names the file, the key and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from mailagent.errors import ConfigError
+
+SECURITY_MODES = ("ssl", "starttls", "none")
+VERIFICATION_MODES = ("authentication-results", "dkim", "none")
+CONFIG_ENV = "MAILAGENT_CONFIG"
+FAILPOINT_ENV = "MAILAGENT_FAILPOINT"
+
+
+@dataclass(frozen=True)
+class ImapSettings:
+    host: str
+    port: int
+    security: str
+    username: str
+    password: str
+    folder: str = "INBOX"
+    timeout_seconds: float = 30.0
+    idle_renew_seconds: float = 300.0
+    poll_seconds: float = 60.0
+    reconnect_max_seconds: float = 300.0
+    done_keyword: str = "$MailagentDone"
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    security: str
+    from_address: str
+    username: str | None = None
+    password: str | None = None
+    timeout_seconds: float = 30.0
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class OwnerSettings:
+    addresses: tuple[str, ...]
+    verification: str
+    trusted_authserv_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str = "claude-sonnet-4-6"
+    base_url: str | None = None
+    api_key: str | None = None
+    max_context_tokens: int = 100_000
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Resource limits on incoming mail (SECURITY.md R1) and the replay window (S2)."""
+
+    max_message_bytes: int = 25 * 1024 * 1024
+    max_header_bytes: int = 256 * 1024
+    max_mime_depth: int = 20
+    max_mime_parts: int = 200
+    max_attachments: int = 20
+    max_attachment_bytes: int = 20 * 1024 * 1024
+    max_age_days: float = 14.0
+    max_future_minutes: float = 60.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    config_path: Path
+    data_dir: Path
+    policies_dir: Path
+    database_url: str
+    imap: ImapSettings
+    smtp: SmtpSettings
+    owner: OwnerSettings
+    model: ModelSettings
+    limits: LimitSettings
+    failpoint: str | None = None
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return self.data_dir / "workspaces"
+
+
+class _Section:
+    """Typed access to one TOML table, with errors that name file and key."""
+
+    def __init__(self, data: Mapping[str, Any], path: Path, prefix: str) -> None:
+        self.data, self.path, self.prefix = data, path, prefix
+
+    def _fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.prefix}{key} {problem} in {self.path}")
+
+    def get(self, key: str, kind: type, default: Any = ...) -> Any:
+        if key not in self.data:
+            if default is ...:
+                raise self._fail(key, "is missing: set it")
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self._fail(key, f"must be a {kind.__name__}, not {value!r}: fix its value")
+        return value
+
+    def positive(self, key: str, kind: type, default: Any) -> Any:
+        value = self.get(key, kind, default)
+        if value <= 0:
+            raise self._fail(key, f"must be greater than zero, not {value!r}: fix its value")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: Any = ...) -> str:
+        value: str = self.get(key, str, default)
+        if value not in choices:
+            raise self._fail(key, f"is {value!r}: use one of {', '.join(choices)}")
+        return value
+
+    def strings(self, key: str, default: Any = ...) -> tuple[str, ...]:
+        values = self.get(key, list, default)
+        if not all(isinstance(v, str) and v.strip() for v in values):
+            raise self._fail(key, "must be a list of non-empty strings: fix its value")
+        return tuple(values)
+
+    def secret(self, key: str, environ: Mapping[str, str], required: bool = True) -> str | None:
+        """A secret given inline as `key` or through the variable named by `key_env`."""
+        if key in self.data:
+            return str(self.get(key, str))
+        env_key = f"{key}_env"
+        if env_key in self.data:
+            name = self.get(env_key, str)
+            if environ.get(name):
+                return environ[name]
+            if not required:
+                return None
+            raise ConfigError(
+                f"{self.prefix}{env_key} names the environment variable {name}, which is not "
+                f"set (config {self.path}): export {name}, or give {self.prefix}{key} inline"
+            )
+        if required:
+            raise self._fail(key, f"is missing: set {self.prefix}{key} or {self.prefix}{env_key}")
+        return None
+
+    def section(self, key: str, required: bool = True) -> _Section:
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                raise self._fail(key, "section is missing: add a [" + key + "] table")
+            value = {}
+        if not isinstance(value, dict):
+            raise self._fail(key, "must be a table: write it as [" + key + "]")
+        return _Section(value, self.path, f"{self.prefix}{key}.")
+
+
+def _default_port(security: str, ssl: int, starttls: int, plain: int) -> int:
+    return {"ssl": ssl, "starttls": starttls, "none": plain}[security]
+
+
+def _imap(s: _Section, environ: Mapping[str, str]) -> ImapSettings:
+    security = s.choice("security", SECURITY_MODES, "ssl")
+    return ImapSettings(
+        host=s.get("host", str),
+        port=s.get("port", int, _default_port(security, 993, 143, 143)),
+        security=security,
+        username=s.get("username", str),
+        password=s.secret("password", environ) or "",
+        folder=s.get("folder", str, "INBOX"),
+        timeout_seconds=s.positive("timeout_seconds", float, 30.0),
+        idle_renew_seconds=s.positive("idle_renew_seconds", float, 300.0),
+        poll_seconds=s.positive("poll_seconds", float, 60.0),
+        reconnect_max_seconds=s.positive("reconnect_max_seconds", float, 300.0),
+        done_keyword=s.get("done_keyword", str, "$MailagentDone"),
+        ca_file=s.get("ca_file", str, None),
+    )
+
+
+def _smtp(s: _Section, environ: Mapping[str, str]) -> SmtpSettings:
+    security = s.choice("security", SECURITY_MODES, "ssl")
+    username = s.get("username", str, None)
+    return SmtpSettings(
+        host=s.get("host", str),
+        port=s.get("port", int, _default_port(security, 465, 587, 25)),
+        security=security,
+        from_address=s.get("from", str),
+        username=username,
+        password=s.secret("password", environ, required=username is not None),
+        timeout_seconds=s.positive("timeout_seconds", float, 30.0),
+        ca_file=s.get("ca_file", str, None),
+    )
+
+
+def _owner(s: _Section) -> OwnerSettings:
+    addresses = tuple(a.strip().lower() for a in s.strings("addresses"))
+    if not addresses:
+        raise ConfigError(f"owner.addresses is empty in {s.path}: list your own address")
+    verification = s.choice("verification", VERIFICATION_MODES, "authentication-results")
+    trusted = tuple(t.lower() for t in s.strings("trusted_authserv_ids", []))
+    if verification == "authentication-results" and not trusted:
+        raise ConfigError(
+            f"owner.trusted_authserv_ids is empty in {s.path}: list the authserv-id your "
+            "provider writes in Authentication-Results (e.g. mx.google.com), or choose "
+            'owner.verification = "dkim"'
+        )
+    return OwnerSettings(addresses, verification, trusted)
+
+
+def _model(s: _Section, environ: Mapping[str, str]) -> ModelSettings:
+    key_env = s.get("api_key_env", str, "ANTHROPIC_API_KEY")
+    api_key = s.get("api_key", str, None) or environ.get(key_env) or None
+    return ModelSettings(
+        name=s.get("name", str, "claude-sonnet-4-6"),
+        base_url=s.get("base_url", str, None) or environ.get("ANTHROPIC_BASE_URL") or None,
+        api_key=api_key,
+        max_context_tokens=s.positive("max_context_tokens", int, 100_000),
+    )
+
+
+def _limits(s: _Section) -> LimitSettings:
+    d = LimitSettings()
+    values = {
+        name: s.positive(name, type(getattr(d, name)), getattr(d, name))
+        for name in LimitSettings.__dataclass_fields__
+    }
+    return LimitSettings(**values)
+
+
+def _path(value: str, base: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def find_config_path(given: str | None, environ: Mapping[str, str] | None = None) -> Path:
+    """The config path from the command line, else $MAILAGENT_CONFIG, else the user's config dir."""
+    environ = os.environ if environ is None else environ
+    if given:
+        return Path(given).expanduser()
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV]).expanduser()
+    return Path(platformdirs.user_config_dir("mailagent")) / "mailagent.toml"
+
+
+def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the config file at `path`; raise ConfigError naming what to fix."""
+    environ = os.environ if environ is None else environ
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no config file at {path}: create it (see README.md) or pass --config PATH"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    root = _Section(data, path, "")
+    base = path.resolve().parent
+    data_dir = _path(
+        root.get("data_dir", str, platformdirs.user_data_dir("mailagent")), base
+    ).resolve()
+    database_url = root.get("database_url", str, f"sqlite:///{data_dir / 'mailagent.db'}")
+    return Settings(
+        config_path=path.resolve(),
+        data_dir=data_dir,
+        policies_dir=_path(root.get("policies_dir", str, "policies"), base).resolve(),
+        database_url=database_url,
+        imap=_imap(root.section("imap"), environ),
+        smtp=_smtp(root.section("smtp"), environ),
+        owner=_owner(root.section("owner")),
+        model=_model(root.section("model", required=False), environ),
+        limits=_limits(root.section("limits", required=False)),
+        failpoint=environ.get(FAILPOINT_ENV) or None,
+    )

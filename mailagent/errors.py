@@ -1,0 +1,58 @@
+"""The exception tree of mailagent.
+
+    MailagentError                 transient = False unless a subclass says otherwise
+    ├── ConfigError                the config file is missing, unreadable or invalid
+    ├── AlreadyRunningError        another instance holds the data directory (L5)
+    ├── StoreError                 the database cannot be opened or migrated
+    └── MailboxError               IMAP trouble, translated from imapclient/socket errors
+        ├── ConnectError           host unreachable, TLS failure, timeout (transient)
+        ├── LoginError             the server refused the credentials
+        ├── ConnectionLostError    the connection died while in use (transient)
+        └── FolderError            the configured folder does not exist or cannot be selected
+
+Every error carries a message that names the failure, the value involved and the next step.
+"""
+
+from __future__ import annotations
+
+
+class MailagentError(Exception):
+    """Base of every error mailagent raises on purpose."""
+
+    transient: bool = False
+
+
+class ConfigError(MailagentError):
+    """The configuration cannot be used as it is."""
+
+
+class AlreadyRunningError(MailagentError):
+    """Another mailagent process is using the same data directory."""
+
+
+class StoreError(MailagentError):
+    """The database cannot be opened, migrated or written."""
+
+
+class MailboxError(MailagentError):
+    """Talking to the IMAP server failed."""
+
+
+class ConnectError(MailboxError):
+    """The IMAP server could not be reached or the secure channel failed."""
+
+    transient = True
+
+
+class LoginError(MailboxError):
+    """The IMAP server refused the login."""
+
+
+class ConnectionLostError(MailboxError):
+    """An established IMAP connection broke or stopped answering."""
+
+    transient = True
+
+
+class FolderError(MailboxError):
+    """The configured folder cannot be selected."""

@@ -1,0 +1,210 @@
+"""The service: wires the stages, owns the event loop, and handles each message end to end.
+
+In: `Settings`. Out: the running daemon until SIGINT/SIGTERM. Side effects: the data directory's
+lock (one instance per data directory, SECURITY.md L5), the store, the IMAP connection (through
+the mailbox watcher), attachment files in workspaces. Here and only here is the catch-all around
+each message: whatever goes wrong is recorded with its reason and the service goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from mailagent.config import Settings
+from mailagent.errors import AlreadyRunningError
+from mailagent.intake import Inbound, IntakeRules, Rejection, content_key, read_inbound
+from mailagent.mailbox import Fetched, Watcher
+from mailagent.store import NewCommand, NewTask, Store
+from mailagent.threads import CommandRoute, route
+from mailagent.workspace import save_attachments, workspace_dir
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+
+
+@contextmanager
+def instance_lock(data_dir: Path) -> Iterator[None]:
+    """Hold the data directory's lock, or raise AlreadyRunningError (SECURITY.md L5)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(data_dir / "mailagent.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise AlreadyRunningError(
+            f"another mailagent is running on {data_dir}: stop it first (or give this one "
+            "another data_dir)"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class Service:
+    """The daemon. It is also the mailbox's sink: every fetched message comes through here."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings, self.store = settings, store
+        self.watcher = Watcher(settings.imap, self, settings.limits.max_message_bytes,
+                               settings.limits.max_age_days)
+        self.stopping = threading.Event()
+
+    # ------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        if self.settings.owner.verification == "none":
+            log.warning("owner.verification is \"none\": ANYONE who writes From: your address "
+                        "can give orders; use authentication-results or dkim")
+        self.process_pending()
+        watching = asyncio.create_task(asyncio.to_thread(self.watch))
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
+                signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+        log.info("mailagent running data_dir=%s", self.settings.data_dir)
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({watching, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        log.info("shutting down")
+        self.stop()
+        await watching
+        stopped.cancel()
+
+    def watch(self) -> None:
+        """Run the mailbox watcher; a bug in it is logged and the watcher restarted."""
+        while not self.stopping.is_set():
+            try:
+                self.watcher.run()
+            except Exception:  # keep the service alive; the error is in the log with its trace
+                log.exception("mailbox watcher failed; restarting it in 5 s")
+                self.stopping.wait(5)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.watcher.stop()
+
+    # ------------------------------------------------------------ the mailbox sink
+
+    def position(self, folder: str) -> tuple[int, int] | None:
+        self.process_pending()
+        return self.store.mailbox_position(folder)
+
+    def advance(self, folder: str, uidvalidity: int, last_uid: int) -> None:
+        self.store.set_mailbox_position(folder, uidvalidity, last_uid)
+
+    def unflagged(self, folder: str, uidvalidity: int) -> list[int]:
+        return self.store.unflagged_uids(folder, uidvalidity)
+
+    def flagged(self, folder: str, uidvalidity: int, uids: Sequence[int]) -> None:
+        self.store.mark_flagged(folder, uidvalidity, uids)
+
+    def receive(self, fetched: Fetched) -> None:
+        """A message counts as received once its raw bytes are committed (SECURITY.md L1)."""
+        key, message_id = content_key(fetched.raw)
+        failpoint(self.settings, "after-fetch")
+        saved = self.store.save_raw(
+            folder=fetched.folder, uidvalidity=fetched.uidvalidity, uid=fetched.uid,
+            raw=fetched.raw, size=fetched.size, content_key=key, message_id=message_id,
+        )
+        failpoint(self.settings, "after-save")
+        if not saved.is_new:
+            log.info("duplicate uid=%s message_id=%s", fetched.uid, message_id)
+            self.store.audit("intake.duplicate", "same content seen before: not acted on again",
+                             raw_message_id=saved.raw_message_id, detail={"uid": fetched.uid})
+            return
+        log.info("received uid=%s raw_message_id=%s", fetched.uid, saved.raw_message_id)
+        self.process(saved.raw_message_id)
+        failpoint(self.settings, "after-process")
+
+    # ------------------------------------------------------------ one message, top to bottom
+
+    def process_pending(self) -> None:
+        """Finish messages stored before a crash but never processed."""
+        for raw_message_id in self.store.unprocessed_raw_ids():
+            self.process(raw_message_id)
+
+    def process(self, raw_message_id: int) -> None:
+        """Intake, threads, and the durable outcome of one stored message; never raises."""
+        raw, size, attempts = self.store.begin_processing(raw_message_id)
+        if attempts > MAX_ATTEMPTS:
+            self.store.record_rejection(raw_message_id, "intake.error",
+                                        f"gave up after {MAX_ATTEMPTS} attempts", {})
+            return
+        try:
+            rules = IntakeRules(self.settings.owner, self.settings.limits, datetime.now(UTC),
+                                is_ours=self.store.is_our_message_id)
+            outcome = read_inbound(raw, size, rules)
+            if isinstance(outcome, Rejection):
+                self.reject(raw_message_id, outcome)
+            else:
+                self.accept(raw_message_id, outcome)
+        except Exception as exc:  # the one catch-all per message: record it and go on
+            log.exception("processing raw_message_id=%s failed", raw_message_id)
+            self.store.record_rejection(raw_message_id, "intake.error",
+                                        f"internal error: {type(exc).__name__}: {exc}", {})
+
+    def reject(self, raw_message_id: int, rejection: Rejection) -> None:
+        log.info("rejected raw_message_id=%s kind=%s reason=%s", raw_message_id,
+                 rejection.kind, rejection.reason)
+        detail: dict[str, Any] = {**rejection.detail, "tell_owner": rejection.tell_owner}
+        self.store.record_rejection(raw_message_id, f"intake.{rejection.kind}",
+                                    rejection.reason, detail)
+
+    def accept(self, raw_message_id: int, inbound: Inbound) -> None:
+        thread = self.store.find_thread([*inbound.references, *inbound.in_reply_to])
+        destination = route(inbound, thread)
+        references = (*inbound.references, *inbound.in_reply_to)
+        if isinstance(destination, CommandRoute):
+            command_id = self.store.record_command(raw_message_id, NewCommand(
+                name=destination.name, argument=destination.argument,
+                conversation_name=destination.conversation_name, task_id=destination.task_id,
+                owner_address=inbound.owner_address, subject=inbound.subject,
+                message_id=inbound.message_id, references=references,
+            ), reason=f"command from {inbound.owner_address} ({inbound.authenticated_by})")
+            log.info("command raw_message_id=%s command_id=%s name=%s", raw_message_id,
+                     command_id, destination.name)
+            return
+        workspace = workspace_dir(self.settings.workspaces_dir, destination.conversation_name)
+        attachments = save_attachments(workspace, raw_message_id, inbound.attachments)
+        task_id = self.store.record_task(raw_message_id, NewTask(
+            conversation_name=destination.conversation_name,
+            owner_address=inbound.owner_address, subject=inbound.subject,
+            message_id=inbound.message_id, references=references,
+            instruction=inbound.typed_text,
+            data={"quoted_text": inbound.quoted_text, "forwarded": list(inbound.forwarded),
+                  "attachments": attachments, "continues_task_id": destination.continues_task_id,
+                  "date": inbound.date.isoformat() if inbound.date else None},
+        ), reason=f"task from {inbound.owner_address} ({inbound.authenticated_by})")
+        log.info("task queued raw_message_id=%s task_id=%s conversation=%s", raw_message_id,
+                 task_id, destination.conversation_name)
+
+
+def failpoint(settings: Settings, name: str) -> None:
+    """Die here as `kill -9` would, when MAILAGENT_FAILPOINT names this point (crash tests)."""
+    if settings.failpoint == name:
+        log.warning("failpoint %s: killing the process", name)
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+
+def run_service(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM; raises AlreadyRunningError if the data dir is taken."""
+    with instance_lock(settings.data_dir):
+        store = Store.open(settings.database_url)
+        try:
+            asyncio.run(Service(settings, store).run())
+        finally:
+            store.close()

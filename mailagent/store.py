@@ -1,0 +1,590 @@
+"""The store: SQLModel tables, forward-only named migrations, and the queries of every stage.
+
+In: calls from the service and the CLI. Out: frozen dataclasses (never live ORM objects).
+Side effects: the database only (SQLite in WAL mode by default, any SQLAlchemy URL otherwise).
+It must never decide anything: it records what the stages decided, each change in one transaction,
+so that a crash between two calls leaves a state the service can resume from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, Connection, LargeBinary, event, func, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+
+from mailagent.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+TASK_STATES = ("queued", "running", "waiting_approval", "done", "failed", "cancelled")
+TASK_TRANSITIONS: dict[str, frozenset[str]] = {
+    "queued": frozenset({"running", "cancelled"}),
+    "running": frozenset({"queued", "waiting_approval", "done", "failed", "cancelled"}),
+    "waiting_approval": frozenset({"running", "failed", "cancelled"}),
+    "done": frozenset(),
+    "failed": frozenset(),
+    "cancelled": frozenset(),
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------- tables
+
+
+class Migration(SQLModel, table=True):
+    name: str = Field(primary_key=True)
+    applied_at: datetime
+
+
+class MailboxState(SQLModel, table=True):
+    folder: str = Field(primary_key=True)
+    uidvalidity: int
+    last_uid: int = 0
+
+
+class RawMessage(SQLModel, table=True):
+    __tablename__ = "raw_message"
+    raw_message_id: int | None = Field(default=None, primary_key=True)
+    content_key: str = Field(unique=True, index=True)
+    folder: str
+    uidvalidity: int
+    uid: int
+    message_id: str | None = None
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    size: int
+    truncated: bool = False
+    received_at: datetime
+    state: str = "received"  # received -> processed
+    outcome: str | None = None  # task | command | rejected
+    reason: str | None = None
+    attempts: int = 0
+    flagged: bool = False
+
+
+class Conversation(SQLModel, table=True):
+    conversation_id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    created_at: datetime
+
+
+class Task(SQLModel, table=True):
+    task_id: int | None = Field(default=None, primary_key=True)
+    conversation_id: int = Field(foreign_key="conversation.conversation_id", index=True)
+    raw_message_id: int | None = Field(default=None, foreign_key="raw_message.raw_message_id")
+    state: str = Field(default="queued", index=True)
+    owner_address: str
+    subject: str
+    message_id: str | None = None
+    references: str = ""
+    instruction: str
+    data_json: str = "{}"
+    reason: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class Command(SQLModel, table=True):
+    command_id: int | None = Field(default=None, primary_key=True)
+    raw_message_id: int | None = Field(default=None, foreign_key="raw_message.raw_message_id")
+    conversation_id: int | None = Field(default=None, foreign_key="conversation.conversation_id")
+    task_id: int | None = Field(default=None, foreign_key="task.task_id")
+    name: str
+    argument: str = ""
+    owner_address: str
+    subject: str
+    message_id: str | None = None
+    references: str = ""
+    state: str = Field(default="pending", index=True)  # pending -> done
+    created_at: datetime
+
+
+class ThreadRef(SQLModel, table=True):
+    __tablename__ = "thread_ref"
+    message_id: str = Field(primary_key=True)
+    conversation_id: int = Field(foreign_key="conversation.conversation_id")
+    task_id: int | None = Field(default=None, foreign_key="task.task_id")
+    direction: str  # in | out
+
+
+class AuditEvent(SQLModel, table=True):
+    __tablename__ = "audit_event"
+    audit_id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(index=True)
+    kind: str = Field(index=True)
+    raw_message_id: int | None = None
+    task_id: int | None = None
+    reason: str = ""
+    detail_json: str = "{}"
+
+
+def _initial(connection: Connection) -> None:
+    tables = [
+        SQLModel.metadata.tables[name]
+        for name in (
+            "mailboxstate",
+            "raw_message",
+            "conversation",
+            "task",
+            "command",
+            "thread_ref",
+            "audit_event",
+        )
+    ]
+    SQLModel.metadata.create_all(connection, tables=tables)
+
+
+# Forward-only: append new migrations, never edit or reorder applied ones.
+MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
+    ("0001_initial", _initial),
+]
+
+
+# ---------------------------------------------------------------- views handed to other modules
+
+
+@dataclass(frozen=True)
+class SavedRaw:
+    raw_message_id: int
+    is_new: bool
+
+
+@dataclass(frozen=True)
+class ThreadMatch:
+    conversation_id: int
+    conversation_name: str
+    task_id: int | None
+
+
+@dataclass(frozen=True)
+class TaskView:
+    task_id: int
+    conversation_name: str
+    state: str
+    subject: str
+    owner_address: str
+    instruction: str
+    data: dict[str, Any]
+    created_at: datetime
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class CommandView:
+    command_id: int
+    name: str
+    argument: str
+    conversation_name: str | None
+    task_id: int | None
+    state: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AuditView:
+    audit_id: int
+    at: datetime
+    kind: str
+    reason: str
+    raw_message_id: int | None
+    task_id: int | None
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ConversationView:
+    conversation_id: int
+    name: str
+    task_counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A task to record for an inbound message (built by the service from intake and threads)."""
+
+    conversation_name: str
+    owner_address: str
+    subject: str
+    message_id: str | None
+    references: tuple[str, ...]
+    instruction: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class NewCommand:
+    name: str
+    argument: str
+    conversation_name: str | None
+    task_id: int | None
+    owner_address: str
+    subject: str
+    message_id: str | None
+    references: tuple[str, ...]
+
+
+# ---------------------------------------------------------------- the store
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def create_store_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite files get their folder created and WAL switched on."""
+    try:
+        if url.startswith("sqlite"):
+            path = url.split("///", 1)[1] if "///" in url else ""
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            event.listen(engine, "connect", _sqlite_pragmas)
+            return engine
+        return create_engine(url, pool_pre_ping=True)
+    except (SQLAlchemyError, OSError, ValueError) as exc:
+        raise StoreError(f"cannot open the database {url!r}: {exc}") from exc
+
+
+class Store:
+    """Every read and write of mailagent's state. Safe to share between threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        store = cls(create_store_engine(url))
+        store.migrate()
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        try:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database error: {exc}") from exc
+
+    def migrate(self) -> list[str]:
+        """Apply the migrations not applied yet, in order; return their names."""
+        applied: list[str] = []
+        try:
+            with self.engine.begin() as connection:
+                SQLModel.metadata.create_all(
+                    connection, tables=[SQLModel.metadata.tables["migration"]]
+                )
+            for name, migration in MIGRATIONS:
+                with self.engine.begin() as connection:
+                    done = connection.execute(
+                        text("SELECT 1 FROM migration WHERE name = :name"), {"name": name}
+                    ).first()
+                    if done:
+                        continue
+                    migration(connection)
+                    connection.execute(
+                        text("INSERT INTO migration (name, applied_at) VALUES (:n, :t)"),
+                        {"n": name, "t": utcnow()},
+                    )
+                    applied.append(name)
+                    log.info("applied migration %s", name)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot migrate the database: {exc}") from exc
+        return applied
+
+    # ------------------------------------------------------------ mailbox bookkeeping
+
+    def mailbox_position(self, folder: str) -> tuple[int, int] | None:
+        """(uidvalidity, last_uid) recorded for `folder`, or None on first contact."""
+        with self.session() as s:
+            row = s.get(MailboxState, folder)
+            return (row.uidvalidity, row.last_uid) if row else None
+
+    def set_mailbox_position(self, folder: str, uidvalidity: int, last_uid: int) -> None:
+        with self.session() as s:
+            row = s.get(MailboxState, folder)
+            row = row or MailboxState(folder=folder, uidvalidity=uidvalidity)
+            if row.uidvalidity != uidvalidity:
+                row.uidvalidity, row.last_uid = uidvalidity, 0
+            row.last_uid = max(row.last_uid, last_uid)
+            s.add(row)
+
+    def is_known_content(self, content_key: str) -> bool:
+        with self.session() as s:
+            found = s.exec(select(RawMessage.raw_message_id).where(
+                RawMessage.content_key == content_key)).first()
+            return found is not None
+
+    def save_raw(
+        self,
+        *,
+        folder: str,
+        uidvalidity: int,
+        uid: int,
+        raw: bytes,
+        size: int,
+        content_key: str,
+        message_id: str | None,
+    ) -> SavedRaw:
+        """Commit the raw bytes (or note a duplicate) and advance the folder's last UID, at once.
+
+        A message whose content key is known already is not stored again; its location is
+        updated so that flags are set on the copy the server has now.
+        """
+        with self.session() as s:
+            query = select(RawMessage).where(RawMessage.content_key == content_key)
+            existing = s.exec(query).first()
+            if existing is not None:
+                existing.folder, existing.uidvalidity, existing.uid = folder, uidvalidity, uid
+                existing.flagged = False
+                s.add(existing)
+                saved = SavedRaw(_id(existing.raw_message_id), is_new=False)
+            else:
+                row = RawMessage(
+                    content_key=content_key, folder=folder, uidvalidity=uidvalidity, uid=uid,
+                    message_id=message_id, raw=raw, size=size, truncated=len(raw) < size,
+                    received_at=utcnow(),
+                )
+                s.add(row)
+                s.flush()
+                saved = SavedRaw(_id(row.raw_message_id), is_new=True)
+            position = s.get(MailboxState, folder)
+            if position is None or position.uidvalidity != uidvalidity:
+                position = MailboxState(folder=folder, uidvalidity=uidvalidity, last_uid=0)
+                position = s.merge(position)
+            position.last_uid = max(position.last_uid, uid)
+            s.add(position)
+            return saved
+
+    def begin_processing(self, raw_message_id: int) -> tuple[bytes, int, int]:
+        """Count one more attempt at a stored message: (raw bytes, size on server, attempts)."""
+        with self.session() as s:
+            row = s.get(RawMessage, raw_message_id)
+            if row is None:
+                raise StoreError(f"no raw message {raw_message_id}")
+            row.attempts += 1
+            s.add(row)
+            return row.raw, row.size, row.attempts
+
+    def is_our_message_id(self, message_id: str) -> bool:
+        with self.session() as s:
+            ref = s.get(ThreadRef, message_id)
+            return ref is not None and ref.direction == "out"
+
+    def unprocessed_raw_ids(self) -> list[int]:
+        with self.session() as s:
+            rows = s.exec(select(RawMessage.raw_message_id).where(RawMessage.state == "received")
+                          .order_by(col(RawMessage.raw_message_id)))
+            return [_id(r) for r in rows]
+
+    def unflagged_uids(self, folder: str, uidvalidity: int) -> list[int]:
+        """UIDs in `folder` whose message is processed but not yet flagged on the server."""
+        with self.session() as s:
+            rows = s.exec(select(RawMessage.uid).where(
+                RawMessage.folder == folder, RawMessage.uidvalidity == uidvalidity,
+                RawMessage.state == "processed", col(RawMessage.flagged).is_(False)))
+            return sorted(rows)
+
+    def mark_flagged(self, folder: str, uidvalidity: int, uids: Iterable[int]) -> None:
+        uid_list = list(uids)
+        with self.session() as s:
+            rows = s.exec(select(RawMessage).where(
+                RawMessage.folder == folder, RawMessage.uidvalidity == uidvalidity,
+                col(RawMessage.uid).in_(uid_list)))
+            for row in rows:
+                row.flagged = True
+                s.add(row)
+
+    # ------------------------------------------------------------ outcomes of intake
+
+    def find_thread(self, message_ids: Sequence[str]) -> ThreadMatch | None:
+        """The conversation (and task) of the latest of `message_ids` that is known."""
+        if not message_ids:
+            return None
+        with self.session() as s:
+            refs = {r.message_id: r for r in s.exec(select(ThreadRef).where(
+                col(ThreadRef.message_id).in_(list(message_ids))))}
+            for message_id in reversed(message_ids):
+                ref = refs.get(message_id)
+                if ref is not None:
+                    conversation = s.get(Conversation, ref.conversation_id)
+                    assert conversation is not None
+                    return ThreadMatch(ref.conversation_id, conversation.name, ref.task_id)
+        return None
+
+    def record_task(self, raw_message_id: int | None, new: NewTask, reason: str) -> int:
+        """Record a queued task, its thread reference and audit row; mark the raw processed."""
+        with self.session() as s:
+            conversation = _conversation(s, new.conversation_name)
+            now = utcnow()
+            task = Task(
+                conversation_id=_id(conversation.conversation_id), raw_message_id=raw_message_id,
+                owner_address=new.owner_address, subject=new.subject, message_id=new.message_id,
+                references=" ".join(new.references), instruction=new.instruction,
+                data_json=json.dumps(new.data), created_at=now, updated_at=now,
+            )
+            s.add(task)
+            s.flush()
+            task_id = _id(task.task_id)
+            _add_ref(s, new.message_id, _id(conversation.conversation_id), task_id)
+            _audit(s, "task.queued", reason, raw_message_id, task_id,
+                   {"conversation": new.conversation_name})
+            _processed(s, raw_message_id, "task", reason)
+            return task_id
+
+    def record_command(self, raw_message_id: int | None, new: NewCommand, reason: str) -> int:
+        with self.session() as s:
+            conversation_id = None
+            if new.conversation_name is not None:
+                conversation = _conversation(s, new.conversation_name)
+                conversation_id = _id(conversation.conversation_id)
+                _add_ref(s, new.message_id, conversation_id, new.task_id)
+            command = Command(
+                raw_message_id=raw_message_id, conversation_id=conversation_id,
+                task_id=new.task_id, name=new.name, argument=new.argument,
+                owner_address=new.owner_address, subject=new.subject, message_id=new.message_id,
+                references=" ".join(new.references), created_at=utcnow(),
+            )
+            s.add(command)
+            s.flush()
+            _audit(s, "command.received", reason, raw_message_id, new.task_id,
+                   {"command": new.name, "argument": new.argument})
+            _processed(s, raw_message_id, "command", reason)
+            return _id(command.command_id)
+
+    def record_rejection(
+        self, raw_message_id: int | None, kind: str, reason: str, detail: dict[str, Any]
+    ) -> None:
+        """Record why a message creates no task; the raw message counts as handled."""
+        with self.session() as s:
+            _audit(s, kind, reason, raw_message_id, None, detail)
+            _processed(s, raw_message_id, "rejected", reason)
+
+    def audit(self, kind: str, reason: str, *, raw_message_id: int | None = None,
+              task_id: int | None = None, detail: dict[str, Any] | None = None) -> None:
+        with self.session() as s:
+            _audit(s, kind, reason, raw_message_id, task_id, detail or {})
+
+    # ------------------------------------------------------------ tasks
+
+    def set_task_state(self, task_id: int, state: str, reason: str | None = None) -> None:
+        """Move a task along the state machine; an illegal transition raises StoreError."""
+        with self.session() as s:
+            task = s.get(Task, task_id)
+            if task is None:
+                raise StoreError(f"no task {task_id}")
+            if state not in TASK_TRANSITIONS[task.state]:
+                raise StoreError(f"task {task_id} cannot go from {task.state} to {state}")
+            task.state, task.reason, task.updated_at = state, reason, utcnow()
+            s.add(task)
+            _audit(s, f"task.{state}", reason or "", task.raw_message_id, task_id, {})
+
+    # ------------------------------------------------------------ reading, for status and tests
+
+    def tasks(self, states: Sequence[str] = TASK_STATES) -> list[TaskView]:
+        with self.session() as s:
+            rows = s.exec(select(Task, Conversation.name).join(Conversation).where(
+                col(Task.state).in_(list(states))).order_by(col(Task.task_id)))
+            return [
+                TaskView(_id(t.task_id), name, t.state, t.subject, t.owner_address,
+                         t.instruction, json.loads(t.data_json), t.created_at, t.reason)
+                for t, name in rows
+            ]
+
+    def commands(self) -> list[CommandView]:
+        with self.session() as s:
+            rows = s.exec(select(Command, Conversation.name).join(
+                Conversation, isouter=True).order_by(col(Command.command_id)))
+            return [
+                CommandView(_id(c.command_id), c.name, c.argument, name, c.task_id, c.state,
+                            c.created_at)
+                for c, name in rows
+            ]
+
+    def conversations(self) -> list[ConversationView]:
+        with self.session() as s:
+            counts: dict[int, dict[str, int]] = {}
+            for conversation_id, state, n in s.exec(
+                select(Task.conversation_id, Task.state, func.count()).group_by(
+                    col(Task.conversation_id), col(Task.state))
+            ):
+                counts.setdefault(conversation_id, {})[state] = n
+            rows = s.exec(select(Conversation).order_by(col(Conversation.conversation_id)))
+            return [
+                ConversationView(_id(c.conversation_id), c.name,
+                                 counts.get(_id(c.conversation_id), {}))
+                for c in rows
+            ]
+
+    def audit_events(self, kind_prefix: str = "", limit: int = 1000) -> list[AuditView]:
+        with self.session() as s:
+            rows = s.exec(select(AuditEvent).where(col(AuditEvent.kind).startswith(kind_prefix))
+                          .order_by(col(AuditEvent.audit_id).desc()).limit(limit))
+            return [
+                AuditView(_id(a.audit_id), a.at, a.kind, a.reason, a.raw_message_id, a.task_id,
+                          json.loads(a.detail_json))
+                for a in rows
+            ]
+
+    def raw_outcomes(self) -> list[tuple[int, str, str | None, str | None]]:
+        """(raw_message_id, state, outcome, reason) of every stored message."""
+        with self.session() as s:
+            rows = s.exec(select(RawMessage.raw_message_id, RawMessage.state, RawMessage.outcome,
+                                 RawMessage.reason).order_by(col(RawMessage.raw_message_id)))
+            return [(_id(i), st, o, r) for i, st, o, r in rows]
+
+
+def _id(value: int | None) -> int:
+    if value is None:
+        raise StoreError("row has no id after flush")
+    return value
+
+
+def _conversation(s: Session, name: str) -> Conversation:
+    conversation = s.exec(select(Conversation).where(Conversation.name == name)).first()
+    if conversation is None:
+        conversation = Conversation(name=name, created_at=utcnow())
+        s.add(conversation)
+        s.flush()
+        log.info("conversation created name=%s", name)
+    return conversation
+
+
+def _add_ref(s: Session, message_id: str | None, conversation_id: int, task_id: int | None) -> None:
+    if message_id and s.get(ThreadRef, message_id) is None:
+        s.add(ThreadRef(message_id=message_id, conversation_id=conversation_id, task_id=task_id,
+                        direction="in"))
+
+
+def _audit(s: Session, kind: str, reason: str, raw_message_id: int | None, task_id: int | None,
+           detail: dict[str, Any]) -> None:
+    s.add(AuditEvent(at=utcnow(), kind=kind, raw_message_id=raw_message_id, task_id=task_id,
+                     reason=reason, detail_json=json.dumps(detail, default=str)))
+
+
+def _processed(s: Session, raw_message_id: int | None, outcome: str, reason: str) -> None:
+    if raw_message_id is None:
+        return
+    row = s.get(RawMessage, raw_message_id)
+    if row is not None:
+        row.state, row.outcome, row.reason = "processed", outcome, reason
+        s.add(row)

@@ -1,0 +1,37 @@
+"""pytest fixtures for the test servers.
+
+Make them available in all tests by adding to ``tests/conftest.py``::
+
+    from tests.support.fixtures import dovecot, smtp_server  # noqa: F401
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.dovecot import Dovecot
+from tests.support.smtp import SmtpServer
+
+__all__ = ["dovecot", "smtp_server"]
+
+
+@pytest.fixture
+def dovecot() -> Iterator[Dovecot]:
+    """A freshly started private Dovecot (users agent@/owner@example.com); closed afterwards."""
+    server = Dovecot.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    """An aiosmtpd server requiring AUTH as agent@example.com / agent-secret."""
+    server = SmtpServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
