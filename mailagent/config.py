@@ -105,37 +105,37 @@ class _Section:
     def __init__(self, data: Mapping[str, Any], path: Path, prefix: str) -> None:
         self.data, self.path, self.prefix = data, path, prefix
 
-    def _fail(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.prefix}{key} {problem} in {self.path}")
+    def _fail(self, key: str, problem: str, fix: str) -> ConfigError:
+        return ConfigError(f"{self.prefix}{key} {problem} in {self.path}: {fix}")
 
     def get(self, key: str, kind: type, default: Any = ...) -> Any:
         if key not in self.data:
             if default is ...:
-                raise self._fail(key, "is missing: set it")
+                raise self._fail(key, "is missing", "set it")
             return default
         value = self.data[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self._fail(key, f"must be a {kind.__name__}, not {value!r}: fix its value")
+            raise self._fail(key, f"must be a {kind.__name__}, not {value!r}", "fix its value")
         return value
 
     def positive(self, key: str, kind: type, default: Any) -> Any:
         value = self.get(key, kind, default)
         if value <= 0:
-            raise self._fail(key, f"must be greater than zero, not {value!r}: fix its value")
+            raise self._fail(key, f"must be greater than zero, not {value!r}", "fix its value")
         return value
 
     def choice(self, key: str, choices: tuple[str, ...], default: Any = ...) -> str:
         value: str = self.get(key, str, default)
         if value not in choices:
-            raise self._fail(key, f"is {value!r}: use one of {', '.join(choices)}")
+            raise self._fail(key, f"is {value!r}", f"use one of {', '.join(choices)}")
         return value
 
     def strings(self, key: str, default: Any = ...) -> tuple[str, ...]:
         values = self.get(key, list, default)
         if not all(isinstance(v, str) and v.strip() for v in values):
-            raise self._fail(key, "must be a list of non-empty strings: fix its value")
+            raise self._fail(key, "must be a list of non-empty strings", "fix its value")
         return tuple(values)
 
     def secret(self, key: str, environ: Mapping[str, str], required: bool = True) -> str | None:
@@ -154,17 +154,17 @@ class _Section:
                 f"set (config {self.path}): export {name}, or give {self.prefix}{key} inline"
             )
         if required:
-            raise self._fail(key, f"is missing: set {self.prefix}{key} or {self.prefix}{env_key}")
+            raise self._fail(key, "is missing", f"set {self.prefix}{key} or {self.prefix}{env_key}")
         return None
 
     def section(self, key: str, required: bool = True) -> _Section:
         value = self.data.get(key)
         if value is None:
             if required:
-                raise self._fail(key, "section is missing: add a [" + key + "] table")
+                raise self._fail(key, "section is missing", f"add a [{key}] table")
             value = {}
         if not isinstance(value, dict):
-            raise self._fail(key, "must be a table: write it as [" + key + "]")
+            raise self._fail(key, "must be a table", f"write it as [{key}]")
         return _Section(value, self.path, f"{self.prefix}{key}.")
 
 

@@ -207,8 +207,8 @@ class Mailbox:
                     log.info("wall clock jumped (sleep?): reconnecting")
                     raise ConnectionLostError("woke from sleep")
         finally:
-            if self.client is not None and not stop.is_set():
-                self._call("idle_done")
+            if self.client is not None:
+                self._call("idle_done")  # also before LOGOUT at shutdown: no command in IDLE
         return news
 
 

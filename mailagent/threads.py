@@ -97,9 +97,10 @@ def route(inbound: Inbound, thread: ThreadMatch | None) -> Route:
     conversation = thread.conversation_name if thread else (tag or DEFAULT_CONVERSATION)
     task_id = thread.task_id if thread else None
     line = first_line(inbound.typed_text)
-    word = line.split(" ", 1)[0].lower().rstrip(".,!:") if line else ""
+    first, _, rest = line.partition(" ")
+    word = first.lower().rstrip(".,!:;")
     if thread is not None and word in THREAD_WORDS:
-        return CommandRoute(word, line[len(word):].strip(), conversation, task_id)
+        return CommandRoute(word, rest.strip(), conversation, task_id)
     command = parse_command(bare_subject) or parse_command(line)
     if command is not None:
         return CommandRoute(command[0], command[1], conversation, task_id)

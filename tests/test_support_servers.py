@@ -9,8 +9,10 @@ import ssl
 import pytest
 
 from tests.support.dovecot import Dovecot
-from tests.support.fixtures import dovecot, smtp_server  # noqa: F401
 from tests.support.smtp import SmtpServer
+
+# The fixtures ``dovecot`` and ``smtp_server`` come from tests/support/fixtures.py
+# (imported in tests/conftest.py).
 
 MESSAGE = (
     b"From: Owner <owner@example.com>\r\n"
@@ -127,7 +129,9 @@ def test_imaps_and_starttls_with_generated_certificate(dovecot: Dovecot) -> None
     if dovecot.imaps_port is None or dovecot.cert_path is None:
         pytest.skip("openssl not available")
     context = ssl.create_default_context(cafile=str(dovecot.cert_path))
-    with imaplib.IMAP4_SSL(dovecot.host, dovecot.imaps_port, ssl_context=context, timeout=5) as conn:
+    with imaplib.IMAP4_SSL(
+        dovecot.host, dovecot.imaps_port, ssl_context=context, timeout=5
+    ) as conn:
         assert conn.login("agent@example.com", "agent-secret")[0] == "OK"
     with imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=5) as conn:
         assert "STARTTLS" in conn.capabilities
@@ -136,9 +140,11 @@ def test_imaps_and_starttls_with_generated_certificate(dovecot: Dovecot) -> None
 
 
 def test_wrong_imap_password_is_rejected(dovecot: Dovecot) -> None:
-    with imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=5) as conn:
-        with pytest.raises(imaplib.IMAP4.error):
-            conn.login("agent@example.com", "wrong")
+    with (
+        imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=5) as conn,
+        pytest.raises(imaplib.IMAP4.error),
+    ):
+        conn.login("agent@example.com", "wrong")
 
 
 def test_smtp_records_authenticated_message(smtp_server: SmtpServer) -> None:
@@ -153,17 +159,21 @@ def test_smtp_records_authenticated_message(smtp_server: SmtpServer) -> None:
 
 
 def test_smtp_requires_auth(smtp_server: SmtpServer) -> None:
-    with smtplib.SMTP(smtp_server.host, smtp_server.port, timeout=5) as client:
-        with pytest.raises(smtplib.SMTPSenderRefused) as info:
-            client.sendmail("agent@example.com", ["owner@example.com"], MESSAGE)
+    with (
+        smtplib.SMTP(smtp_server.host, smtp_server.port, timeout=5) as client,
+        pytest.raises(smtplib.SMTPSenderRefused) as info,
+    ):
+        client.sendmail("agent@example.com", ["owner@example.com"], MESSAGE)
     assert info.value.smtp_code == 530
     assert smtp_server.messages == []
 
 
 def test_smtp_wrong_password_gets_535(smtp_server: SmtpServer) -> None:
-    with smtplib.SMTP(smtp_server.host, smtp_server.port, timeout=5) as client:
-        with pytest.raises(smtplib.SMTPAuthenticationError) as info:
-            client.login("agent@example.com", "wrong-secret")
+    with (
+        smtplib.SMTP(smtp_server.host, smtp_server.port, timeout=5) as client,
+        pytest.raises(smtplib.SMTPAuthenticationError) as info,
+    ):
+        client.login("agent@example.com", "wrong-secret")
     assert info.value.smtp_code == 535
     assert smtp_server.messages == []
     assert ("agent@example.com", False) in smtp_server.auth_attempts

@@ -1,0 +1,57 @@
+"""Every file of the public hostile-mail corpus goes through intake to a recorded outcome."""
+
+from __future__ import annotations
+
+import re
+from email.utils import formatdate
+from pathlib import Path
+
+import pytest
+
+from mailagent.config import LimitSettings, OwnerSettings
+from mailagent.mailbox import Fetched
+from mailagent.service import Service
+from mailagent.store import Store
+from tests.support.config import settings_for_tests
+from tests.support.mail import OWNER
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+FILES = sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.suffix != ".md"
+               and not p.name.startswith("LICENSE"))
+
+
+def as_from_owner(raw: bytes) -> bytes:
+    """The same mail with one From: the owner, and a fresh Date, so intake parses it all."""
+    raw = re.sub(rb"(?im)^(from|date):.*(\r?\n[ \t].*)*\r?\n", b"", raw, count=0)
+    return f"From: <{OWNER}>\r\nDate: {formatdate()}\r\n".encode() + raw
+
+
+def run_corpus(tmp_path: Path, owner: OwnerSettings, transform: bool) -> list[tuple]:
+    settings = settings_for_tests(tmp_path, owner=owner, limits=LimitSettings())
+    store = Store.open(settings.database_url)
+    service = Service(settings, store)
+    for uid, path in enumerate(FILES, start=1):
+        raw = path.read_bytes()
+        raw = as_from_owner(raw) if transform else raw
+        service.receive(Fetched("INBOX", 1, uid, raw, len(raw)))
+    return store.raw_outcomes()
+
+
+def test_the_corpus_is_present() -> None:
+    assert len(FILES) > 150, f"expected the shared corpus at {CORPUS}"
+
+
+@pytest.mark.parametrize("transform", [False, True], ids=["as-is", "from-owner"])
+def test_every_corpus_mail_ends_in_a_recorded_outcome(tmp_path: Path, transform: bool) -> None:
+    owner = OwnerSettings((OWNER,), "none")
+    outcomes = run_corpus(tmp_path, owner, transform)
+    stored = {raw_id for raw_id, *_ in outcomes}
+    assert len(outcomes) >= len(FILES) - 5  # a few fixtures are byte-identical copies
+    assert len(stored) == len(outcomes)
+    for raw_id, state, outcome, reason in outcomes:
+        assert state == "processed", f"message {raw_id} left unprocessed"
+        assert outcome in ("task", "command", "rejected")
+        assert reason, f"message {raw_id} has no recorded reason"
+        assert "internal error" not in reason, f"message {raw_id}: {reason}"
+    if transform:
+        assert sum(1 for *_, o, _ in outcomes if o == "task") > 50
