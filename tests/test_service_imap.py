@@ -12,6 +12,7 @@ from mailagent.store import Store
 from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
 from tests.support.mail import MX, OWNER, message_id_of, owner_mail
+from tests.support.proxy import SilentProxy
 from tests.support.service import ServiceProcess, wait_until
 
 DONE = "$MailagentDone"
@@ -182,3 +183,25 @@ def test_replies_in_a_thread_continue_its_conversation(
     store = service.store()
     wait_until(lambda: store.commands(), 5, "the status command")
     assert [(c.name, c.conversation_name) for c in store.commands()] == [("status", "main")]
+
+
+def test_a_silent_connection_drop_is_noticed_and_mail_still_arrives(
+        tmp_path: Path, dovecot: Dovecot) -> None:
+    proxy = SilentProxy(dovecot.imap_port)
+    config = write_config(tmp_path, proxy.port, 1)
+    config.write_text(config.read_text().replace("idle_renew_seconds = 30",
+                                                 "idle_renew_seconds = 2")
+                      .replace("timeout_seconds = 5", "timeout_seconds = 2"))
+    service = ServiceProcess(config)
+    try:
+        service.start().wait_connected()
+        time.sleep(0.5)  # in IDLE by now
+        proxy.go_silent()
+        dovecot.append(owner_mail("sent while the line was dead"))
+        service.wait_connected(count=2)
+        assert proxy.accepted >= 2
+        assert wait_tasks(service, 1) == [("main", "sent while the line was dead")]
+        assert "IMAP idle_done failed: timed out; reconnecting" in service.log()
+    finally:
+        service.kill()
+        proxy.close()

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The test command of README.md: installs what the tests need, then runs lint, types and tests.
+# On Debian as root it installs Dovecot and OpenSSL when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_packages=()
+command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || need_packages+=(dovecot-imapd dovecot-lmtpd)
+command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
+if [ ${#need_packages[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${need_packages[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_packages[@]}" >/dev/null
+  else
+    echo "the tests need: ${need_packages[*]} (install them, e.g. with apt-get as root)" >&2
+    exit 1
+  fi
+fi
+export PATH="$PATH:/usr/sbin"
+
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+.venv/bin/ruff check mailagent tests
+.venv/bin/mypy mailagent
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,107 @@
+"""The commands as a user runs them: one readable line per problem, exit codes that mean it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.config import write_config
+from tests.support.dovecot import Dovecot
+from tests.support.mail import owner_mail
+from tests.support.service import ServiceProcess, wait_until
+from tests.support.smtp import SmtpServer
+
+
+def mailagent(*args: str, password: str = "agent-secret") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TEST_IMAP_PASSWORD": password}
+    return subprocess.run([sys.executable, "-m", "mailagent", *args], capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_check_passes_on_a_good_config(tmp_path: Path, dovecot: Dovecot,
+                                       smtp_server: SmtpServer) -> None:
+    config = write_config(tmp_path, dovecot.imap_port, smtp_server.port)
+    result = mailagent("check", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok: IMAP login as agent@example.com" in result.stdout
+    assert "IDLE" in result.stdout
+    assert "ok: SMTP" in result.stdout
+    assert "error" not in result.stdout
+
+
+def test_check_names_a_wrong_password_in_one_line(tmp_path: Path, dovecot: Dovecot,
+                                                  smtp_server: SmtpServer) -> None:
+    config = write_config(tmp_path, dovecot.imap_port, smtp_server.port)
+    result = mailagent("check", "--config", str(config), password="Pa55-wr0ng-x")
+    assert result.returncode == 1
+    errors = [line for line in result.stdout.splitlines() if line.startswith("error:")]
+    assert errors == ["error: IMAP login as agent@example.com on 127.0.0.1 was refused: check "
+                      "imap.username and the password"]
+    assert "Pa55-wr0ng-x" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_names_an_unreachable_host(tmp_path: Path, smtp_server: SmtpServer) -> None:
+    port = closed_port()
+    config = write_config(tmp_path, port, smtp_server.port)
+    result = mailagent("check", "--config", str(config))
+    assert result.returncode == 1
+    assert f"error: cannot reach IMAP server 127.0.0.1:{port}" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_check_reports_a_wrong_smtp_password(tmp_path: Path, dovecot: Dovecot) -> None:
+    smtp = SmtpServer.start(password="other")
+    try:
+        config = write_config(tmp_path, dovecot.imap_port, smtp.port)
+        result = mailagent("check", "--config", str(config))
+    finally:
+        smtp.stop()
+    assert result.returncode == 1
+    assert "error: SMTP login as agent@example.com" in result.stdout
+    assert "ok: IMAP" in result.stdout
+
+
+def test_a_bad_config_is_one_line_without_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "mailagent.toml"
+    config.write_text("[imap]\nport = 993\n")
+    for command in ("check", "run", "status"):
+        result = mailagent(command, "--config", str(config))
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            f"mailagent: error: imap.host is missing in {config}: set it"]
+
+
+def test_status_lists_conversations_tasks_and_refusals(tmp_path: Path, dovecot: Dovecot) -> None:
+    service = ServiceProcess(write_config(tmp_path, dovecot.imap_port, 1))
+    dovecot.append(owner_mail("[home] fix the boiler schedule"))
+    dovecot.append(owner_mail("hi", sender="Stranger <stranger@example.net>"))
+    service.start()
+    try:
+        store = service.store()
+        wait_until(lambda: len(store.raw_outcomes()) == 2
+                   and all(s == "processed" for _, s, _, _ in store.raw_outcomes()), 10, "intake")
+    finally:
+        service.stop()
+    result = mailagent("status", "--config", str(service.config_path))
+    assert result.returncode == 0
+    assert "home: 1 queued" in result.stdout
+    assert "[home] queued: [home] fix the boiler schedule" in result.stdout
+    assert "intake.unauthenticated: sender is not an owner address" in result.stdout
+
+
+def test_config_path_may_come_from_the_environment(tmp_path: Path) -> None:
+    env = {**os.environ, "MAILAGENT_CONFIG": str(tmp_path / "nowhere.toml")}
+    result = subprocess.run([sys.executable, "-m", "mailagent", "status"], capture_output=True,
+                            text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert f"no config file at {tmp_path / 'nowhere.toml'}" in result.stderr
