@@ -65,6 +65,29 @@ class ModelSettings:
     base_url: str | None = None
     api_key: str | None = None
     max_context_tokens: int = 100_000
+    max_output_tokens: int = 8192
+    timeout_seconds: float = 600.0
+    max_retries: int = 2
+    stream: bool = False
+    # Prices in US dollars per million tokens; cache writes and reads are priced from input.
+    input_usd_per_mtok: float = 3.0
+    output_usd_per_mtok: float = 15.0
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Concurrency and the budgets of one task (SECURITY.md R1)."""
+
+    max_concurrent_tasks: int = 4
+    max_turns: int = 40
+    max_tool_calls: int = 100
+    max_identical_calls: int = 3
+    max_task_seconds: float = 1800.0
+    max_task_tokens: int = 2_000_000
+    max_task_cost_usd: float = 2.0
+    daily_cost_usd: float = 20.0
+    max_tool_output_chars: int = 20_000
+    retry_after_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +115,7 @@ class Settings:
     owner: OwnerSettings
     model: ModelSettings
     limits: LimitSettings
+    agent: AgentSettings = AgentSettings()
     failpoint: str | None = None
 
     @property
@@ -223,21 +247,34 @@ def _owner(s: _Section) -> OwnerSettings:
 def _model(s: _Section, environ: Mapping[str, str]) -> ModelSettings:
     key_env = s.get("api_key_env", str, "ANTHROPIC_API_KEY")
     api_key = s.get("api_key", str, None) or environ.get(key_env) or None
+    d = ModelSettings()
     return ModelSettings(
-        name=s.get("name", str, "claude-sonnet-4-6"),
+        name=s.get("name", str, d.name),
         base_url=s.get("base_url", str, None) or environ.get("ANTHROPIC_BASE_URL") or None,
         api_key=api_key,
-        max_context_tokens=s.positive("max_context_tokens", int, 100_000),
+        max_context_tokens=s.positive("max_context_tokens", int, d.max_context_tokens),
+        max_output_tokens=s.positive("max_output_tokens", int, d.max_output_tokens),
+        timeout_seconds=s.positive("timeout_seconds", float, d.timeout_seconds),
+        max_retries=s.get("max_retries", int, d.max_retries),
+        stream=s.get("stream", bool, d.stream),
+        input_usd_per_mtok=s.get("input_usd_per_mtok", float, d.input_usd_per_mtok),
+        output_usd_per_mtok=s.get("output_usd_per_mtok", float, d.output_usd_per_mtok),
     )
 
 
-def _limits(s: _Section) -> LimitSettings:
-    d = LimitSettings()
-    values = {
-        name: s.positive(name, type(getattr(d, name)), getattr(d, name))
-        for name in LimitSettings.__dataclass_fields__
+def _positives(s: _Section, defaults: Any) -> dict[str, Any]:
+    return {
+        name: s.positive(name, type(getattr(defaults, name)), getattr(defaults, name))
+        for name in type(defaults).__dataclass_fields__
     }
-    return LimitSettings(**values)
+
+
+def _limits(s: _Section) -> LimitSettings:
+    return LimitSettings(**_positives(s, LimitSettings()))
+
+
+def _agent(s: _Section) -> AgentSettings:
+    return AgentSettings(**_positives(s, AgentSettings()))
 
 
 def _path(value: str, base: Path) -> Path:
@@ -284,5 +321,6 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         owner=_owner(root.section("owner")),
         model=_model(root.section("model", required=False), environ),
         limits=_limits(root.section("limits", required=False)),
+        agent=_agent(root.section("agent", required=False)),
         failpoint=environ.get(FAILPOINT_ENV) or None,
     )

@@ -143,3 +143,28 @@ def html_to_text(html: str) -> str:
     lines = [line.strip() for line in extractor.lines]
     text = "\n".join(lines)
     return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+# ---------------------------------------------------------------- data fences
+
+_FENCE_TAG = re.compile(r"<\s*/?\s*data\b", re.IGNORECASE)
+
+
+def neutralise(text: str) -> str:
+    """Data made safe to fence: compatibility forms folded (fullwidth brackets become ASCII),
+    invisible characters removed, and anything that looks like a fence tag defused."""
+    text = strip_invisible(unicodedata.normalize("NFKC", text))
+    return _FENCE_TAG.sub(lambda m: m.group(0).replace("<", "[", 1), text)
+
+
+def fence(kind: str, text: str, nonce: str, **labels: str | int) -> str:
+    """Wrap untrusted `text` in a data block the model is told never to obey.
+
+    `nonce` is random per task and unknown to the sender, so content cannot close the fence.
+    """
+    attributes = "".join(
+        f' {name}="{neutralise(str(value))[:200].replace(chr(34), chr(39))}"'
+        for name, value in labels.items()
+    )
+    body = neutralise(text)
+    return f'<data kind="{kind}" id="{nonce}"{attributes}>\n{body}\n</data id="{nonce}">'

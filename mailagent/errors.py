@@ -4,6 +4,8 @@
     ├── ConfigError                the config file is missing, unreadable or invalid
     ├── AlreadyRunningError        another instance holds the data directory (L5)
     ├── StoreError                 the database cannot be opened or migrated
+    ├── PolicyError                a policy file does not validate (names file and line)
+    ├── ModelError                 the model endpoint failed (transient: overload, rate limit)
     └── MailboxError               IMAP trouble, translated from imapclient/socket errors
         ├── ConnectError           host unreachable, TLS failure, timeout (transient)
         ├── LoginError             the server refused the credentials
@@ -32,6 +34,18 @@ class AlreadyRunningError(MailagentError):
 
 class StoreError(MailagentError):
     """The database cannot be opened, migrated or written."""
+
+
+class PolicyError(MailagentError):
+    """A policy file cannot be read or does not validate."""
+
+
+class ModelError(MailagentError):
+    """The model endpoint refused or failed a request."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class MailboxError(MailagentError):

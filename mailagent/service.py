@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,12 +20,15 @@ from typing import Any
 
 import filelock
 
+from mailagent.agent import Agent
 from mailagent.config import Settings
 from mailagent.errors import AlreadyRunningError
+from mailagent.failpoints import failpoint
 from mailagent.intake import Inbound, IntakeRules, Rejection, content_key, read_inbound
 from mailagent.mailbox import Fetched, Watcher
 from mailagent.store import NewCommand, NewTask, Store
 from mailagent.threads import CommandRoute, route
+from mailagent.worker import Worker
 from mailagent.workspace import save_attachments, workspace_dir
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class Service:
         self.watcher = Watcher(settings.imap, self, settings.limits.max_message_bytes,
                                settings.limits.max_age_days)
         self.stopping = threading.Event()
+        self.on_new_task: Callable[[], None] = lambda: None
 
     # ------------------------------------------------------------ running
 
@@ -68,9 +71,17 @@ class Service:
             log.warning("owner.verification is \"none\": ANYONE who writes From: your address "
                         "can give orders; use authentication-results or dkim")
         self.process_pending()
-        watching = asyncio.create_task(asyncio.to_thread(self.watch))
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
+        agent = Agent(self.settings.model, self.settings.agent, self.store, self.settings.failpoint)
+        worker = Worker(self.settings, self.store, agent)
+
+        def wake_worker() -> None:
+            loop.call_soon_threadsafe(worker.wake.set)
+
+        self.on_new_task = wake_worker
+        working = asyncio.create_task(worker.run(stop))
+        watching = asyncio.create_task(asyncio.to_thread(self.watch))
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, stop.set)
@@ -81,7 +92,10 @@ class Service:
         await asyncio.wait({watching, stopped}, return_when=asyncio.FIRST_COMPLETED)
         log.info("shutting down")
         self.stop()
+        stop.set()
         await watching
+        await working
+        await agent.close()
         stopped.cancel()
 
     def watch(self) -> None:
@@ -115,12 +129,12 @@ class Service:
     def receive(self, fetched: Fetched) -> None:
         """A message counts as received once its raw bytes are committed (SECURITY.md L1)."""
         key, message_id = content_key(fetched.raw)
-        failpoint(self.settings, "after-fetch")
+        failpoint(self.settings.failpoint, "after-fetch")
         saved = self.store.save_raw(
             folder=fetched.folder, uidvalidity=fetched.uidvalidity, uid=fetched.uid,
             raw=fetched.raw, size=fetched.size, content_key=key, message_id=message_id,
         )
-        failpoint(self.settings, "after-save")
+        failpoint(self.settings.failpoint, "after-save")
         if not saved.is_new:
             log.info("duplicate uid=%s message_id=%s", fetched.uid, message_id)
             self.store.audit("intake.duplicate", "same content seen before: not acted on again",
@@ -128,7 +142,7 @@ class Service:
             return
         log.info("received uid=%s raw_message_id=%s", fetched.uid, saved.raw_message_id)
         self.process(saved.raw_message_id)
-        failpoint(self.settings, "after-process")
+        failpoint(self.settings.failpoint, "after-process")
 
     # ------------------------------------------------------------ one message, top to bottom
 
@@ -191,13 +205,7 @@ class Service:
         ), reason=f"task from {inbound.owner_address} ({inbound.authenticated_by})")
         log.info("task queued raw_message_id=%s task_id=%s conversation=%s", raw_message_id,
                  task_id, destination.conversation_name)
-
-
-def failpoint(settings: Settings, name: str) -> None:
-    """Die here as `kill -9` would, when MAILAGENT_FAILPOINT names this point (crash tests)."""
-    if settings.failpoint == name:
-        log.warning("failpoint %s: killing the process", name)
-        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+        self.on_new_task()
 
 
 def run_service(settings: Settings) -> None:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Connection, LargeBinary, event, func, text
+from sqlalchemy import Column, Connection, LargeBinary, event, func, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
@@ -94,6 +94,60 @@ class Task(SQLModel, table=True):
     reason: str | None = None
     created_at: datetime
     updated_at: datetime
+    not_before: datetime | None = None  # a task put back after overload waits until then
+    turns: int = 0
+    tool_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+    result_text: str = ""
+    attachments_json: str = "[]"  # paths given to attach_file, for the completion mail
+
+
+class HistoryEntry(SQLModel, table=True):
+    """One message of a conversation's history. Append-only: the prompt prefix stays stable.
+
+    A `summary` entry stands for every entry of its conversation before it (compaction).
+    """
+
+    __tablename__ = "history"
+    entry_id: int | None = Field(default=None, primary_key=True)
+    conversation_id: int = Field(foreign_key="conversation.conversation_id", index=True)
+    task_id: int | None = Field(default=None, foreign_key="task.task_id")
+    role: str  # user | assistant
+    kind: str = "message"  # message | summary
+    content_json: str
+    created_at: datetime
+
+
+class ToolCallRow(SQLModel, table=True):
+    """A tool call, its policy decision and its outcome: the audit trail and the resume point."""
+
+    __tablename__ = "tool_call"
+    tool_call_id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="task.task_id", index=True)
+    tool_use_id: str = Field(index=True)  # unique within a task
+    name: str
+    input_json: str
+    verdict: str  # allow | ask | deny
+    rule: str
+    reason: str
+    state: str  # decided | started | done | failed | denied | waiting
+    result_json: str = ""
+    change_json: str = ""  # what it changed on disk, for the manifest and undo
+    created_at: datetime
+    finished_at: datetime | None = None
+
+
+class MemoryNote(SQLModel, table=True):
+    __tablename__ = "memory"
+    memory_id: int | None = Field(default=None, primary_key=True)
+    conversation_id: int = Field(foreign_key="conversation.conversation_id", index=True)
+    note: str
+    created_at: datetime
+    deleted_at: datetime | None = None
 
 
 class Command(SQLModel, table=True):
@@ -146,9 +200,32 @@ def _initial(connection: Connection) -> None:
     SQLModel.metadata.create_all(connection, tables=tables)
 
 
-# Forward-only: append new migrations, never edit or reorder applied ones.
+def _add_columns(connection: Connection, table: str, columns: dict[str, str]) -> None:
+    existing = {c["name"] for c in inspect(connection).get_columns(table)}
+    for name, ddl in columns.items():
+        if name not in existing:
+            connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}"))
+
+
+def _agent(connection: Connection) -> None:
+    _add_columns(connection, "task", {
+        "not_before": "TIMESTAMP", "turns": "INTEGER NOT NULL DEFAULT 0",
+        "tool_calls": "INTEGER NOT NULL DEFAULT 0",
+        "input_tokens": "INTEGER NOT NULL DEFAULT 0", "output_tokens": "INTEGER NOT NULL DEFAULT 0",
+        "cache_read_tokens": "INTEGER NOT NULL DEFAULT 0",
+        "cache_write_tokens": "INTEGER NOT NULL DEFAULT 0",
+        "cost_usd": "FLOAT NOT NULL DEFAULT 0", "result_text": "TEXT NOT NULL DEFAULT ''",
+        "attachments_json": "TEXT NOT NULL DEFAULT '[]'",
+    })
+    tables = [SQLModel.metadata.tables[n] for n in ("history", "tool_call", "memory")]
+    SQLModel.metadata.create_all(connection, tables=tables)
+
+
+# Forward-only: append new migrations, never edit or reorder applied ones. The first one creates
+# tables as they are declared now, so later ones check before they add a column.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
+    ("0002_agent", _agent),
 ]
 
 
@@ -262,15 +339,15 @@ def create_store_engine(url: str) -> Engine:
         raise StoreError(f"cannot open the database {url!r}: {exc}") from exc
 
 
-class Store:
-    """Every read and write of mailagent's state. Safe to share between threads."""
+class MailStore:
+    """Mail-side reads and writes: raw messages, outcomes, audit. Safe to share between threads."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     @classmethod
     def open(cls, url: str) -> Store:
-        store = cls(create_store_engine(url))
+        store = Store(create_store_engine(url))
         store.migrate()
         return store
 
@@ -588,3 +665,290 @@ def _processed(s: Session, raw_message_id: int | None, outcome: str, reason: str
     if row is not None:
         row.state, row.outcome, row.reason = "processed", outcome, reason
         s.add(row)
+
+
+# ---------------------------------------------------------------- the agent's side
+
+
+@dataclass(frozen=True)
+class TaskWork:
+    """What the agent needs to know of a task it works on."""
+
+    task_id: int
+    conversation_id: int
+    conversation_name: str
+    subject: str
+    owner_address: str
+    instruction: str
+    data: dict[str, Any]
+    turns: int
+    tool_calls: int
+    tokens: int
+    cost_usd: float
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    entry_id: int
+    task_id: int | None
+    role: str
+    kind: str
+    content: Any
+
+
+@dataclass(frozen=True)
+class ToolCallView:
+    tool_use_id: str
+    name: str
+    input: dict[str, Any]
+    verdict: str
+    state: str
+    result: Any
+    change: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+def _work(task: Task, conversation_name: str) -> TaskWork:
+    return TaskWork(
+        _id(task.task_id), task.conversation_id, conversation_name, task.subject,
+        task.owner_address, task.instruction, json.loads(task.data_json), task.turns,
+        task.tool_calls, task.input_tokens + task.output_tokens + task.cache_read_tokens
+        + task.cache_write_tokens, task.cost_usd,
+    )
+
+
+class Store(MailStore):
+    """Every read and write of mailagent's state; the agent's side: tasks, history, tool calls,
+    memory. Safe to share between threads."""
+
+    def requeue_interrupted(self) -> list[int]:
+        """Tasks left running by a crash go back to the queue; they resume from their history."""
+        with self.session() as s:
+            rows = list(s.exec(select(Task).where(Task.state == "running")))
+            for task in rows:
+                task.state, task.updated_at = "queued", utcnow()
+                s.add(task)
+                _audit(s, "task.resumed", "interrupted by a restart; resuming after its last step",
+                       task.raw_message_id, task.task_id, {})
+            return [_id(t.task_id) for t in rows]
+
+    def claim_tasks(self, busy: set[int], limit: int, now: datetime) -> list[TaskWork]:
+        """Mark as running the oldest queued task of each idle conversation, up to `limit`."""
+        if limit <= 0:
+            return []
+        with self.session() as s:
+            blocking = select(Task.conversation_id).where(
+                col(Task.state).in_(["running", "waiting_approval"]))
+            blocked = set(s.exec(blocking)) | busy
+            rows = s.exec(select(Task, Conversation.name).join(Conversation).where(
+                Task.state == "queued").order_by(col(Task.task_id)))
+            claimed: list[TaskWork] = []
+            for task, name in rows:
+                if task.conversation_id in blocked:
+                    continue
+                blocked.add(task.conversation_id)  # only the oldest of each conversation
+                if task.not_before is not None and _aware(task.not_before) > now:
+                    continue
+                task.state, task.updated_at = "running", utcnow()
+                s.add(task)
+                _audit(s, "task.running", "", task.raw_message_id, task.task_id, {})
+                claimed.append(_work(task, name))
+                if len(claimed) >= limit:
+                    break
+            return claimed
+
+    def task_work(self, task_id: int) -> TaskWork:
+        with self.session() as s:
+            task = s.get(Task, task_id)
+            if task is None:
+                raise StoreError(f"no task {task_id}")
+            conversation = s.get(Conversation, task.conversation_id)
+            assert conversation is not None
+            return _work(task, conversation.name)
+
+    def task_state(self, task_id: int) -> str:
+        with self.session() as s:
+            task = s.get(Task, task_id)
+            if task is None:
+                raise StoreError(f"no task {task_id}")
+            return task.state
+
+    def finish_task(self, task_id: int, state: str, reason: str, result_text: str = "") -> None:
+        self.set_task_state(task_id, state, reason)
+        with self.session() as s:
+            task = s.get(Task, task_id)
+            assert task is not None
+            task.result_text = result_text
+            s.add(task)
+
+    def defer_task(self, task_id: int, not_before: datetime, reason: str) -> None:
+        """Put a running task back in the queue until `not_before` (overload, rate limit)."""
+        self.set_task_state(task_id, "queued", reason)
+        with self.session() as s:
+            task = s.get(Task, task_id)
+            assert task is not None
+            task.not_before = not_before
+            s.add(task)
+
+    def add_usage(self, task_id: int, usage: Usage, tool_calls: int = 0) -> None:
+        with self.session() as s:
+            task = s.get(Task, task_id)
+            assert task is not None
+            task.turns += 1 if usage.input_tokens or usage.output_tokens else 0
+            task.tool_calls += tool_calls
+            task.input_tokens += usage.input_tokens
+            task.output_tokens += usage.output_tokens
+            task.cache_read_tokens += usage.cache_read_tokens
+            task.cache_write_tokens += usage.cache_write_tokens
+            task.cost_usd += usage.cost_usd
+            s.add(task)
+
+    def cost_since(self, since: datetime) -> float:
+        with self.session() as s:
+            total = s.exec(select(func.sum(Task.cost_usd)).where(Task.updated_at >= since)).one()
+            return float(total or 0.0)
+
+    def add_attachment(self, task_id: int, path: str) -> None:
+        with self.session() as s:
+            task = s.get(Task, task_id)
+            assert task is not None
+            paths = json.loads(task.attachments_json)
+            if path not in paths:
+                task.attachments_json = json.dumps([*paths, path])
+                s.add(task)
+
+    def attachments(self, task_id: int) -> list[str]:
+        with self.session() as s:
+            task = s.get(Task, task_id)
+            return json.loads(task.attachments_json) if task else []
+
+    # ------------------------------------------------------------ history
+
+    def history(self, conversation_id: int) -> list[HistoryItem]:
+        """The conversation as the model sees it: the latest summary and everything after it."""
+        with self.session() as s:
+            last_summary = s.exec(select(func.max(HistoryEntry.entry_id)).where(
+                HistoryEntry.conversation_id == conversation_id,
+                HistoryEntry.kind == "summary")).one()
+            query = select(HistoryEntry).where(HistoryEntry.conversation_id == conversation_id)
+            if last_summary is not None:
+                query = query.where(col(HistoryEntry.entry_id) >= last_summary)
+            rows = s.exec(query.order_by(col(HistoryEntry.entry_id)))
+            return [HistoryItem(_id(r.entry_id), r.task_id, r.role, r.kind,
+                                json.loads(r.content_json)) for r in rows]
+
+    def append_history(self, conversation_id: int, task_id: int | None, role: str, content: Any,
+                       kind: str = "message") -> int:
+        with self.session() as s:
+            entry = HistoryEntry(conversation_id=conversation_id, task_id=task_id, role=role,
+                                 kind=kind, content_json=json.dumps(content), created_at=utcnow())
+            s.add(entry)
+            s.flush()
+            return _id(entry.entry_id)
+
+    def insert_summary(self, conversation_id: int, summary: str, keep_from_entry_id: int) -> None:
+        """Compaction: a summary standing for every entry before `keep_from_entry_id`.
+
+        The kept entries are copied after the summary, so the history stays append-only.
+        """
+        with self.session() as s:
+            kept = list(s.exec(select(HistoryEntry).where(
+                HistoryEntry.conversation_id == conversation_id,
+                col(HistoryEntry.entry_id) >= keep_from_entry_id).order_by(
+                col(HistoryEntry.entry_id))))
+            s.add(HistoryEntry(conversation_id=conversation_id, task_id=None, role="user",
+                               kind="summary", content_json=json.dumps(summary),
+                               created_at=utcnow()))
+            for entry in kept:
+                s.add(HistoryEntry(conversation_id=conversation_id, task_id=entry.task_id,
+                                   role=entry.role, kind=entry.kind,
+                                   content_json=entry.content_json, created_at=entry.created_at))
+
+    # ------------------------------------------------------------ tool calls
+
+    def tool_call(self, task_id: int, tool_use_id: str) -> ToolCallView | None:
+        with self.session() as s:
+            row = s.exec(select(ToolCallRow).where(ToolCallRow.task_id == task_id,
+                                                   ToolCallRow.tool_use_id == tool_use_id)).first()
+            if row is None:
+                return None
+            return ToolCallView(row.tool_use_id, row.name, json.loads(row.input_json), row.verdict,
+                                row.state, json.loads(row.result_json) if row.result_json else None,
+                                json.loads(row.change_json) if row.change_json else None)
+
+    def record_tool_decision(self, task_id: int, tool_use_id: str, name: str,
+                             tool_input: dict[str, Any], verdict: str, rule: str,
+                             reason: str) -> None:
+        state = {"allow": "decided", "ask": "waiting", "deny": "denied"}[verdict]
+        with self.session() as s:
+            s.add(ToolCallRow(task_id=task_id, tool_use_id=tool_use_id, name=name,
+                              input_json=json.dumps(tool_input), verdict=verdict, rule=rule,
+                              reason=reason, state=state, created_at=utcnow()))
+            _audit(s, f"policy.{verdict}", reason, None, task_id,
+                   {"tool": name, "rule": rule, "tool_use_id": tool_use_id})
+
+    def set_tool_call(self, task_id: int, tool_use_id: str, state: str, result: Any = None,
+                      change: dict[str, Any] | None = None) -> None:
+        with self.session() as s:
+            row = s.exec(select(ToolCallRow).where(ToolCallRow.task_id == task_id,
+                                                   ToolCallRow.tool_use_id == tool_use_id)).one()
+            row.state = state
+            if result is not None:
+                row.result_json = json.dumps(result)
+            if change is not None:
+                row.change_json = json.dumps(change)
+            if state in ("done", "failed"):
+                row.finished_at = utcnow()
+            s.add(row)
+
+    def count_identical_calls(self, task_id: int, name: str, tool_input: dict[str, Any]) -> int:
+        with self.session() as s:
+            return int(s.exec(select(func.count()).select_from(ToolCallRow).where(
+                ToolCallRow.task_id == task_id, ToolCallRow.name == name,
+                ToolCallRow.input_json == json.dumps(tool_input))).one())
+
+    def changes(self, task_id: int) -> list[dict[str, Any]]:
+        """What a task's tool calls changed on disk, in order."""
+        with self.session() as s:
+            rows = s.exec(select(ToolCallRow.change_json).where(
+                ToolCallRow.task_id == task_id, ToolCallRow.change_json != "").order_by(
+                col(ToolCallRow.tool_call_id)))
+            return [json.loads(r) for r in rows]
+
+    # ------------------------------------------------------------ memory
+
+    def memory(self, conversation_id: int) -> list[tuple[int, str]]:
+        with self.session() as s:
+            rows = s.exec(select(MemoryNote).where(
+                MemoryNote.conversation_id == conversation_id,
+                col(MemoryNote.deleted_at).is_(None)).order_by(col(MemoryNote.memory_id)))
+            return [(_id(r.memory_id), r.note) for r in rows]
+
+    def remember(self, conversation_id: int, note: str) -> int:
+        with self.session() as s:
+            row = MemoryNote(conversation_id=conversation_id, note=note, created_at=utcnow())
+            s.add(row)
+            s.flush()
+            return _id(row.memory_id)
+
+    def forget(self, conversation_id: int, memory_id: int) -> bool:
+        with self.session() as s:
+            row = s.get(MemoryNote, memory_id)
+            if row is None or row.conversation_id != conversation_id or row.deleted_at:
+                return False
+            row.deleted_at = utcnow()
+            s.add(row)
+            return True
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite hands datetimes back naive; they were stored in UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,1 @@
+"""Tools offered to the model: one module per family, each tool a typed, documented method."""

@@ -1,0 +1,196 @@
+"""Worker: runs queued tasks with the agent, in order within a conversation, several at once.
+
+In: the store's queue, the policy folder, the agent. Out: task state changes (done, failed,
+waiting_approval, or back to queued after overload), each with its reason. Side effects: what the
+tools do, always through the policy engine's decisions. Here is the catch-all around each task.
+It must never run two tasks of one conversation at once, nor run a tool call policy did not allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from mailagent.agent import Agent, Outcome, TaskContext
+from mailagent.config import Settings
+from mailagent.errors import ModelError, PolicyError
+from mailagent.policy import (
+    Decision,
+    Policy,
+    PolicyWatcher,
+    Scope,
+    decide,
+    decide_move,
+    protected_paths,
+)
+from mailagent.render import render
+from mailagent.store import Store, TaskWork
+from mailagent.tools.files import FileTools
+from mailagent.tools.memory import MemoryTools
+from mailagent.workspace import workspace_dir
+
+log = logging.getLogger(__name__)
+
+FILE_TOOLS = ("list_files", "read_file", "write_file", "edit_file", "move_file", "delete_file",
+              "search_files", "attach_file")
+# Which policy action judges each tool that takes one path.
+PATH_ACTIONS = {"list_files": "list", "search_files": "list", "read_file": "read",
+                "attach_file": "read", "write_file": "write", "edit_file": "write",
+                "delete_file": "delete"}
+
+
+def check_call(policy: Policy, scope: Scope, name: str, tool_input: dict[str, Any]) -> Decision:
+    """The policy decision for one tool call, before it runs (never raises)."""
+    try:
+        if name == "remember":
+            return Decision("allow", "memory", "notes are always allowed", None)
+        if name == "move_file":
+            return decide_move(policy, str(tool_input.get("source", "")),
+                               str(tool_input.get("destination", "")), scope)
+        if name in PATH_ACTIONS:
+            path = tool_input.get("path") or "."
+            return decide(policy, PATH_ACTIONS[name], str(path), scope)  # type: ignore[arg-type]
+        return Decision("deny", "default: deny", f"no tool named {name!r} is offered", None)
+    except PolicyError as exc:
+        return Decision("deny", "path", str(exc), None)
+
+
+def conversation_nonce(data_dir: Path, conversation_id: int) -> str:
+    """A fence id unknown to senders and stable per conversation (a stable prompt prefix)."""
+    secret_path = data_dir / "fence.key"
+    if not secret_path.exists():
+        fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    key = secret_path.read_bytes()
+    return hmac.new(key, str(conversation_id).encode(), hashlib.sha256).hexdigest()[:16]
+
+
+class Worker:
+    def __init__(self, settings: Settings, store: Store, agent: Agent,
+                 home: Path | None = None) -> None:
+        self.settings, self.store, self.agent = settings, store, agent
+        self.home = home or Path.home()
+        self.policies = PolicyWatcher(settings.policies_dir, self.policy_broken)
+        self.running: dict[int, asyncio.Task[None]] = {}
+        self.conversations: dict[int, int] = {}  # task_id -> conversation_id
+        self.wake = asyncio.Event()
+
+    def policy_broken(self, error: PolicyError) -> None:
+        log.error("policy: %s (the last good policy stays in force)", error)
+        self.store.audit("policy.error", str(error))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        for task_id in self.store.requeue_interrupted():
+            log.info("task resumed after restart task_id=%s", task_id)
+        while not stop.is_set():
+            self.start_claimed()
+            self.wake.clear()
+            waits = [asyncio.create_task(self.wake.wait()), asyncio.create_task(stop.wait())]
+            await asyncio.wait([*waits, *self.running.values()], timeout=1.0,
+                               return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waits:
+                waiter.cancel()
+        await self.shutdown()
+
+    def start_claimed(self) -> None:
+        free = self.settings.agent.max_concurrent_tasks - len(self.running)
+        busy = set(self.conversations.values())
+        for work in self.store.claim_tasks(busy, free, datetime.now(UTC)):
+            self.conversations[work.task_id] = work.conversation_id
+            task = asyncio.create_task(self.run_task(work), name=f"task-{work.task_id}")
+            self.running[work.task_id] = task
+            task.add_done_callback(functools.partial(self.forget, work.task_id))
+
+    def forget(self, task_id: int, _done: object = None) -> None:
+        self.running.pop(task_id, None)
+        self.conversations.pop(task_id, None)
+        self.wake.set()
+
+    async def shutdown(self) -> None:
+        """Stop running tasks; they stay `running` in the store and resume at the next start."""
+        for task in list(self.running.values()):
+            task.cancel()
+        if self.running:
+            await asyncio.wait(list(self.running.values()), timeout=10)
+
+    async def run_task(self, work: TaskWork) -> None:
+        """The catch-all around one task: whatever happens ends in a recorded state."""
+        log.info("task running task_id=%s conversation=%s", work.task_id, work.conversation_name)
+        try:
+            async with asyncio.timeout(self.settings.agent.max_task_seconds):
+                outcome = await self.agent.work(self.context(work))
+        except TimeoutError:
+            limit = self.settings.agent.max_task_seconds
+            outcome = Outcome("failed", f"budget: the task ran longer than {limit:g} s "
+                              "(agent.max_task_seconds)")
+        except ModelError as exc:
+            outcome = Outcome("deferred" if exc.transient else "failed", str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the one catch-all per task: record it and go on
+            log.exception("task_id=%s failed", work.task_id)
+            outcome = Outcome("failed", f"internal error: {type(exc).__name__}: {exc}")
+        self.record(work.task_id, outcome)
+
+    def record(self, task_id: int, outcome: Outcome) -> None:
+        log.info("task %s task_id=%s reason=%s", outcome.state, task_id, outcome.reason)
+        if outcome.state == "deferred":
+            later = datetime.now(UTC) + timedelta(seconds=self.settings.agent.retry_after_seconds)
+            self.store.defer_task(task_id, later, outcome.reason)
+        elif outcome.state == "waiting_approval":
+            self.store.set_task_state(task_id, "waiting_approval", outcome.reason)
+        else:
+            self.store.finish_task(task_id, outcome.state, outcome.reason, outcome.text)
+
+    # ------------------------------------------------------------ one task's tools and prompt
+
+    def scope(self, work: TaskWork) -> Scope:
+        s = self.settings
+        workspace = workspace_dir(s.workspaces_dir, work.conversation_name)
+        workspace.mkdir(parents=True, exist_ok=True)
+        home = self.home
+        protected = protected_paths(config_path=s.config_path, policies_dir=s.policies_dir,
+                                    data_dir=s.data_dir, home=home)
+        return Scope(workspace=workspace.resolve(), home=home, protected=protected)
+
+    def context(self, work: TaskWork) -> TaskContext:
+        scope = self.scope(work)
+        files = FileTools(
+            workspace=scope.workspace,
+            judge=lambda action, path: decide(self.policies.current(), action, path, scope),  # type: ignore[arg-type]
+            judge_move=lambda src, dst: decide_move(self.policies.current(), src, dst, scope),
+            trash=self.settings.data_dir / "trash" / f"task-{work.task_id}",
+            on_attach=lambda path: self.store.add_attachment(work.task_id, path),
+            max_output_chars=self.settings.agent.max_tool_output_chars,
+        )
+        memory = MemoryTools(save=lambda note: self.store.remember(work.conversation_id, note))
+        tools = {name: getattr(files, name) for name in FILE_TOOLS}
+        tools["remember"] = memory.remember
+        policy = self.policies.current()
+
+        def approve(flag: bool) -> None:
+            files.approved = flag
+
+        return TaskContext(
+            work=work, system=self.system_prompt(work, scope, policy), tools=tools,
+            check=lambda name, tool_input: check_call(self.policies.current(), scope, name,
+                                                      tool_input),
+            nonce=conversation_nonce(self.settings.data_dir, work.conversation_id),
+            set_approved=approve,
+        )
+
+    def system_prompt(self, work: TaskWork, scope: Scope, policy: Policy) -> str:
+        folders = [{"path": str(f.path), "access": f.access, "delete": f.delete}
+                   for f in policy.folders]
+        return render("system.md.j2", today=datetime.now(UTC).date().isoformat(),
+                      workspace=str(scope.workspace), folders=folders,
+                      memory=self.store.memory(work.conversation_id))
