@@ -164,13 +164,13 @@ class Agent:
             refusal = self.over_budget(work.task_id)
             if refusal:
                 return Outcome("failed", refusal, "")
-            await self.fit_context(ctx, tools)
-            await self.turn(ctx, tools)
+            messages = await self.fit_context(ctx, tools, items)
+            await self.turn(ctx, tools, messages)
 
-    async def turn(self, ctx: TaskContext, tools: list[dict[str, Any]]) -> None:
+    async def turn(self, ctx: TaskContext, tools: list[dict[str, Any]],
+                   messages: list[dict[str, Any]]) -> None:
         """One model request; its answer and usage are committed before anything acts on it."""
         work = ctx.work
-        messages = to_messages(self.store.history(work.conversation_id), ctx.nonce)
         system = [{"type": "text", "text": ctx.system, "cache_control": {"type": "ephemeral"}}]
         message = await self.request(system=system, tools=tools,
                                      messages=with_cache_breakpoint(messages))
@@ -323,24 +323,25 @@ class Agent:
 
     # ------------------------------------------------------------ bounded context
 
-    async def fit_context(self, ctx: TaskContext, tools: list[dict[str, Any]]) -> None:
-        """Compact the history until the next request fits well inside the context budget."""
+    async def fit_context(self, ctx: TaskContext, tools: list[dict[str, Any]],
+                          items: list[HistoryItem]) -> list[dict[str, Any]]:
+        """The messages of the next request, compacted until they fit the context budget."""
         budget = self.model.max_context_tokens
+        fixed = estimate_tokens([ctx.system, tools])
         for _ in range(5):
-            items = self.store.history(ctx.work.conversation_id)
-            size = estimate_tokens([ctx.system, tools, to_messages(items, ctx.nonce)])
-            if size <= budget * COMPACT_AT:
-                return
+            messages = to_messages(items, ctx.nonce)
+            if fixed + estimate_tokens(messages) <= budget * COMPACT_AT:
+                return messages
             cut = self.cut_point(items, int(budget * KEEP_AFTER_COMPACTION))
             if cut is None:
                 break
             await self.compact(ctx, items[:cut], items[cut].entry_id)
-        size = estimate_tokens([ctx.system, tools,
-                                to_messages(self.store.history(ctx.work.conversation_id),
-                                            ctx.nonce)])
-        if size > budget - self.model.max_output_tokens // 4:
+            items = self.store.history(ctx.work.conversation_id)
+        messages = to_messages(items, ctx.nonce)
+        if fixed + estimate_tokens(messages) > budget - self.model.max_output_tokens // 4:
             raise ModelError(f"the conversation cannot be made to fit model.max_context_tokens "
                              f"({budget}); raise it or start a new conversation")
+        return messages
 
     @staticmethod
     def cut_point(items: list[HistoryItem], keep_tokens: int) -> int | None:
@@ -393,3 +394,28 @@ def render_transcript(items: list[HistoryItem]) -> str:
             elif kind == "tool_result":
                 lines.append(f"[tool result] {str(block.get('content'))[:1000]}")
     return "\n".join(lines)
+
+
+async def check_model(model: ModelSettings) -> str:
+    """Reach the model endpoint and look the model up; raise ModelError naming what to fix."""
+    if not model.api_key and not model.base_url:
+        raise ModelError("no API key for the model: export ANTHROPIC_API_KEY (or name another "
+                         "variable in model.api_key_env)")
+    async with anthropic.AsyncAnthropic(
+        api_key=model.api_key or "not-needed", base_url=model.base_url,
+        timeout=min(model.timeout_seconds, 30), max_retries=1,
+    ) as client:
+        try:
+            info = await client.models.retrieve(model.name)
+        except anthropic.AuthenticationError as exc:
+            raise ModelError("the model endpoint refused the API key: check "
+                             "ANTHROPIC_API_KEY (model.api_key_env)") from exc
+        except anthropic.NotFoundError as exc:
+            raise ModelError(f"the model endpoint does not know model {model.name!r}: "
+                             "check model.name") from exc
+        except anthropic.APIConnectionError as exc:
+            where = model.base_url or "the Anthropic API"
+            raise ModelError(f"cannot reach {where}: {exc}") from exc
+        except anthropic.AnthropicError as exc:
+            raise ModelError(f"model check failed: {exc}") from exc
+    return f"model {info.id} at {model.base_url or 'the Anthropic API'}"

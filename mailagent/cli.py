@@ -1,4 +1,4 @@
-"""Command line: `mailagent run | check | status`.
+"""Command line: `mailagent run | check | status | policy explain`.
 
 Commands only: each turns expected failures (MailagentError) into one readable line on stderr
 and a non-zero exit code, never a traceback. The only module that configures logging handlers.
@@ -11,14 +11,17 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from mailagent import __version__
 from mailagent.config import Settings, find_config_path, load_settings
 from mailagent.errors import MailagentError
 from mailagent.mailbox import Mailbox
 from mailagent.notify import check_smtp
-from mailagent.service import run_service
+from mailagent.policy import Scope, explain, load_policy, protected_paths
+from mailagent.render import render_sample, template_names
 from mailagent.store import Store
+from mailagent.workspace import workspace_dir
 
 log = logging.getLogger("mailagent")
 
@@ -28,7 +31,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    run_service(_settings(args))
+    settings = _settings(args)
+    from mailagent.service import run_service  # imports the SDK, which takes seconds
+
+    run_service(settings)
     return 0
 
 
@@ -47,6 +53,25 @@ def _check_smtp(settings: Settings) -> str:
     return f"SMTP {settings.smtp.host}:{settings.smtp.port} ({who})"
 
 
+def _check_model(settings: Settings) -> str:
+    from mailagent.agent import check_model  # the SDK takes seconds to import: only when needed
+
+    return asyncio.run(check_model(settings.model))
+
+
+def _check_policies(settings: Settings) -> str:
+    policy = load_policy(settings.policies_dir)
+    return (f"policies in {settings.policies_dir}: {len(policy.folders)} folder rule(s) "
+            f"from {len(policy.files)} file(s)")
+
+
+def _check_templates(settings: Settings) -> str:
+    names = [n for n in template_names() if n.endswith(".j2")]
+    for name in names:
+        render_sample(name)
+    return f"templates: {', '.join(names)}"
+
+
 def _check_store(settings: Settings) -> str:
     store = Store.open(settings.database_url)
     store.close()
@@ -56,7 +81,8 @@ def _check_store(settings: Settings) -> str:
 def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     print(f"ok: config {settings.config_path}")
-    checks: list[Callable[[Settings], str]] = [_check_store, _check_imap, _check_smtp]
+    checks: list[Callable[[Settings], str]] = [
+        _check_policies, _check_templates, _check_store, _check_imap, _check_smtp, _check_model]
     failures = 0
     for check in checks:
         try:
@@ -94,6 +120,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    home = Path.home()
+    workspace = workspace_dir(settings.workspaces_dir, args.conversation)
+    scope = Scope(workspace=workspace, home=home, protected=protected_paths(
+        config_path=settings.config_path, policies_dir=settings.policies_dir,
+        data_dir=settings.data_dir, home=home))
+    print(explain(load_policy(settings.policies_dir), args.action, args.path, scope))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailagent", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mailagent {__version__}")
@@ -108,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--config", help="config file (default: $MAILAGENT_CONFIG, "
                              "then the user config dir)")
         command.set_defaults(func=func)
+    policy = sub.add_parser("policy", help="inspect the policy files")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    explain_parser = policy_sub.add_parser(
+        "explain", help="say allow/ask/deny for ACTION on PATH and which rule decided")
+    explain_parser.add_argument("--config", help="config file")
+    explain_parser.add_argument("--conversation", default="main",
+                                help="whose workspace relative paths resolve in (default main)")
+    explain_parser.add_argument("action", choices=["list", "read", "write", "delete"])
+    explain_parser.add_argument("path")
+    explain_parser.set_defaults(func=cmd_policy_explain)
     return parser
 
 

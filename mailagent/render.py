@@ -39,3 +39,15 @@ def render(name: str, **values: Any) -> str:
 
 def template_names() -> list[str]:
     return _environment().list_templates()
+
+
+SAMPLES: dict[str, dict[str, Any]] = {
+    "system.md.j2": {"today": "2026-01-01", "workspace": "/workspace",
+                     "folders": [{"path": "/folder", "access": "write", "delete": "ask"}],
+                     "memory": [(1, "a note")]},
+}
+
+
+def render_sample(name: str) -> str:
+    """Render a template with sample values, to prove at start-up that it renders at all."""
+    return render(name, **SAMPLES.get(name, {}))

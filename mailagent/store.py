@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Column, Connection, LargeBinary, event, func, inspect, text
+from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
@@ -838,12 +839,16 @@ class Store(MailStore):
             last_summary = s.exec(select(func.max(HistoryEntry.entry_id)).where(
                 HistoryEntry.conversation_id == conversation_id,
                 HistoryEntry.kind == "summary")).one()
-            query = select(HistoryEntry).where(HistoryEntry.conversation_id == conversation_id)
+            # Plain rows, not ORM objects: this runs before every model turn.
+            query = sa_select(col(HistoryEntry.entry_id), col(HistoryEntry.task_id),
+                              col(HistoryEntry.role), col(HistoryEntry.kind),
+                              col(HistoryEntry.content_json)).where(
+                col(HistoryEntry.conversation_id) == conversation_id)
             if last_summary is not None:
                 query = query.where(col(HistoryEntry.entry_id) >= last_summary)
-            rows = s.exec(query.order_by(col(HistoryEntry.entry_id)))
-            return [HistoryItem(_id(r.entry_id), r.task_id, r.role, r.kind,
-                                json.loads(r.content_json)) for r in rows]
+            rows = s.execute(query.order_by(col(HistoryEntry.entry_id))).all()
+            return [HistoryItem(_id(entry_id), task_id, role, kind, json.loads(content))
+                    for entry_id, task_id, role, kind, content in rows]
 
     def append_history(self, conversation_id: int, task_id: int | None, role: str, content: Any,
                        kind: str = "message") -> int:

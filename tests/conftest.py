@@ -1,3 +1,3 @@
-from tests.support.fixtures import dovecot, smtp_server
+from tests.support.fixtures import dovecot, model_server, smtp_server
 
-__all__ = ["dovecot", "smtp_server"]
+__all__ = ["dovecot", "model_server", "smtp_server"]

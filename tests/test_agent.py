@@ -378,3 +378,28 @@ def test_the_turn_budget_ends_a_task_with_its_reason(
     assert task.state == "failed"
     assert "model turns (agent.max_turns)" in (task.reason or "")
     assert len(model.message_requests) == 3
+
+
+def test_streaming_answers_work_the_same(tmp_path: Path, model: ModelServer, home: Path) -> None:
+    settings = make_settings(tmp_path, model, home)
+    settings = replace(settings, model=replace(settings.model, stream=True))
+    store = open_store(settings)
+    add_task(store, "Write a streamed note")
+    model.script(tool_use("write_file", {"path": "streamed.txt", "content": "by stream"}),
+                 text("Streamed."))
+    settle(settings, store, home)
+    assert all(r.stream for r in model.message_requests)
+    assert (settings.workspaces_dir / "main" / "streamed.txt").read_text() == "by stream"
+    assert store.tasks()[0].state == "done"
+
+
+def test_a_hung_model_ends_at_the_time_budget(
+        tmp_path: Path, model: ModelServer, home: Path) -> None:
+    settings = make_settings(tmp_path, model, home, max_task_seconds=1)
+    store = open_store(settings)
+    add_task(store, "wait forever")
+    model.delay_seconds = 5
+    settle(settings, store, home)
+    task = store.tasks()[0]
+    assert task.state == "failed"
+    assert "ran longer than 1 s (agent.max_task_seconds)" in (task.reason or "")

@@ -11,6 +11,7 @@ from pathlib import Path
 from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
 from tests.support.mail import owner_mail
+from tests.support.model_server import ModelServer
 from tests.support.service import ServiceProcess, wait_until
 from tests.support.smtp import SmtpServer
 
@@ -29,18 +30,65 @@ def closed_port() -> int:
 
 def test_check_passes_on_a_good_config(tmp_path: Path, dovecot: Dovecot,
                                        smtp_server: SmtpServer) -> None:
-    config = write_config(tmp_path, dovecot.imap_port, smtp_server.port)
-    result = mailagent("check", "--config", str(config))
+    with ModelServer.start() as model:
+        url = model.base_url
+        config = write_config(tmp_path, dovecot.imap_port, smtp_server.port, model_url=url)
+        result = mailagent("check", "--config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok: IMAP login as agent@example.com" in result.stdout
     assert "IDLE" in result.stdout
     assert "ok: SMTP" in result.stdout
+    assert f"ok: model claude-test-model at {url}" in result.stdout
+    assert "ok: templates: system.md.j2" in result.stdout
     assert "error" not in result.stdout
 
 
-def test_check_names_a_wrong_password_in_one_line(tmp_path: Path, dovecot: Dovecot,
-                                                  smtp_server: SmtpServer) -> None:
+def test_check_names_an_unreachable_model_endpoint(tmp_path: Path, dovecot: Dovecot,
+                                                   smtp_server: SmtpServer) -> None:
+    port = closed_port()
+    config = write_config(tmp_path, dovecot.imap_port, smtp_server.port,
+                          model_url=f"http://127.0.0.1:{port}")
+    result = mailagent("check", "--config", str(config))
+    assert result.returncode == 1
+    assert f"error: cannot reach http://127.0.0.1:{port}" in result.stdout
+    assert "ok: IMAP" in result.stdout
+
+
+def test_check_reports_a_broken_policy_file_with_its_line(tmp_path: Path, dovecot: Dovecot,
+                                                          smtp_server: SmtpServer) -> None:
     config = write_config(tmp_path, dovecot.imap_port, smtp_server.port)
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "home.toml").write_text(
+        '[[folders]]\npath = "/tmp"\naccess = "wrte"\n')
+    result = mailagent("check", "--config", str(config))
+    assert result.returncode == 1
+    [line] = [x for x in result.stdout.splitlines() if x.startswith("error:") and "home.toml" in x]
+    assert "line 3" in line and "wrte" in line
+
+
+def test_policy_explain_says_the_verdict_and_the_rule(tmp_path: Path) -> None:
+    config = write_config(tmp_path, 1, 1)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "q3.txt").write_text("numbers")
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "reports.toml").write_text(
+        f'[[folders]]\npath = "{reports}"\naccess = "read"\n')
+    allowed = mailagent("policy", "explain", "--config", str(config), "read",
+                        str(reports / "q3.txt"))
+    denied = mailagent("policy", "explain", "--config", str(config), "write",
+                       str(reports / "q3.txt"))
+    assert allowed.returncode == 0 and denied.returncode == 0
+    assert allowed.stdout.startswith("allow: reports.toml:1")
+    assert denied.stdout.startswith("deny: reports.toml:1")
+    assert "read-only" in denied.stdout
+
+
+def test_check_names_a_wrong_password_in_one_line(tmp_path: Path, dovecot: Dovecot,
+                                                  smtp_server: SmtpServer,
+                                                  model_server: ModelServer) -> None:
+    config = write_config(tmp_path, dovecot.imap_port, smtp_server.port,
+                          model_url=model_server.base_url)
     result = mailagent("check", "--config", str(config), password="Pa55-wr0ng-x")
     assert result.returncode == 1
     errors = [line for line in result.stdout.splitlines() if line.startswith("error:")]
@@ -50,9 +98,10 @@ def test_check_names_a_wrong_password_in_one_line(tmp_path: Path, dovecot: Dovec
     assert "Traceback" not in result.stderr
 
 
-def test_check_names_an_unreachable_host(tmp_path: Path, smtp_server: SmtpServer) -> None:
+def test_check_names_an_unreachable_host(tmp_path: Path, smtp_server: SmtpServer,
+                                         model_server: ModelServer) -> None:
     port = closed_port()
-    config = write_config(tmp_path, port, smtp_server.port)
+    config = write_config(tmp_path, port, smtp_server.port, model_url=model_server.base_url)
     result = mailagent("check", "--config", str(config))
     assert result.returncode == 1
     assert f"error: cannot reach IMAP server 127.0.0.1:{port}" in result.stdout
@@ -81,21 +130,24 @@ def test_a_bad_config_is_one_line_without_traceback(tmp_path: Path) -> None:
             f"mailagent: error: imap.host is missing in {config}: set it"]
 
 
-def test_status_lists_conversations_tasks_and_refusals(tmp_path: Path, dovecot: Dovecot) -> None:
-    service = ServiceProcess(write_config(tmp_path, dovecot.imap_port, 1))
+def test_status_lists_conversations_tasks_and_refusals(tmp_path: Path, dovecot: Dovecot,
+                                                      model_server: ModelServer) -> None:
+    service = ServiceProcess(write_config(tmp_path, dovecot.imap_port, 1,
+                                          model_url=model_server.base_url))
     dovecot.append(owner_mail("[home] fix the boiler schedule"))
     dovecot.append(owner_mail("hi", sender="Stranger <stranger@example.net>"))
     service.start()
     try:
         store = service.store()
         wait_until(lambda: len(store.raw_outcomes()) == 2
-                   and all(s == "processed" for _, s, _, _ in store.raw_outcomes()), 10, "intake")
+                   and all(s == "processed" for _, s, _, _ in store.raw_outcomes())
+                   and [t.state for t in store.tasks()] == ["done"], 10, "intake and the task")
     finally:
         service.stop()
     result = mailagent("status", "--config", str(service.config_path))
     assert result.returncode == 0
-    assert "home: 1 queued" in result.stdout
-    assert "[home] queued: [home] fix the boiler schedule" in result.stdout
+    assert "home: 1 done" in result.stdout
+    assert "[home] done: [home] fix the boiler schedule" in result.stdout
     assert "intake.unauthenticated: sender is not an owner address" in result.stdout
 
 

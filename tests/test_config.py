@@ -70,6 +70,7 @@ def test_broken_toml_and_missing_files_are_clear(tmp_path: Path) -> None:
 def test_inline_secrets_and_base_url_from_the_environment(tmp_path: Path) -> None:
     path = edit(write_config(tmp_path, 1143, 1025), 'password_env = "TEST_IMAP_PASSWORD"',
                 'password = "inline"')
+    path = edit(edit(path, 'base_url = "http://127.0.0.1:9"', ""), 'api_key = "test"', "")
     settings = load_settings(path, {"ANTHROPIC_BASE_URL": "http://127.0.0.1:9",
                                     "ANTHROPIC_API_KEY": "k"})
     assert settings.imap.password == "inline"

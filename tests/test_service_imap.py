@@ -12,6 +12,7 @@ from mailagent.store import Store
 from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
 from tests.support.mail import MX, OWNER, message_id_of, owner_mail
+from tests.support.model_server import ModelServer
 from tests.support.proxy import SilentProxy
 from tests.support.service import ServiceProcess, wait_until
 
@@ -19,8 +20,10 @@ DONE = "$MailagentDone"
 
 
 @pytest.fixture
-def service(tmp_path: Path, dovecot: Dovecot) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(write_config(tmp_path, dovecot.imap_port, 1))
+def service(tmp_path: Path, dovecot: Dovecot,
+            model_server: ModelServer) -> Iterator[ServiceProcess]:
+    process = ServiceProcess(write_config(tmp_path, dovecot.imap_port, 1,
+                                          model_url=model_server.base_url))
     yield process
     process.kill()
 
@@ -45,8 +48,7 @@ def test_owner_mail_becomes_one_queued_task_picked_up_by_idle(
     uid = dovecot.append(owner_mail("[reports] Summarise Q3"))
     assert wait_tasks(service, 1, timeout=5) == [("reports", "[reports] Summarise Q3")]
     store = service.store()
-    task = store.tasks()[0]
-    assert task.state == "queued"
+    task = wait_until(lambda: [t for t in store.tasks() if t.state == "done"], 10, "done")[0]
     assert task.owner_address == OWNER
     wait_until(lambda: DONE in dovecot.flags(uid), 5, "the done keyword")
     assert "\\Seen" not in dovecot.flags(uid)

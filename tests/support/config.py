@@ -34,7 +34,8 @@ def settings_for_tests(tmp_path: Path, **changes: Any) -> Settings:
 
 
 def write_config(tmp_path: Path, imap_port: int, smtp_port: int, *, extra: str = "",
-                 imap_extra: str = "", imap_host: str = "127.0.0.1") -> Path:
+                 imap_extra: str = "", imap_host: str = "127.0.0.1",
+                 model_url: str = "http://127.0.0.1:9", model_extra: str = "") -> Path:
     """A config file for the service under test; the IMAP password comes from the environment
     variable TEST_IMAP_PASSWORD, as a user's `password_env` would."""
     path = tmp_path / "mailagent.toml"
@@ -66,5 +67,12 @@ from = "Mail Agent <{AGENT}>"
 addresses = ["{OWNER}"]
 verification = "authentication-results"
 trusted_authserv_ids = ["{MX}"]
+
+[model]
+name = "claude-test-model"
+base_url = "{model_url}"
+api_key = "test"
+max_retries = 0
+{model_extra}
 """, encoding="utf-8")
     return path

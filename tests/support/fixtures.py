@@ -12,9 +12,10 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.dovecot import Dovecot
+from tests.support.model_server import ModelServer
 from tests.support.smtp import SmtpServer
 
-__all__ = ["dovecot", "smtp_server"]
+__all__ = ["dovecot", "model_server", "smtp_server"]
 
 
 @pytest.fixture
@@ -31,6 +32,16 @@ def dovecot() -> Iterator[Dovecot]:
 def smtp_server() -> Iterator[SmtpServer]:
     """An aiosmtpd server requiring AUTH as agent@example.com / agent-secret."""
     server = SmtpServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def model_server() -> Iterator[ModelServer]:
+    """A scripted Messages API on loopback; unscripted requests get the reply "done"."""
+    server = ModelServer.start()
     try:
         yield server
     finally:
