@@ -1,0 +1,219 @@
+"""Store tables: the SQLModel declarations and the forward-only named migrations.
+
+Declarations only; every query lives in `mailagent.store`. A new column or table is a new
+migration appended to MIGRATIONS, never an edit of an applied one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy import Column, Connection, LargeBinary, inspect, text
+from sqlmodel import Field, SQLModel
+
+log = logging.getLogger(__name__)
+
+TASK_STATES = ("queued", "running", "waiting_approval", "done", "failed", "cancelled")
+TASK_TRANSITIONS: dict[str, frozenset[str]] = {
+    "queued": frozenset({"running", "cancelled"}),
+    "running": frozenset({"queued", "waiting_approval", "done", "failed", "cancelled"}),
+    "waiting_approval": frozenset({"running", "failed", "cancelled"}),
+    "done": frozenset(),
+    "failed": frozenset(),
+    "cancelled": frozenset(),
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------- tables
+
+
+class Migration(SQLModel, table=True):
+    name: str = Field(primary_key=True)
+    applied_at: datetime
+
+
+class MailboxState(SQLModel, table=True):
+    folder: str = Field(primary_key=True)
+    uidvalidity: int
+    last_uid: int = 0
+
+
+class RawMessage(SQLModel, table=True):
+    __tablename__ = "raw_message"
+    raw_message_id: int | None = Field(default=None, primary_key=True)
+    content_key: str = Field(unique=True, index=True)
+    folder: str
+    uidvalidity: int
+    uid: int
+    message_id: str | None = None
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    size: int
+    truncated: bool = False
+    received_at: datetime
+    state: str = "received"  # received -> processed
+    outcome: str | None = None  # task | command | rejected
+    reason: str | None = None
+    attempts: int = 0
+    flagged: bool = False
+
+
+class Conversation(SQLModel, table=True):
+    conversation_id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    created_at: datetime
+
+
+class Task(SQLModel, table=True):
+    task_id: int | None = Field(default=None, primary_key=True)
+    conversation_id: int = Field(foreign_key="conversation.conversation_id", index=True)
+    raw_message_id: int | None = Field(default=None, foreign_key="raw_message.raw_message_id")
+    state: str = Field(default="queued", index=True)
+    owner_address: str
+    subject: str
+    message_id: str | None = None
+    references: str = ""
+    instruction: str
+    data_json: str = "{}"
+    reason: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    not_before: datetime | None = None  # a task put back after overload waits until then
+    turns: int = 0
+    tool_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+    result_text: str = ""
+    attachments_json: str = "[]"  # paths given to attach_file, for the completion mail
+
+
+class HistoryEntry(SQLModel, table=True):
+    """One message of a conversation's history. Append-only: the prompt prefix stays stable.
+
+    A `summary` entry stands for every entry of its conversation before it (compaction).
+    """
+
+    __tablename__ = "history"
+    entry_id: int | None = Field(default=None, primary_key=True)
+    conversation_id: int = Field(foreign_key="conversation.conversation_id", index=True)
+    task_id: int | None = Field(default=None, foreign_key="task.task_id")
+    role: str  # user | assistant
+    kind: str = "message"  # message | summary
+    content_json: str
+    created_at: datetime
+
+
+class ToolCallRow(SQLModel, table=True):
+    """A tool call, its policy decision and its outcome: the audit trail and the resume point."""
+
+    __tablename__ = "tool_call"
+    tool_call_id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="task.task_id", index=True)
+    tool_use_id: str = Field(index=True)  # unique within a task
+    name: str
+    input_json: str
+    verdict: str  # allow | ask | deny
+    rule: str
+    reason: str
+    state: str  # decided | started | done | failed | denied | waiting
+    result_json: str = ""
+    change_json: str = ""  # what it changed on disk, for the manifest and undo
+    created_at: datetime
+    finished_at: datetime | None = None
+
+
+class MemoryNote(SQLModel, table=True):
+    __tablename__ = "memory"
+    memory_id: int | None = Field(default=None, primary_key=True)
+    conversation_id: int = Field(foreign_key="conversation.conversation_id", index=True)
+    note: str
+    created_at: datetime
+    deleted_at: datetime | None = None
+
+
+class Command(SQLModel, table=True):
+    command_id: int | None = Field(default=None, primary_key=True)
+    raw_message_id: int | None = Field(default=None, foreign_key="raw_message.raw_message_id")
+    conversation_id: int | None = Field(default=None, foreign_key="conversation.conversation_id")
+    task_id: int | None = Field(default=None, foreign_key="task.task_id")
+    name: str
+    argument: str = ""
+    owner_address: str
+    subject: str
+    message_id: str | None = None
+    references: str = ""
+    state: str = Field(default="pending", index=True)  # pending -> done
+    created_at: datetime
+
+
+class ThreadRef(SQLModel, table=True):
+    __tablename__ = "thread_ref"
+    message_id: str = Field(primary_key=True)
+    conversation_id: int = Field(foreign_key="conversation.conversation_id")
+    task_id: int | None = Field(default=None, foreign_key="task.task_id")
+    direction: str  # in | out
+
+
+class AuditEvent(SQLModel, table=True):
+    __tablename__ = "audit_event"
+    audit_id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(index=True)
+    kind: str = Field(index=True)
+    raw_message_id: int | None = None
+    task_id: int | None = None
+    reason: str = ""
+    detail_json: str = "{}"
+
+
+def _initial(connection: Connection) -> None:
+    tables = [
+        SQLModel.metadata.tables[name]
+        for name in (
+            "mailboxstate",
+            "raw_message",
+            "conversation",
+            "task",
+            "command",
+            "thread_ref",
+            "audit_event",
+        )
+    ]
+    SQLModel.metadata.create_all(connection, tables=tables)
+
+
+def _add_columns(connection: Connection, table: str, columns: dict[str, str]) -> None:
+    existing = {c["name"] for c in inspect(connection).get_columns(table)}
+    for name, ddl in columns.items():
+        if name not in existing:
+            connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}"))
+
+
+def _agent(connection: Connection) -> None:
+    _add_columns(connection, "task", {
+        "not_before": "TIMESTAMP", "turns": "INTEGER NOT NULL DEFAULT 0",
+        "tool_calls": "INTEGER NOT NULL DEFAULT 0",
+        "input_tokens": "INTEGER NOT NULL DEFAULT 0", "output_tokens": "INTEGER NOT NULL DEFAULT 0",
+        "cache_read_tokens": "INTEGER NOT NULL DEFAULT 0",
+        "cache_write_tokens": "INTEGER NOT NULL DEFAULT 0",
+        "cost_usd": "FLOAT NOT NULL DEFAULT 0", "result_text": "TEXT NOT NULL DEFAULT ''",
+        "attachments_json": "TEXT NOT NULL DEFAULT '[]'",
+    })
+    tables = [SQLModel.metadata.tables[n] for n in ("history", "tool_call", "memory")]
+    SQLModel.metadata.create_all(connection, tables=tables)
+
+
+# Forward-only: append new migrations, never edit or reorder applied ones. The first one creates
+# tables as they are declared now, so later ones check before they add a column.
+MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
+    ("0001_initial", _initial),
+    ("0002_agent", _agent),
+]
+

@@ -1,0 +1,138 @@
+"""Frozen views of stored rows, handed to the other stages (never live ORM objects)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SavedRaw:
+    raw_message_id: int
+    is_new: bool
+
+
+@dataclass(frozen=True)
+class ThreadMatch:
+    conversation_id: int
+    conversation_name: str
+    task_id: int | None
+
+
+@dataclass(frozen=True)
+class TaskView:
+    task_id: int
+    conversation_name: str
+    state: str
+    subject: str
+    owner_address: str
+    instruction: str
+    data: dict[str, Any]
+    created_at: datetime
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class CommandView:
+    command_id: int
+    name: str
+    argument: str
+    conversation_name: str | None
+    task_id: int | None
+    state: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AuditView:
+    audit_id: int
+    at: datetime
+    kind: str
+    reason: str
+    raw_message_id: int | None
+    task_id: int | None
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ConversationView:
+    conversation_id: int
+    name: str
+    task_counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A task to record for an inbound message (built by the service from intake and threads)."""
+
+    conversation_name: str
+    owner_address: str
+    subject: str
+    message_id: str | None
+    references: tuple[str, ...]
+    instruction: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class NewCommand:
+    name: str
+    argument: str
+    conversation_name: str | None
+    task_id: int | None
+    owner_address: str
+    subject: str
+    message_id: str | None
+    references: tuple[str, ...]
+
+
+
+
+
+@dataclass(frozen=True)
+class TaskWork:
+    """What the agent needs to know of a task it works on."""
+
+    task_id: int
+    conversation_id: int
+    conversation_name: str
+    subject: str
+    owner_address: str
+    instruction: str
+    data: dict[str, Any]
+    turns: int
+    tool_calls: int
+    tokens: int
+    cost_usd: float
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    entry_id: int
+    task_id: int | None
+    role: str
+    kind: str
+    content: Any
+
+
+@dataclass(frozen=True)
+class ToolCallView:
+    tool_use_id: str
+    name: str
+    input: dict[str, Any]
+    verdict: str
+    state: str
+    result: Any
+    change: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+
+
