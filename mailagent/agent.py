@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 3  # conservative: real tokenizers average closer to 4 characters per token
 COMPACT_AT = 0.6  # compact when a request would pass this share of the context budget
 KEEP_AFTER_COMPACTION = 0.25  # the recent tail kept verbatim, as a share of the budget
+# Server-side compaction is asked for below the client-side threshold, so that an endpoint that
+# supports it compacts first; one that ignores the request is still bounded by the client side.
+SERVER_COMPACT_AT = 0.35
+COMPACT_BETA = "compact-2026-01-12"
 SUMMARY_PROMPT = (
     "Summarise the conversation above for your own later use: the owner's requests and "
     "preferences, what was done (files read, written, moved, deleted, with paths), results, "
@@ -88,8 +92,20 @@ def task_message(work: TaskWork, nonce: str) -> str:
     return "\n\n".join(parts)
 
 
+def _has_compaction(item: HistoryItem) -> bool:
+    return item.role == "assistant" and any(
+        isinstance(b, dict) and b.get("type") == "compaction" for b in item.content)
+
+
 def to_messages(items: list[HistoryItem], nonce: str) -> list[dict[str, Any]]:
-    """History entries as API messages: consecutive turns of one role merged, summary fenced."""
+    """History entries as API messages: consecutive turns of one role merged, summary fenced.
+
+    Entries before the latest server-side compaction block are left out: the endpoint would
+    ignore them anyway, and the request size is then what the endpoint really reads.
+    """
+    compacted = [i for i, item in enumerate(items) if _has_compaction(item)]
+    if compacted:
+        items = items[compacted[-1]:]
     messages: list[dict[str, Any]] = []
     for item in items:
         if item.kind == "summary":
@@ -130,6 +146,9 @@ class Agent:
                  failpoint_name: str | None = None) -> None:
         self.model, self.budgets, self.store = model, budgets, store
         self.failpoint_name = failpoint_name
+        # None: not known yet whether the endpoint takes server-side compaction ("auto").
+        self.server_compaction: bool | None = {"server": True, "client": False}.get(
+            model.compaction)
         self.client = anthropic.AsyncAnthropic(
             api_key=model.api_key or ("not-needed" if model.base_url else None),
             base_url=model.base_url, timeout=model.timeout_seconds,
@@ -172,8 +191,8 @@ class Agent:
         """One model request; its answer and usage are committed before anything acts on it."""
         work = ctx.work
         system = [{"type": "text", "text": ctx.system, "cache_control": {"type": "ephemeral"}}]
-        message = await self.request(system=system, tools=tools,
-                                     messages=with_cache_breakpoint(messages))
+        message = await self.request_compacting(system=system, tools=tools,
+                                                messages=with_cache_breakpoint(messages))
         content = [b.model_dump(mode="json", exclude_none=True) for b in message.content]
         if message.stop_reason == "max_tokens" and not _tool_uses(content):
             content.append({"type": "text", "text": "[the answer was cut at the output limit]"})
@@ -181,23 +200,43 @@ class Agent:
         self.store.append_history(work.conversation_id, work.task_id, "assistant",
                                   content or [{"type": "text", "text": "(no answer)"}])
 
-    async def request(self, **params: Any) -> Any:
+    async def request_compacting(self, **params: Any) -> Any:
+        """A model turn that asks for server-side compaction where the endpoint takes it."""
+        if self.server_compaction is False:
+            return await self.request(**params)
+        trigger = int(self.model.max_context_tokens * SERVER_COMPACT_AT)
+        edits = [{"type": "compact_20260112", "trigger": {"type": "input_tokens",
+                                                          "value": trigger}}]
+        try:
+            message = await self.request(beta=True, betas=[COMPACT_BETA],
+                                         context_management={"edits": edits}, **params)
+        except ModelError as exc:
+            if self.server_compaction is None and exc.status_code == 400:
+                log.info("the endpoint refused server-side compaction; compacting client-side")
+                self.server_compaction = False
+                return await self.request(**params)
+            raise
+        return message
+
+    async def request(self, beta: bool = False, **params: Any) -> Any:
         """A Messages API call; failures become ModelError, transient or not."""
         params = {"model": self.model.name, "max_tokens": self.model.max_output_tokens, **params}
         if not params.get("tools"):
             params.pop("tools", None)
+        api: Any = self.client.beta.messages if beta else self.client.messages
         try:
             if self.model.stream:
-                async with self.client.messages.stream(**params) as stream:
+                async with api.stream(**params) as stream:
                     return await stream.get_final_message()
-            return await self.client.messages.create(**params)
+            return await api.create(**params)
         except (anthropic.RateLimitError, anthropic.InternalServerError,
                 anthropic.APIConnectionError) as exc:
             raise ModelError(f"the model endpoint is busy or unreachable: {exc}",
                              transient=True) from exc
         except anthropic.APIStatusError as exc:
             raise ModelError(f"the model endpoint refused the request "
-                             f"({exc.status_code}): {exc.message}") from exc
+                             f"({exc.status_code}): {exc.message}",
+                             status_code=exc.status_code) from exc
         except anthropic.AnthropicError as exc:
             raise ModelError(f"model request failed: {exc}") from exc
 

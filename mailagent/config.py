@@ -69,6 +69,7 @@ class ModelSettings:
     timeout_seconds: float = 600.0
     max_retries: int = 2
     stream: bool = False
+    compaction: str = "auto"  # auto | server | client
     # Prices in US dollars per million tokens; cache writes and reads are priced from input.
     input_usd_per_mtok: float = 3.0
     output_usd_per_mtok: float = 15.0
@@ -257,6 +258,7 @@ def _model(s: _Section, environ: Mapping[str, str]) -> ModelSettings:
         timeout_seconds=s.positive("timeout_seconds", float, d.timeout_seconds),
         max_retries=s.get("max_retries", int, d.max_retries),
         stream=s.get("stream", bool, d.stream),
+        compaction=s.choice("compaction", ("auto", "server", "client"), d.compaction),
         input_usd_per_mtok=s.get("input_usd_per_mtok", float, d.input_usd_per_mtok),
         output_usd_per_mtok=s.get("output_usd_per_mtok", float, d.output_usd_per_mtok),
     )

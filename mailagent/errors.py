@@ -43,9 +43,11 @@ class PolicyError(MailagentError):
 class ModelError(MailagentError):
     """The model endpoint refused or failed a request."""
 
-    def __init__(self, message: str, transient: bool = False) -> None:
+    def __init__(self, message: str, transient: bool = False,
+                 status_code: int | None = None) -> None:
         super().__init__(message)
         self.transient = transient
+        self.status_code = status_code
 
 
 class MailboxError(MailagentError):

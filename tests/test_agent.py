@@ -336,6 +336,7 @@ def test_two_hundred_tasks_stay_within_the_context_budget(
 def test_overload_puts_the_task_back_and_a_bad_request_fails_it(
         tmp_path: Path, model: ModelServer, home: Path) -> None:
     settings = make_settings(tmp_path, model, home, retry_after_seconds=3600)
+    settings = replace(settings, model=replace(settings.model, compaction="client"))
     store = open_store(settings)
     add_task(store, "first", conversation="a")
     model.script(error(529, "overloaded_error", "Overloaded"))
@@ -403,3 +404,38 @@ def test_a_hung_model_ends_at_the_time_budget(
     task = store.tasks()[0]
     assert task.state == "failed"
     assert "ran longer than 1 s (agent.max_task_seconds)" in (task.reason or "")
+
+
+def test_an_endpoint_with_server_compaction_keeps_the_context_bounded_itself(
+        tmp_path: Path, model: ModelServer, home: Path) -> None:
+    settings = make_settings(tmp_path, model, home, max_task_seconds=60)
+    settings = replace(settings, model=replace(settings.model, max_context_tokens=6000))
+    store = open_store(settings)
+    for n in range(40):
+        add_task(store, f"Task number {n}: write one line about the number {n}.")
+    model.supports_compaction = True
+    model.compaction_summary = "The owner asked for short notes about numbers."
+    model.default = answer
+    settle(settings, store, home, timeout=120)
+    assert [t.state for t in store.tasks()] == ["done"] * 40
+    requests = model.message_requests
+    assert all("compact-2026-01-12" in r.betas for r in requests)
+    assert not [r for r in requests if "transcript" in json.dumps(r.body["messages"])]
+    compacted = [r for r in requests if '"type": "compaction"' in json.dumps(r.body["messages"])]
+    assert compacted, "the endpoint's compaction blocks were not sent back"
+    sizes = [estimate_tokens([r.body["system"][0]["text"], r.body.get("tools", []),
+                              r.body["messages"]]) for r in requests]
+    assert max(sizes) <= settings.model.max_context_tokens
+
+
+def test_an_endpoint_refusing_the_compaction_beta_falls_back_to_client_side(
+        tmp_path: Path, model: ModelServer, home: Path) -> None:
+    settings = make_settings(tmp_path, model, home)
+    store = open_store(settings)
+    add_task(store, "hello")
+    model.script(error(400, "invalid_request_error", "unknown beta compact-2026-01-12"),
+                 text("Hello."))
+    settle(settings, store, home)
+    assert store.tasks()[0].state == "done"
+    first, second = model.message_requests
+    assert "context_management" in first.body and "context_management" not in second.body
