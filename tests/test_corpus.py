@@ -13,7 +13,7 @@ from mailagent.mailbox import Fetched
 from mailagent.service import Service
 from mailagent.store import Store
 from tests.support.config import settings_for_tests
-from tests.support.mail import OWNER
+from tests.support.mail import OWNER, owner_mail
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 FILES = sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.suffix != ".md"
@@ -55,3 +55,19 @@ def test_every_corpus_mail_ends_in_a_recorded_outcome(tmp_path: Path, transform:
         assert "internal error" not in reason, f"message {raw_id}: {reason}"
     if transform:
         assert sum(1 for *_, o, _ in outcomes if o == "task") > 50
+
+
+def test_a_message_that_keeps_killing_intake_is_given_up_after_three_attempts(
+        tmp_path: Path) -> None:
+    settings = settings_for_tests(tmp_path)
+    store = Store.open(settings.database_url)
+    raw = owner_mail("crashes every time")
+    saved = store.save_raw(folder="INBOX", uidvalidity=1, uid=1, raw=raw, size=len(raw),
+                           content_key="k", message_id=None)
+    for _ in range(3):  # three starts that died while processing it
+        store.begin_processing(saved.raw_message_id)
+    Service(settings, store).process_pending()
+    [(_, state, outcome, reason)] = store.raw_outcomes()
+    assert (state, outcome) == ("processed", "rejected")
+    assert reason == "gave up after 3 attempts"
+    assert store.tasks() == []
