@@ -38,6 +38,7 @@ class ImapSettings:
     reconnect_max_seconds: float = 300.0
     done_keyword: str = "$MailagentDone"
     ca_file: str | None = None
+    sent_folder: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class SmtpSettings:
     password: str | None = None
     timeout_seconds: float = 30.0
     ca_file: str | None = None
+    max_attachment_bytes: int = 15 * 1024 * 1024
+    save_copy: bool = False  # append each sent mail to imap.sent_folder
+    send_receipts: bool = False  # a short "got it" reply when a task is queued
 
 
 @dataclass(frozen=True)
@@ -212,6 +216,7 @@ def _imap(s: _Section, environ: Mapping[str, str]) -> ImapSettings:
         reconnect_max_seconds=s.positive("reconnect_max_seconds", float, 300.0),
         done_keyword=s.get("done_keyword", str, "$MailagentDone"),
         ca_file=s.get("ca_file", str, None),
+        sent_folder=s.get("sent_folder", str, None),
     )
 
 
@@ -227,6 +232,9 @@ def _smtp(s: _Section, environ: Mapping[str, str]) -> SmtpSettings:
         password=s.secret("password", environ, required=username is not None),
         timeout_seconds=s.positive("timeout_seconds", float, 30.0),
         ca_file=s.get("ca_file", str, None),
+        max_attachment_bytes=s.positive("max_attachment_bytes", int, 15 * 1024 * 1024),
+        save_copy=s.get("save_copy", bool, False),
+        send_receipts=s.get("send_receipts", bool, False),
     )
 
 

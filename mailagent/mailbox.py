@@ -18,10 +18,10 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import date
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import imapclient
 from imapclient.exceptions import IMAPClientError
@@ -38,6 +38,7 @@ from mailagent.errors import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FETCH_BATCH = 25
 IDLE_CHECK_SECONDS = 1.0
@@ -177,6 +178,13 @@ class Mailbox:
                 yield Fetched(self.settings.folder, self.uidvalidity, uid, raw,
                               int(sizes[uid][b"RFC822.SIZE"]))
 
+    def has_message_id(self, message_id: str) -> bool:
+        """Whether the selected folder holds a message with this Message-ID header."""
+        return bool(self._call("search", ["HEADER", "Message-ID", message_id]))
+
+    def append(self, raw: bytes) -> None:
+        self._call("append", self.settings.folder, raw, flags=[b"\\Seen"])
+
     def mark_done(self, uids: Sequence[int]) -> None:
         if uids and self.can_keyword:
             self._call("add_flags", list(uids), [self.settings.done_keyword.encode()])
@@ -214,6 +222,16 @@ class Mailbox:
 
 def _clock_jumped(wall_start: float, mono_start: float) -> bool:
     return abs((time.time() - wall_start) - (time.monotonic() - mono_start)) > CLOCK_JUMP_SECONDS
+
+
+def in_folder(settings: ImapSettings, folder: str, action: Callable[[Mailbox], T]) -> T:
+    """Run `action` on a short-lived connection to another folder (e.g. Sent)."""
+    mailbox = Mailbox(replace(settings, folder=folder))
+    mailbox.connect()
+    try:
+        return action(mailbox)
+    finally:
+        mailbox.close()
 
 
 class Watcher:

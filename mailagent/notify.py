@@ -1,21 +1,126 @@
-"""Notify: outbound mail over SMTP. The only importer of aiosmtplib.
+"""Notify: outcomes -> threaded reply mails -> the outbox -> SMTP. The only importer of aiosmtplib.
 
-In: `SmtpSettings`. Out, for now: a login check for `mailagent check`. Replies, the outbox and
-templates build on this module. It must never take a recipient or a header from mail content.
+In: a `ReplyTarget` (the mail being answered), a template and its values, files to attach.
+Out: `Outbound` mails, queued in the store before any attempt, then sent by the `Postman`, which
+retries transient failures with backoff, records permanent ones, and reconciles a send whose
+outcome is unknown by looking for its Message-ID in the Sent folder before sending it again.
+It must never take a recipient or a header from mail content (SECURITY.md S3, E1): the recipient
+is the authenticated owner the task came from, and every header value is cleaned of CR, LF and
+control characters.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
+import logging
+import mimetypes
+import random
 import ssl
+import zipfile
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid, parseaddr
+from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 
 from mailagent.config import SmtpSettings
+from mailagent.content import clean_header
 from mailagent.errors import MailagentError
+from mailagent.failpoints import failpoint
+from mailagent.render import markdown_html, render
+from mailagent.store import Outbound, OutboxView, ReplyTarget, Store
+
+log = logging.getLogger(__name__)
+
+MAX_REFERENCES = 20
+RETRY_BASE_SECONDS = 5.0
+RETRY_MAX_SECONDS = 1800.0
 
 
 class SmtpError(MailagentError):
     """The SMTP server could not be reached or refused us."""
+
+
+class SendOutcome:
+    SENT, RETRY, FAILED, UNKNOWN = "sent", "retry", "failed", "unknown"
+
+
+# ---------------------------------------------------------------- composing
+
+
+def new_message_id(from_address: str) -> str:
+    domain = parseaddr(from_address)[1].rpartition("@")[2] or "mailagent.invalid"
+    return make_msgid(idstring="mailagent", domain=clean_header(domain, 200))
+
+
+def reply_subject(subject: str) -> str:
+    subject = clean_header(subject, 200) or "(no subject)"
+    return subject if subject.lower().startswith("re:") else f"Re: {subject}"
+
+
+@dataclass(frozen=True)
+class AttachmentPlan:
+    files: list[tuple[str, bytes, str]]  # (file name, bytes, MIME type)
+    attached: list[str]
+    not_attached: list[str]
+
+
+def plan_attachments(paths: Sequence[Path], max_bytes: int) -> AttachmentPlan:
+    """Attach as they are if they fit; else one zip; else none, and say where they are."""
+    present = [p for p in paths if p.is_file()]
+    missing = [str(p) for p in paths if not p.is_file()]
+    total = sum(p.stat().st_size for p in present)
+    if total <= max_bytes:
+        files = [(p.name, p.read_bytes(), mimetypes.guess_type(p.name)[0]
+                  or "application/octet-stream") for p in present]
+        return AttachmentPlan(files, [p.name for p in present], missing)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in present:
+            archive.write(path, arcname=path.name)
+    if buffer.tell() <= max_bytes:
+        return AttachmentPlan([("outputs.zip", buffer.getvalue(), "application/zip")],
+                              [f"outputs.zip ({', '.join(p.name for p in present)})"], missing)
+    return AttachmentPlan([], [], [str(p) for p in present] + missing)
+
+
+def compose(smtp: SmtpSettings, target: ReplyTarget, kind: str, template: str,
+            values: dict[str, Any], attachments: Sequence[Path] = ()) -> Outbound:
+    """A reply in the target's thread, to the owner who wrote it, with text and HTML parts."""
+    plan = plan_attachments(attachments, smtp.max_attachment_bytes)
+    text = render(template, **values, attached=plan.attached, not_attached=plan.not_attached)
+    subject = reply_subject(target.subject)
+    message = EmailMessage()
+    message_id = new_message_id(smtp.from_address)
+    message["From"] = clean_header(smtp.from_address)
+    message["To"] = clean_header(target.recipient)
+    message["Subject"] = subject
+    message["Date"] = formatdate(localtime=True)
+    message["Message-ID"] = message_id
+    references = [*target.references, *([target.message_id] if target.message_id else [])]
+    if target.message_id:
+        message["In-Reply-To"] = clean_header(target.message_id)
+    if references:
+        message["References"] = clean_header(" ".join(dict.fromkeys(references[-MAX_REFERENCES:])))
+    message["Auto-Submitted"] = "auto-replied"
+    if target.task_id is not None:
+        message["X-Mailagent-Task"] = str(target.task_id)
+    message.set_content(text)
+    message.add_alternative(render("mail.html.j2", subject=subject, body=markdown_html(text)),
+                            subtype="html")
+    for name, payload, content_type in plan.files:
+        maintype, _, subtype = content_type.partition("/")
+        message.add_attachment(payload, maintype=maintype, subtype=subtype, filename=name)
+    return Outbound(message_id, kind, target.recipient, subject, message.as_bytes(),
+                    target.task_id, target.conversation_id)
+
+
+# ---------------------------------------------------------------- sending
 
 
 def _client(settings: SmtpSettings) -> aiosmtplib.SMTP:
@@ -27,25 +132,124 @@ def _client(settings: SmtpSettings) -> aiosmtplib.SMTP:
     )
 
 
-async def check_smtp(settings: SmtpSettings) -> None:
-    """Connect, secure and log in as the config says; raise SmtpError with what to fix."""
+async def _connect(settings: SmtpSettings) -> aiosmtplib.SMTP:
     client = _client(settings)
     where = f"{settings.host}:{settings.port}"
     try:
         await client.connect()
-    except (aiosmtplib.SMTPException, OSError) as exc:
-        raise SmtpError(f"cannot reach SMTP server {where} ({exc}): check smtp.host, "
-                        "smtp.port and smtp.security") from exc
-    try:
         if settings.username is not None:
             await client.login(settings.username, settings.password or "")
     except aiosmtplib.SMTPAuthenticationError as exc:
+        client.close()
         raise SmtpError(f"SMTP login as {settings.username} on {where} was refused: check "
                         "smtp.username and the password") from exc
     except (aiosmtplib.SMTPException, OSError) as exc:
-        raise SmtpError(f"SMTP login on {where} failed: {exc}") from exc
+        client.close()
+        raise SmtpError(f"cannot reach SMTP server {where} ({exc}): check smtp.host, "
+                        "smtp.port and smtp.security") from exc
+    return client
+
+
+async def check_smtp(settings: SmtpSettings) -> None:
+    """Connect, secure and log in as the config says; raise SmtpError with what to fix."""
+    client = await _connect(settings)
+    try:
+        await client.quit()
+    except (aiosmtplib.SMTPException, OSError):
+        client.close()
+
+
+async def send(settings: SmtpSettings, mail: OutboxView) -> tuple[str, str]:
+    """Hand one mail to SMTP: (outcome, detail). Before DATA a failure is retried; after it,
+    a broken connection leaves the outcome unknown."""
+    sender = parseaddr(settings.from_address)[1]
+    try:
+        client = await _connect(settings)
+    except SmtpError as exc:
+        permanent = "refused" in str(exc)
+        return (SendOutcome.FAILED if permanent else SendOutcome.RETRY), str(exc)
+    try:
+        await client.sendmail(sender, [mail.recipient], mail.raw)
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        codes = [r.code for r in exc.recipients]
+        transient = all(400 <= c < 500 for c in codes)
+        return (SendOutcome.RETRY if transient else SendOutcome.FAILED), str(exc)
+    except aiosmtplib.SMTPResponseException as exc:
+        return (SendOutcome.RETRY if 400 <= exc.code < 500 else SendOutcome.FAILED), \
+            f"{exc.code} {exc.message}"
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        return SendOutcome.UNKNOWN, f"connection lost while sending: {exc}"
     finally:
         try:
             await client.quit()
         except (aiosmtplib.SMTPException, OSError):
             client.close()
+    return SendOutcome.SENT, ""
+
+
+def retry_delay(attempts: int) -> float:
+    base: float = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2.0 ** max(attempts - 1, 0))
+    return base * random.uniform(0.5, 1.0)
+
+
+class Postman:
+    """Sends what the outbox holds; a mail's row and Message-ID exist before any attempt."""
+
+    def __init__(self, settings: SmtpSettings, store: Store, *,
+                 find_in_sent: Callable[[str], Awaitable[bool | None]],
+                 save_to_sent: Callable[[bytes], Awaitable[None]],
+                 failpoint_name: str | None = None) -> None:
+        self.settings, self.store = settings, store
+        self.find_in_sent, self.save_to_sent = find_in_sent, save_to_sent
+        self.failpoint_name = failpoint_name
+        self.wake = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.reconcile()
+        while not stop.is_set():
+            for mail in self.store.due_mail(datetime.now(UTC)):
+                if stop.is_set():
+                    break
+                await self.deliver(mail)
+            self.wake.clear()
+            waits = [asyncio.create_task(self.wake.wait()), asyncio.create_task(stop.wait())]
+            await asyncio.wait(waits, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waits:
+                waiter.cancel()
+
+    async def reconcile(self) -> None:
+        """Mail left `sending` by a crash has an unknown outcome: settle each one."""
+        for mail in self.store.interrupted_sends():
+            await self.settle_unknown(mail)
+
+    async def settle_unknown(self, mail: OutboxView) -> None:
+        """Sent if the Sent folder has its Message-ID; otherwise queued again, same Message-ID
+        (so a client that did get it shows one mail)."""
+        found = await self.find_in_sent(mail.message_id)
+        if found:
+            self.store.set_mail_state(mail.outbox_id, "sent", "found in the Sent folder")
+            return
+        why = ("not in the Sent folder" if found is False
+               else "no Sent folder to check (imap.sent_folder)")
+        log.warning("mail %s had an unknown outcome, %s: sending it again", mail.message_id, why)
+        later = datetime.now(UTC) + timedelta(seconds=retry_delay(mail.attempts))
+        self.store.set_mail_state(mail.outbox_id, "queued", f"unknown outcome, {why}",
+                                  retry_at=later)
+
+    async def deliver(self, mail: OutboxView) -> None:
+        self.store.set_mail_state(mail.outbox_id, "sending")
+        outcome, detail = await send(self.settings, mail)
+        failpoint(self.failpoint_name, "after-smtp")  # sent, but not yet recorded
+        log.info("mail %s message_id=%s task_id=%s %s", outcome, mail.message_id, mail.task_id,
+                 detail)
+        if outcome == SendOutcome.SENT:
+            self.store.set_mail_state(mail.outbox_id, "sent")
+            await self.save_to_sent(mail.raw)
+        elif outcome == SendOutcome.RETRY:
+            later = datetime.now(UTC) + timedelta(seconds=retry_delay(mail.attempts + 1))
+            self.store.set_mail_state(mail.outbox_id, "queued", detail, retry_at=later)
+        elif outcome == SendOutcome.FAILED:
+            self.store.set_mail_state(mail.outbox_id, "failed", detail)
+        else:
+            self.store.set_mail_state(mail.outbox_id, "unknown", detail)
+            await self.settle_unknown(mail)

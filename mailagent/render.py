@@ -1,4 +1,6 @@
-"""Rendering of the Jinja2 templates in templates/. The only importer of jinja2.
+"""Rendering: the Jinja2 templates in templates/, and Markdown to safe HTML.
+
+The only importer of jinja2 and markdown_it.
 
 In: a template name and its values. Out: text. Templates render with StrictUndefined, so a
 missing value is an error at render time, never an empty string in a prompt or a mail.
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markdown_it import MarkdownIt
 
 
 def templates_dir() -> Path:
@@ -45,9 +48,25 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "system.md.j2": {"today": "2026-01-01", "workspace": "/workspace",
                      "folders": [{"path": "/folder", "access": "write", "delete": "ask"}],
                      "memory": [(1, "a note")]},
+    "completion.md.j2": {"answer": "Done.", "attached": ["a.txt"], "not_attached": ["/b.bin"],
+                         "changes": ["created /a.txt"], "task_id": 1, "tokens": 10,
+                         "cost": 0.01, "undo_hint": True},
+    "failure.md.j2": {"task_id": 1, "reason": "budget", "advice": "Reply continue.",
+                      "partial": "Half.", "changes": ["created /a.txt"], "tokens": 10,
+                      "cost": 0.01},
+    "command.md.j2": {"body": "status"},
+    "mail.html.j2": {"subject": "Re: x", "body": "<p>x</p>"},
 }
 
 
 def render_sample(name: str) -> str:
     """Render a template with sample values, to prove at start-up that it renders at all."""
     return render(name, **SAMPLES.get(name, {}))
+
+
+def markdown_html(text: str) -> str:
+    """HTML from the model's Markdown that loads nothing: no raw HTML, no images, no links
+    (URLs stay visible as text, and mail clients may link them for the reader)."""
+    parser = MarkdownIt("commonmark", {"html": False}).enable("table")
+    parser.disable(["image", "link", "autolink"])
+    return str(parser.render(text))

@@ -22,10 +22,11 @@ import filelock
 
 from mailagent.agent import Agent
 from mailagent.config import Settings
-from mailagent.errors import AlreadyRunningError
+from mailagent.errors import AlreadyRunningError, MailagentError
 from mailagent.failpoints import failpoint
 from mailagent.intake import Inbound, IntakeRules, Rejection, content_key, read_inbound
-from mailagent.mailbox import Fetched, Watcher
+from mailagent.mailbox import Fetched, Watcher, in_folder
+from mailagent.notify import Postman
 from mailagent.store import NewCommand, NewTask, Store
 from mailagent.threads import CommandRoute, route
 from mailagent.worker import Worker
@@ -74,13 +75,20 @@ class Service:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         agent = Agent(self.settings.model, self.settings.agent, self.store, self.settings.failpoint)
-        worker = Worker(self.settings, self.store, agent)
+        postman = Postman(self.settings.smtp, self.store, find_in_sent=self.find_in_sent,
+                          save_to_sent=self.save_to_sent, failpoint_name=self.settings.failpoint)
+
+        def wake_postman() -> None:
+            loop.call_soon_threadsafe(postman.wake.set)
+
+        worker = Worker(self.settings, self.store, agent, on_mail=wake_postman)
 
         def wake_worker() -> None:
             loop.call_soon_threadsafe(worker.wake.set)
 
         self.on_new_task = wake_worker
         working = asyncio.create_task(worker.run(stop))
+        posting = asyncio.create_task(postman.run(stop))
         watching = asyncio.create_task(asyncio.to_thread(self.watch))
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -95,6 +103,7 @@ class Service:
         stop.set()
         await watching
         await working
+        await posting
         await agent.close()
         stopped.cancel()
 
@@ -110,6 +119,30 @@ class Service:
     def stop(self) -> None:
         self.stopping.set()
         self.watcher.stop()
+
+    # ------------------------------------------------------------ the Sent folder, for the outbox
+
+    async def find_in_sent(self, message_id: str) -> bool | None:
+        """Whether the Sent folder has this mail; None when there is no Sent folder to ask."""
+        folder = self.settings.imap.sent_folder
+        if folder is None:
+            return None
+        try:
+            return await asyncio.to_thread(in_folder, self.settings.imap, folder,
+                                           lambda box: box.has_message_id(message_id))
+        except MailagentError as exc:
+            log.warning("cannot look in %s for %s: %s", folder, message_id, exc)
+            return None
+
+    async def save_to_sent(self, raw: bytes) -> None:
+        folder = self.settings.imap.sent_folder
+        if folder is None or not self.settings.smtp.save_copy:
+            return
+        try:
+            await asyncio.to_thread(in_folder, self.settings.imap, folder,
+                                    lambda box: box.append(raw))
+        except MailagentError as exc:
+            log.warning("cannot save a copy in %s: %s", folder, exc)
 
     # ------------------------------------------------------------ the mailbox sink
 
@@ -191,6 +224,7 @@ class Service:
             ), reason=f"command from {inbound.owner_address} ({inbound.authenticated_by})")
             log.info("command raw_message_id=%s command_id=%s name=%s", raw_message_id,
                      command_id, destination.name)
+            self.on_new_task()
             return
         workspace = workspace_dir(self.settings.workspaces_dir, destination.conversation_name)
         attachments = save_attachments(workspace, raw_message_id, inbound.attachments)

@@ -15,13 +15,16 @@ import hmac
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from mailagent.agent import Agent, Outcome, TaskContext
+from mailagent.commands import answer
 from mailagent.config import Settings
 from mailagent.errors import ModelError, PolicyError
+from mailagent.notify import compose
 from mailagent.policy import (
     Decision,
     Policy,
@@ -32,7 +35,7 @@ from mailagent.policy import (
     protected_paths,
 )
 from mailagent.render import render
-from mailagent.store import Store, TaskWork
+from mailagent.store import Outbound, Store, TaskWork
 from mailagent.tools.files import FileTools
 from mailagent.tools.memory import MemoryTools
 from mailagent.workspace import workspace_dir
@@ -41,6 +44,28 @@ log = logging.getLogger(__name__)
 
 FILE_TOOLS = ("list_files", "read_file", "write_file", "edit_file", "move_file", "delete_file",
               "search_files", "attach_file")
+FAILURE_ADVICE = (
+    ("budget:", "It stopped at a budget limit. Send the task again in smaller steps, or raise "
+                "the limit in the [agent] section of the config."),
+    ("the model endpoint refused", "The model refused the request. Check [model] in the "
+                                   "config, then send the task again."),
+    ("the conversation cannot be made to fit", "Start a new conversation with a [name] tag."),
+)
+
+
+def advice(reason: str) -> str:
+    for prefix, text in FAILURE_ADVICE:
+        if reason.startswith(prefix):
+            return text
+    return "Send the task again; if it fails the same way, run `mailagent status` on the computer."
+
+
+def _describe(change: dict[str, Any]) -> str:
+    if change["op"] == "moved":
+        return f"moved {change['from']} to {change['path']}"
+    return f"{change['op']} {change['path']}"
+
+
 # Which policy action judges each tool that takes one path.
 PATH_ACTIONS = {"list_files": "list", "search_files": "list", "read_file": "read",
                 "attach_file": "read", "write_file": "write", "edit_file": "write",
@@ -76,9 +101,11 @@ def conversation_nonce(data_dir: Path, conversation_id: int) -> str:
 
 class Worker:
     def __init__(self, settings: Settings, store: Store, agent: Agent,
-                 home: Path | None = None) -> None:
+                 home: Path | None = None, on_mail: Callable[[], None] = lambda: None) -> None:
         self.settings, self.store, self.agent = settings, store, agent
         self.home = home or Path.home()
+        self.on_mail = on_mail
+        self.cancelling: set[int] = set()
         self.policies = PolicyWatcher(settings.policies_dir, self.policy_broken)
         self.running: dict[int, asyncio.Task[None]] = {}
         self.conversations: dict[int, int] = {}  # task_id -> conversation_id
@@ -92,6 +119,7 @@ class Worker:
         for task_id in self.store.requeue_interrupted():
             log.info("task resumed after restart task_id=%s", task_id)
         while not stop.is_set():
+            self.answer_commands()
             self.start_claimed()
             self.wake.clear()
             waits = [asyncio.create_task(self.wake.wait()), asyncio.create_task(stop.wait())]
@@ -135,7 +163,10 @@ class Worker:
         except ModelError as exc:
             outcome = Outcome("deferred" if exc.transient else "failed", str(exc))
         except asyncio.CancelledError:
-            raise
+            if work.task_id not in self.cancelling:
+                raise  # shutdown: the task stays running and resumes at the next start
+            self.cancelling.discard(work.task_id)
+            outcome = Outcome("cancelled", "cancelled by the owner")
         except Exception as exc:  # the one catch-all per task: record it and go on
             log.exception("task_id=%s failed", work.task_id)
             outcome = Outcome("failed", f"internal error: {type(exc).__name__}: {exc}")
@@ -149,7 +180,71 @@ class Worker:
         elif outcome.state == "waiting_approval":
             self.store.set_task_state(task_id, "waiting_approval", outcome.reason)
         else:
-            self.store.finish_task(task_id, outcome.state, outcome.reason, outcome.text)
+            mail = None if outcome.state == "cancelled" else self.outcome_mail(task_id, outcome)
+            self.store.finish_task(task_id, outcome.state, outcome.reason, outcome.text, mail)
+            self.on_mail()
+
+    # ------------------------------------------------------------ mail about tasks
+
+    def outcome_mail(self, task_id: int, outcome: Outcome) -> Outbound | None:
+        """The completion or failure reply; None (recorded) if it cannot be composed."""
+        try:
+            work = self.store.task_work(task_id)
+            changes = [_describe(c) for c in self.store.changes(task_id)]
+            values = {"task_id": task_id, "tokens": work.tokens, "cost": work.cost_usd,
+                      "changes": changes}
+            target = self.store.reply_target(task_id)
+            if outcome.state == "done":
+                return compose(self.settings.smtp, target, "completion", "completion.md.j2",
+                               {**values, "answer": outcome.text or "Done.",
+                                "undo_hint": bool(changes)},
+                               self.sendable(work, self.store.attachments(task_id)))
+            return compose(self.settings.smtp, target, "failure", "failure.md.j2",
+                           {**values, "reason": outcome.reason, "advice": advice(outcome.reason),
+                            "partial": outcome.text})
+        except Exception as exc:  # a reply that cannot be built must not stop the task's end
+            log.exception("cannot compose the mail of task_id=%s", task_id)
+            self.store.audit("mail.compose_failed", f"{type(exc).__name__}: {exc}",
+                             task_id=task_id)
+            return None
+
+    def sendable(self, work: TaskWork, paths: list[str]) -> list[Path]:
+        """Attachments that policy still lets us read now, at send time (SECURITY.md E3)."""
+        scope, allowed = self.scope(work), []
+        for path in paths:
+            decision = decide(self.policies.current(), "read", path, scope)
+            if decision.verdict == "allow" and decision.path is not None:
+                allowed.append(decision.path)
+            else:
+                self.store.audit("mail.attachment_refused", decision.reason,
+                                 task_id=work.task_id, detail={"path": path})
+        return allowed
+
+    def answer_commands(self) -> None:
+        for command in self.store.pending_commands():
+            try:
+                text = answer(command, self.store, self.cancel)
+                mail = compose(self.settings.smtp, command.reply, "command", "command.md.j2",
+                               {"body": text})
+            except Exception as exc:  # the catch-all per command: recorded, never retried
+                log.exception("command_id=%s failed", command.command_id)
+                self.store.finish_command(command.command_id, None,
+                                          f"internal error: {type(exc).__name__}: {exc}")
+                continue
+            self.store.finish_command(command.command_id, mail, f"answered {command.name}")
+            self.on_mail()
+
+    def cancel(self, task_id: int) -> str:
+        """Stop a task now (SECURITY.md A3): a running one is interrupted at its next await."""
+        state = self.store.task_state(task_id)
+        if task_id in self.running:
+            self.cancelling.add(task_id)
+            self.running[task_id].cancel()
+            return f"Task #{task_id} is being stopped; no further step of it will run."
+        if state in ("queued", "waiting_approval"):
+            self.store.finish_task(task_id, "cancelled", "cancelled by the owner")
+            return f"Task #{task_id} is cancelled; it will not run."
+        return f"Task #{task_id} is already {state}; there is nothing to cancel."
 
     # ------------------------------------------------------------ one task's tools and prompt
 

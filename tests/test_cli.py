@@ -39,7 +39,7 @@ def test_check_passes_on_a_good_config(tmp_path: Path, dovecot: Dovecot,
     assert "IDLE" in result.stdout
     assert "ok: SMTP" in result.stdout
     assert f"ok: model claude-test-model at {url}" in result.stdout
-    assert "ok: templates: system.md.j2" in result.stdout
+    assert "ok: templates:" in result.stdout and "system.md.j2" in result.stdout
     assert "error" not in result.stdout
 
 

@@ -17,6 +17,7 @@ SEAMS = {
     "sqlmodel": {"store/__init__.py", "store/tables.py"},
     "sqlalchemy": {"store/__init__.py", "store/tables.py"},
     "jinja2": {"render.py"},
+    "markdown_it": {"render.py"},
     "schedule": {"scheduler.py"},
 }
 

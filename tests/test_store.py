@@ -27,7 +27,7 @@ def test_migrations_are_applied_once_and_recorded(tmp_path: Path) -> None:
     with first.engine.connect() as connection:
         names = [r[0] for r in connection.exec_driver_sql("SELECT name FROM migration")]
         mode = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
-    assert names == ["0001_initial", "0002_agent"]
+    assert names == ["0001_initial", "0002_agent", "0003_outbox"]
     assert mode == "wal"
 
 

@@ -33,6 +33,7 @@ from mailagent.store.tables import (
     HistoryEntry,
     MailboxState,
     MemoryNote,
+    OutboxRow,
     RawMessage,
     Task,
     ThreadRef,
@@ -42,10 +43,14 @@ from mailagent.store.tables import (
 from mailagent.store.views import (
     AuditView,
     CommandView,
+    CommandWork,
     ConversationView,
     HistoryItem,
     NewCommand,
     NewTask,
+    Outbound,
+    OutboxView,
+    ReplyTarget,
     SavedRaw,
     TaskView,
     TaskWork,
@@ -55,9 +60,28 @@ from mailagent.store.views import (
 )
 
 __all__ = [
-    "MIGRATIONS", "TASK_STATES", "TASK_TRANSITIONS", "AuditView", "CommandView",
-    "ConversationView", "HistoryItem", "NewCommand", "NewTask", "SavedRaw", "Store", "Task",
-    "TaskView", "TaskWork", "ThreadMatch", "ToolCallView", "Usage", "create_store_engine",
+    "MIGRATIONS",
+    "TASK_STATES",
+    "TASK_TRANSITIONS",
+    "AuditView",
+    "CommandView",
+    "CommandWork",
+    "ConversationView",
+    "HistoryItem",
+    "NewCommand",
+    "NewTask",
+    "Outbound",
+    "OutboxView",
+    "ReplyTarget",
+    "SavedRaw",
+    "Store",
+    "Task",
+    "TaskView",
+    "TaskWork",
+    "ThreadMatch",
+    "ToolCallView",
+    "Usage",
+    "create_store_engine",
 ]
 
 log = logging.getLogger(__name__)
@@ -396,10 +420,35 @@ def _conversation(s: Session, name: str) -> Conversation:
     return conversation
 
 
-def _add_ref(s: Session, message_id: str | None, conversation_id: int, task_id: int | None) -> None:
+def _add_ref(s: Session, message_id: str | None, conversation_id: int, task_id: int | None,
+             direction: str = "in") -> None:
     if message_id and s.get(ThreadRef, message_id) is None:
         s.add(ThreadRef(message_id=message_id, conversation_id=conversation_id, task_id=task_id,
-                        direction="in"))
+                        direction=direction))
+
+
+def _enqueue(s: Session, outbound: Outbound) -> None:
+    """The outbox row and our Message-ID, in the caller's transaction (SECURITY.md L2, S4)."""
+    now = utcnow()
+    s.add(OutboxRow(message_id=outbound.message_id, kind=outbound.kind, task_id=outbound.task_id,
+                    recipient=outbound.recipient, subject=outbound.subject, raw=outbound.raw,
+                    next_attempt_at=now, created_at=now))
+    if outbound.conversation_id is not None:
+        _add_ref(s, outbound.message_id, outbound.conversation_id, outbound.task_id, "out")
+    else:
+        s.add(ThreadRef(message_id=outbound.message_id, conversation_id=_main_id(s),
+                        task_id=None, direction="out"))
+    _audit(s, f"mail.queued.{outbound.kind}", outbound.subject, None, outbound.task_id,
+           {"message_id": outbound.message_id, "to": outbound.recipient})
+
+
+def _main_id(s: Session) -> int:
+    return _id(_conversation(s, "main").conversation_id)
+
+
+def _outbox_view(row: OutboxRow) -> OutboxView:
+    return OutboxView(_id(row.outbox_id), row.message_id, row.kind, row.recipient, row.subject,
+                      row.raw, row.state, row.attempts, row.last_error, row.task_id)
 
 
 def _audit(s: Session, kind: str, reason: str, raw_message_id: int | None, task_id: int | None,
@@ -482,13 +531,103 @@ class Store(MailStore):
                 raise StoreError(f"no task {task_id}")
             return task.state
 
-    def finish_task(self, task_id: int, state: str, reason: str, result_text: str = "") -> None:
-        self.set_task_state(task_id, state, reason)
+    def finish_task(self, task_id: int, state: str, reason: str, result_text: str = "",
+                    mail: Outbound | None = None) -> None:
+        """End a task and queue its mail in one transaction: never one without the other."""
         with self.session() as s:
             task = s.get(Task, task_id)
-            assert task is not None
+            if task is None:
+                raise StoreError(f"no task {task_id}")
+            if state not in TASK_TRANSITIONS[task.state]:
+                raise StoreError(f"task {task_id} cannot go from {task.state} to {state}")
+            task.state, task.reason, task.updated_at = state, reason, utcnow()
             task.result_text = result_text
             s.add(task)
+            _audit(s, f"task.{state}", reason, task.raw_message_id, task_id, {})
+            if mail is not None:
+                _enqueue(s, mail)
+
+    def reply_target(self, task_id: int) -> ReplyTarget:
+        with self.session() as s:
+            task = s.get(Task, task_id)
+            if task is None:
+                raise StoreError(f"no task {task_id}")
+            conversation = s.get(Conversation, task.conversation_id)
+            assert conversation is not None
+            return ReplyTarget(task.owner_address, task.subject, task.message_id,
+                               tuple(task.references.split()), task.conversation_id,
+                               conversation.name, task_id)
+
+    # ------------------------------------------------------------ outbox
+
+    def enqueue_mail(self, outbound: Outbound) -> None:
+        with self.session() as s:
+            _enqueue(s, outbound)
+
+    def due_mail(self, now: datetime) -> list[OutboxView]:
+        with self.session() as s:
+            rows = s.exec(select(OutboxRow).where(OutboxRow.state == "queued").order_by(
+                col(OutboxRow.outbox_id)))
+            return [_outbox_view(r) for r in rows if _aware(r.next_attempt_at) <= now]
+
+    def outbox(self, states: Sequence[str] = ("queued", "sending", "sent", "failed",
+                                              "unknown")) -> list[OutboxView]:
+        with self.session() as s:
+            rows = s.exec(select(OutboxRow).where(col(OutboxRow.state).in_(list(states)))
+                          .order_by(col(OutboxRow.outbox_id)))
+            return [_outbox_view(r) for r in rows]
+
+    def set_mail_state(self, outbox_id: int, state: str, error: str = "",
+                       retry_at: datetime | None = None) -> None:
+        """queued -> sending -> sent | failed | unknown; a retry goes back to queued."""
+        with self.session() as s:
+            row = s.get(OutboxRow, outbox_id)
+            if row is None:
+                raise StoreError(f"no outbox row {outbox_id}")
+            row.state, row.last_error = state, error or row.last_error
+            if state == "sending":
+                row.attempts += 1
+            if state == "sent":
+                row.sent_at = utcnow()
+            if retry_at is not None:
+                row.next_attempt_at = retry_at
+            s.add(row)
+            if state in ("sent", "failed", "unknown"):
+                _audit(s, f"mail.{state}", error, None, row.task_id,
+                       {"message_id": row.message_id, "attempts": row.attempts})
+
+    def interrupted_sends(self) -> list[OutboxView]:
+        """Mail that was being handed to SMTP when the service stopped: its outcome is unknown."""
+        with self.session() as s:
+            rows = list(s.exec(select(OutboxRow).where(OutboxRow.state == "sending")))
+            for row in rows:
+                row.state = "unknown"
+                s.add(row)
+            return [_outbox_view(r) for r in rows]
+
+    # ------------------------------------------------------------ commands
+
+    def pending_commands(self) -> list[CommandWork]:
+        with self.session() as s:
+            rows = s.exec(select(Command, Conversation.name).join(Conversation, isouter=True)
+                          .where(Command.state == "pending").order_by(col(Command.command_id)))
+            return [CommandWork(
+                _id(c.command_id), c.name, c.argument, c.conversation_id, name, c.task_id,
+                ReplyTarget(c.owner_address, c.subject, c.message_id,
+                            tuple(c.references.split()), c.conversation_id, name, c.task_id))
+                for c, name in rows]
+
+    def finish_command(self, command_id: int, mail: Outbound | None, reason: str) -> None:
+        with self.session() as s:
+            command = s.get(Command, command_id)
+            if command is None:
+                raise StoreError(f"no command {command_id}")
+            command.state = "done"
+            s.add(command)
+            _audit(s, "command.done", reason, command.raw_message_id, command.task_id,
+                   {"command": command.name})
+            if mail is not None:
+                _enqueue(s, mail)
 
     def defer_task(self, task_id: int, not_before: datetime, reason: str) -> None:
         """Put a running task back in the queue until `not_before` (overload, rate limit)."""

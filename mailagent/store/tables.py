@@ -173,6 +173,25 @@ class AuditEvent(SQLModel, table=True):
     detail_json: str = "{}"
 
 
+class OutboxRow(SQLModel, table=True):
+    """A mail to send. Written, with its Message-ID, before any attempt (SECURITY.md L2)."""
+
+    __tablename__ = "outbox"
+    outbox_id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(unique=True)
+    kind: str  # completion | failure | command | approval | notice
+    task_id: int | None = Field(default=None, foreign_key="task.task_id")
+    recipient: str
+    subject: str
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    state: str = Field(default="queued", index=True)  # queued sending sent failed unknown
+    attempts: int = 0
+    next_attempt_at: datetime
+    last_error: str = ""
+    created_at: datetime
+    sent_at: datetime | None = None
+
+
 def _initial(connection: Connection) -> None:
     tables = [
         SQLModel.metadata.tables[name]
@@ -212,8 +231,13 @@ def _agent(connection: Connection) -> None:
 
 # Forward-only: append new migrations, never edit or reorder applied ones. The first one creates
 # tables as they are declared now, so later ones check before they add a column.
+def _outbox(connection: Connection) -> None:
+    SQLModel.metadata.create_all(connection, tables=[SQLModel.metadata.tables["outbox"]])
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_agent", _agent),
+    ("0003_outbox", _outbox),
 ]
 

@@ -136,3 +136,54 @@ class Usage:
     cost_usd: float = 0.0
 
 
+
+
+@dataclass(frozen=True)
+class ReplyTarget:
+    """The mail a reply answers: who wrote it, its subject and its thread."""
+
+    recipient: str
+    subject: str
+    message_id: str | None
+    references: tuple[str, ...]
+    conversation_id: int | None
+    conversation_name: str | None
+    task_id: int | None
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """A composed mail, ready for the outbox."""
+
+    message_id: str
+    kind: str
+    recipient: str
+    subject: str
+    raw: bytes
+    task_id: int | None = None
+    conversation_id: int | None = None
+
+
+@dataclass(frozen=True)
+class OutboxView:
+    outbox_id: int
+    message_id: str
+    kind: str
+    recipient: str
+    subject: str
+    raw: bytes
+    state: str
+    attempts: int
+    last_error: str
+    task_id: int | None
+
+
+@dataclass(frozen=True)
+class CommandWork:
+    command_id: int
+    name: str
+    argument: str
+    conversation_id: int | None
+    conversation_name: str | None
+    task_id: int | None
+    reply: ReplyTarget

