@@ -47,9 +47,10 @@ SUMMARY_PROMPT = (
 
 @dataclass(frozen=True)
 class Outcome:
-    state: str  # done | failed | waiting_approval | deferred
+    state: str  # done | failed | waiting_approval | deferred | cancelled
     reason: str = ""
     text: str = ""
+    call: dict[str, Any] | None = None  # the tool_use block that waits for approval
 
 
 @dataclass
@@ -62,6 +63,7 @@ class TaskContext:
     check: Callable[[str, dict[str, Any]], Judged]
     nonce: str
     set_approved: Callable[[bool], None]
+    digest: Callable[[str, dict[str, Any]], str]
 
 
 def estimate_tokens(value: Any) -> int:
@@ -285,7 +287,10 @@ class Agent:
             text = "interrupted by a restart before it finished: check the state, then retry"
             return self.finish_call(ctx, tool_use_id, text, error=True)
         if seen is not None and seen.state == "waiting":
-            return Outcome("waiting_approval", f"{name} waits for the owner's approval")
+            return Outcome("waiting_approval", f"{name} waits for the owner's approval",
+                           call=call)
+        if seen is not None and seen.state == "approved":
+            return await self.run_approved(ctx, tool_use_id, name, tool_input)
         refusal = self.call_budget(ctx, name, tool_input)
         if refusal:
             if refusal.startswith("fail:"):
@@ -304,9 +309,26 @@ class Agent:
             text = f"denied by {decision.rule}: {decision.reason}"
             return self.finish_call(ctx, tool_use_id, text, error=True)
         if decision.verdict == "ask":
-            return Outcome("waiting_approval", f"{name} needs approval: {decision.reason}")
+            return Outcome("waiting_approval", f"{name} needs approval: {decision.reason}",
+                           call={"id": tool_use_id, "name": name, "input": tool_input})
         self.store.set_tool_call(ctx.work.task_id, tool_use_id, "started")
         return await self.execute(ctx, tool_use_id, name, tool_input, approved=False)
+
+    async def run_approved(self, ctx: TaskContext, tool_use_id: str, name: str,
+                           tool_input: dict[str, Any]) -> dict[str, Any]:
+        """An approved call, re-checked just before it runs (SECURITY.md A1)."""
+        approval = self.store.approval_for(ctx.work.task_id, tool_use_id)
+        decision = ctx.check(name, tool_input)
+        if approval is None or approval.state != "approved":
+            text = "this call has no approval from the owner"
+        elif decision.verdict == "deny":
+            text = f"denied by {decision.rule}: {decision.reason}"
+        elif ctx.digest(name, tool_input) != approval.digest:
+            text = "the file changed after the owner approved; nothing was done"
+        else:
+            self.store.set_tool_call(ctx.work.task_id, tool_use_id, "started")
+            return await self.execute(ctx, tool_use_id, name, tool_input, approved=True)
+        return self.finish_call(ctx, tool_use_id, text, error=True)
 
     async def execute(self, ctx: TaskContext, tool_use_id: str, name: str,
                       tool_input: dict[str, Any], approved: bool) -> dict[str, Any]:

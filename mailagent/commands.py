@@ -34,7 +34,8 @@ Commands (the whole subject, or the first line of your mail):
 - `help`: this text"""
 
 
-def answer(command: CommandWork, store: Store, cancel: Callable[[int], str]) -> str:
+def answer(command: CommandWork, store: Store, cancel: Callable[[int], str],
+           settle: Callable[[CommandWork], str]) -> str:
     """The reply text for one command."""
     handlers: dict[str, Callable[[], str]] = {
         "help": lambda: HELP,
@@ -44,6 +45,8 @@ def answer(command: CommandWork, store: Store, cancel: Callable[[int], str]) -> 
         "cancel": lambda: cancel(command.task_id) if command.task_id else NOT_IN_THREAD,
         "undo": lambda: undo(store, command.task_id) if command.task_id else NOT_IN_THREAD,
         "schedules": lambda: "There are no scheduled tasks.",
+        "approve": lambda: settle(command),
+        "deny": lambda: settle(command),
     }
     handler = handlers.get(command.name)
     if handler is None:

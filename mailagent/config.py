@@ -93,6 +93,7 @@ class AgentSettings:
     daily_cost_usd: float = 20.0
     max_tool_output_chars: int = 20_000
     retry_after_seconds: float = 60.0
+    approval_hours: float = 24.0
 
 
 @dataclass(frozen=True)

@@ -90,13 +90,14 @@ def plan_attachments(paths: Sequence[Path], max_bytes: int) -> AttachmentPlan:
 
 
 def compose(smtp: SmtpSettings, target: ReplyTarget, kind: str, template: str,
-            values: dict[str, Any], attachments: Sequence[Path] = ()) -> Outbound:
+            values: dict[str, Any], attachments: Sequence[Path] = (),
+            message_id: str | None = None) -> Outbound:
     """A reply in the target's thread, to the owner who wrote it, with text and HTML parts."""
     plan = plan_attachments(attachments, smtp.max_attachment_bytes)
     text = render(template, **values, attached=plan.attached, not_attached=plan.not_attached)
     subject = reply_subject(target.subject)
     message = EmailMessage()
-    message_id = new_message_id(smtp.from_address)
+    message_id = message_id or new_message_id(smtp.from_address)
     message["From"] = clean_header(smtp.from_address)
     message["To"] = clean_header(target.recipient)
     message["Subject"] = subject

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mailagent.agent import Agent, Outcome, TaskContext
-from mailagent.commands import answer
+from mailagent.commands import NOT_IN_THREAD, answer
 from mailagent.config import Settings
 from mailagent.errors import ModelError, PolicyError
 from mailagent.notify import compose
@@ -35,7 +36,7 @@ from mailagent.policy import (
     protected_paths,
 )
 from mailagent.render import render
-from mailagent.store import Outbound, Store, TaskWork
+from mailagent.store import ApprovalView, CommandWork, Outbound, Store, TaskWork
 from mailagent.tools.files import FileTools
 from mailagent.tools.memory import MemoryTools
 from mailagent.workspace import workspace_dir
@@ -58,6 +59,34 @@ def advice(reason: str) -> str:
         if reason.startswith(prefix):
             return text
     return "Send the task again; if it fails the same way, run `mailagent status` on the computer."
+
+
+def operation_digest(decision: Decision, name: str, tool_input: dict[str, Any]) -> str:
+    """What an approval is bound to: the operation, its input, the resolved path, and the size
+    and content hash of the file as it is now."""
+    path = decision.path
+    state: dict[str, Any] = {"name": name, "input": tool_input, "path": str(path)}
+    if path is not None and path.is_file() and not path.is_symlink():
+        data = path.read_bytes()
+        state |= {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
+
+def describe_operation(name: str, tool_input: dict[str, Any], decision: Decision) -> str:
+    where = str(decision.path) if decision.path else str(tool_input.get("path", ""))
+    if name == "delete_file":
+        return f"delete {where}"
+    if name == "move_file":
+        return f"move {tool_input.get('source')} to {where}"
+    if name in ("write_file", "edit_file"):
+        return f"replace the contents of {where}"
+    return f"{name} on {where}"
+
+
+def approval_message_id(from_address: str, token: str) -> str:
+    """The approval mail's Message-ID carries its token: the owner's reply brings it back."""
+    domain = from_address.rpartition("@")[2].strip("> ") or "mailagent.invalid"
+    return f"<mailagent.approval.{token}@{domain}>"
 
 
 def _describe(change: dict[str, Any]) -> str:
@@ -177,8 +206,9 @@ class Worker:
         if outcome.state == "deferred":
             later = datetime.now(UTC) + timedelta(seconds=self.settings.agent.retry_after_seconds)
             self.store.defer_task(task_id, later, outcome.reason)
-        elif outcome.state == "waiting_approval":
-            self.store.set_task_state(task_id, "waiting_approval", outcome.reason)
+        elif outcome.state == "waiting_approval" and outcome.call is not None:
+            self.ask_approval(task_id, outcome)
+            self.on_mail()
         else:
             mail = None if outcome.state == "cancelled" else self.outcome_mail(task_id, outcome)
             self.store.finish_task(task_id, outcome.state, outcome.reason, outcome.text, mail)
@@ -220,10 +250,72 @@ class Worker:
                                  task_id=work.task_id, detail={"path": path})
         return allowed
 
+    # ------------------------------------------------------------ approvals (SECURITY.md A1)
+
+    def ask_approval(self, task_id: int, outcome: Outcome) -> None:
+        """Record what waits, bound to a digest and a token, and mail the owner the question."""
+        assert outcome.call is not None
+        name, tool_input = outcome.call["name"], outcome.call.get("input") or {}
+        work = self.store.task_work(task_id)
+        decision = check_call(self.policies.current(), self.scope(work), name, tool_input)
+        existing = self.store.approval_for(task_id, outcome.call["id"])
+        if existing is not None and existing.state == "pending":
+            self.store.set_task_state(task_id, "waiting_approval", outcome.reason)
+            return
+        token = secrets.token_hex(16)
+        operation = describe_operation(name, tool_input, decision)
+        hours = self.settings.agent.approval_hours
+        mail = compose(self.settings.smtp, self.store.reply_target(task_id), "approval",
+                       "approval.md.j2", {"task_id": task_id, "operation": operation,
+                                          "reason": decision.reason, "hours": hours},
+                       message_id=approval_message_id(self.settings.smtp.from_address, token))
+        self.store.request_approval(task_id, outcome.call["id"], token,
+                                    operation_digest(decision, name, tool_input), operation,
+                                    datetime.now(UTC) + timedelta(hours=hours),
+                                    outcome.reason, mail)
+
+    def settle(self, command: CommandWork) -> str:
+        """An `approve` or `deny` reply: it must answer the approval mail itself (its token)."""
+        if command.task_id is None:
+            return NOT_IN_THREAD
+        for approval in self.store.approvals(command.task_id):
+            if approval.message_id not in command.reply.references:
+                continue
+            if approval.expires_at < datetime.now(UTC):
+                self.expire(approval)
+                return f"The approval for {approval.operation} had expired; nothing was done."
+            state = "approved" if command.name == "approve" else "denied"
+            if not self.store.settle_approval(approval.approval_id, state,
+                                              f"{state} by the owner"):
+                break
+            self.wake.set()
+            if state == "approved":
+                return f"Approved: {approval.operation}. Task #{approval.task_id} goes on."
+            return f"Denied: {approval.operation}. Task #{approval.task_id} is stopped."
+        return ("Nothing in this thread is waiting for your approval (it may have been settled "
+                "already). Reply to the approval mail itself.")
+
+    def expire(self, approval: ApprovalView) -> None:
+        if self.store.settle_approval(approval.approval_id, "expired",
+                                      "no answer before the approval expired"):
+            mail = compose(self.settings.smtp, self.store.reply_target(approval.task_id),
+                           "notice", "command.md.j2",
+                           {"body": f"No answer came in time, so this was not done: "
+                                    f"{approval.operation}. Task #{approval.task_id} is stopped."})
+            self.store.enqueue_mail(mail)
+            self.on_mail()
+
+    def expire_approvals(self) -> None:
+        now = datetime.now(UTC)
+        for approval in self.store.approvals():
+            if approval.expires_at < now:
+                self.expire(approval)
+
     def answer_commands(self) -> None:
+        self.expire_approvals()
         for command in self.store.pending_commands():
             try:
-                text = answer(command, self.store, self.cancel)
+                text = answer(command, self.store, self.cancel, self.settle)
                 mail = compose(self.settings.smtp, command.reply, "command", "command.md.j2",
                                {"body": text})
             except Exception as exc:  # the catch-all per command: recorded, never retried
@@ -281,6 +373,8 @@ class Worker:
                                                       tool_input),
             nonce=conversation_nonce(self.settings.data_dir, work.conversation_id),
             set_approved=approve,
+            digest=lambda name, tool_input: operation_digest(
+                check_call(self.policies.current(), scope, name, tool_input), name, tool_input),
         )
 
     def system_prompt(self, work: TaskWork, scope: Scope, policy: Policy) -> str:

@@ -213,3 +213,104 @@ def test_a_restart_between_smtp_and_the_outbox_commit_does_not_send_twice(
     assert len(smtp_server.messages) == 1
     assert "found in the Sent folder" in store.outbox()[0].last_error
     service.stop()
+
+
+def approval_setup(tmp_path: Path, model_server: ModelServer, hours: float = 24) -> Path:
+    folder = tmp_path / "records"
+    folder.mkdir()
+    target = folder / "old.txt"
+    target.write_text("old records\n")
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "records.toml").write_text(
+        f'[[folders]]\npath = "{folder}"\naccess = "write"\ndelete = "ask"\n')
+    config = tmp_path / "mailagent.toml"
+    config.write_text(config.read_text().replace("[owner]", f"[agent]\napproval_hours = {hours}"
+                                                 "\n\n[owner]"))
+    model_server.script(tool_use("delete_file", {"path": str(target)}), text("Deleted it."))
+    return target
+
+
+def body(mail: RecordedMail) -> str:
+    part = parsed(mail).get_body(("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def test_approval_by_reply_deletes_into_the_trash_and_undo_brings_it_back(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
+        service: ServiceProcess) -> None:
+    target = approval_setup(tmp_path, model_server)
+    task = owner_mail("Clean up", "Delete the old records file.")
+    dovecot.append(task)
+    service.start()
+    [question] = smtp_server.wait_for(1, timeout=20)
+    assert f"delete {target}" in body(question)
+    assert parsed(question)["In-Reply-To"] == message_id_of(task)
+    ours = parsed(question)["Message-ID"]
+    assert ours.startswith("<mailagent.approval.")
+    store = service.store()
+    assert store.tasks()[0].state == "waiting_approval"
+    assert target.exists()
+    # A forged approval (no authentication) changes nothing.
+    dovecot.append(owner_mail("Re: Clean up", "approve", in_reply_to=ours, auth=None))
+    time.sleep(2)
+    assert target.exists() and store.tasks()[0].state == "waiting_approval"
+    approve = owner_mail("Re: Clean up", "approve", in_reply_to=ours)
+    dovecot.append(approve)
+    mails = smtp_server.wait_for(3, timeout=20)
+    texts = [body(m) for m in mails[1:]]
+    assert any(f"Approved: delete {target}" in t for t in texts)
+    assert any("Deleted it." in t for t in texts)
+    assert not target.exists()
+    trash = list((tmp_path / "data" / "trash").rglob("*old.txt"))
+    assert len(trash) == 1 and trash[0].read_text() == "old records\n"
+    assert store.tasks()[0].state == "done"
+    # The same approval again (a replay) and a second approve settle nothing more.
+    dovecot.append(approve)
+    dovecot.append(owner_mail("Re: Clean up", "approve", in_reply_to=ours))
+    fourth = smtp_server.wait_for(4, timeout=20)[3]
+    assert "Nothing in this thread is waiting" in body(fourth)
+    completion = next(m for m in mails[1:] if "Deleted it." in body(m))
+    dovecot.append(owner_mail("Re: Clean up", "undo",
+                              in_reply_to=parsed(completion)["Message-ID"]))
+    undone = smtp_server.wait_for(5, timeout=20)[4]
+    assert f"restored {target}" in body(undone)
+    assert target.read_text() == "old records\n"
+    service.stop()
+
+
+def test_deny_stops_the_task_and_leaves_the_file(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
+        service: ServiceProcess) -> None:
+    target = approval_setup(tmp_path, model_server)
+    dovecot.append(owner_mail("Clean up", "Delete the old records file."))
+    service.start()
+    [question] = smtp_server.wait_for(1, timeout=20)
+    dovecot.append(owner_mail("Re: Clean up", "deny",
+                              in_reply_to=parsed(question)["Message-ID"]))
+    reply = smtp_server.wait_for(2, timeout=20)[1]
+    assert f"Denied: delete {target}" in body(reply)
+    store = service.store()
+    wait_until(lambda: store.tasks()[0].state == "cancelled", 5, "the stopped task")
+    assert target.read_text() == "old records\n"
+    assert len(model_server.message_requests) == 1
+    service.stop()
+
+
+def test_an_unanswered_approval_expires_as_a_denial(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
+        service: ServiceProcess) -> None:
+    target = approval_setup(tmp_path, model_server, hours=0.0005)
+    dovecot.append(owner_mail("Clean up", "Delete the old records file."))
+    service.start()
+    [question] = smtp_server.wait_for(1, timeout=20)
+    notice = smtp_server.wait_for(2, timeout=20)[1]
+    assert "No answer came in time" in body(notice)
+    store = service.store()
+    assert store.tasks()[0].state == "cancelled"
+    dovecot.append(owner_mail("Re: Clean up", "approve",
+                              in_reply_to=parsed(question)["Message-ID"]))
+    late = smtp_server.wait_for(3, timeout=20)[2]
+    assert "Nothing in this thread is waiting" in body(late)
+    assert target.read_text() == "old records\n"
+    service.stop()

@@ -27,6 +27,7 @@ from mailagent.store.tables import (
     MIGRATIONS,
     TASK_STATES,
     TASK_TRANSITIONS,
+    Approval,
     AuditEvent,
     Command,
     Conversation,
@@ -41,6 +42,7 @@ from mailagent.store.tables import (
     utcnow,
 )
 from mailagent.store.views import (
+    ApprovalView,
     AuditView,
     CommandView,
     CommandWork,
@@ -63,6 +65,7 @@ __all__ = [
     "MIGRATIONS",
     "TASK_STATES",
     "TASK_TRANSITIONS",
+    "ApprovalView",
     "AuditView",
     "CommandView",
     "CommandWork",
@@ -446,6 +449,11 @@ def _main_id(s: Session) -> int:
     return _id(_conversation(s, "main").conversation_id)
 
 
+def _approval_view(row: Approval) -> ApprovalView:
+    return ApprovalView(_id(row.approval_id), row.task_id, row.tool_use_id, row.token, row.digest,
+                        row.operation, row.state, row.message_id, _aware(row.expires_at))
+
+
 def _outbox_view(row: OutboxRow) -> OutboxView:
     return OutboxView(_id(row.outbox_id), row.message_id, row.kind, row.recipient, row.subject,
                       row.raw, row.state, row.attempts, row.last_error, row.task_id)
@@ -604,6 +612,68 @@ class Store(MailStore):
                 row.state = "unknown"
                 s.add(row)
             return [_outbox_view(r) for r in rows]
+
+    # ------------------------------------------------------------ approvals
+
+    def request_approval(self, task_id: int, tool_use_id: str, token: str, digest: str,
+                         operation: str, expires_at: datetime, reason: str,
+                         mail: Outbound | None) -> None:
+        """The task waits, the approval is recorded and its mail queued: one transaction."""
+        with self.session() as s:
+            task = s.get(Task, task_id)
+            if task is None or "waiting_approval" not in TASK_TRANSITIONS[task.state]:
+                raise StoreError(f"task {task_id} cannot wait for approval")
+            task.state, task.reason, task.updated_at = "waiting_approval", reason, utcnow()
+            s.add(task)
+            s.add(Approval(task_id=task_id, tool_use_id=tool_use_id, token=token, digest=digest,
+                           operation=operation, message_id=mail.message_id if mail else "",
+                           created_at=utcnow(), expires_at=expires_at))
+            _audit(s, "approval.requested", operation, task.raw_message_id, task_id,
+                   {"tool_use_id": tool_use_id, "digest": digest})
+            if mail is not None:
+                _enqueue(s, mail)
+
+    def approvals(self, task_id: int | None = None,
+                  states: Sequence[str] = ("pending",)) -> list[ApprovalView]:
+        with self.session() as s:
+            query = select(Approval).where(col(Approval.state).in_(list(states)))
+            if task_id is not None:
+                query = query.where(Approval.task_id == task_id)
+            return [_approval_view(r) for r in s.exec(query.order_by(col(Approval.approval_id)))]
+
+    def approval_for(self, task_id: int, tool_use_id: str) -> ApprovalView | None:
+        with self.session() as s:
+            row = s.exec(select(Approval).where(Approval.task_id == task_id,
+                                                Approval.tool_use_id == tool_use_id)
+                         .order_by(col(Approval.approval_id).desc())).first()
+            return _approval_view(row) if row else None
+
+    def settle_approval(self, approval_id: int, state: str, reason: str) -> bool:
+        """pending -> approved | denied | expired, once; False if it was settled already.
+
+        Approved: the tool call may run and the task goes back to the queue. Otherwise the
+        call is refused and the task ends, cancelled.
+        """
+        with self.session() as s:
+            row = s.get(Approval, approval_id)
+            if row is None or row.state != "pending":
+                return False
+            row.state, row.settled_at = state, utcnow()
+            s.add(row)
+            call = s.exec(select(ToolCallRow).where(ToolCallRow.task_id == row.task_id,
+                                                    ToolCallRow.tool_use_id == row.tool_use_id)
+                          ).one()
+            call.state = "approved" if state == "approved" else "refused"
+            s.add(call)
+            task = s.get(Task, row.task_id)
+            assert task is not None
+            if task.state == "waiting_approval":
+                task.state = "queued" if state == "approved" else "cancelled"
+                task.reason, task.updated_at = reason, utcnow()
+                s.add(task)
+            _audit(s, f"approval.{state}", reason, None, row.task_id,
+                   {"operation": row.operation, "digest": row.digest})
+            return True
 
     # ------------------------------------------------------------ commands
 

@@ -19,7 +19,7 @@ TASK_STATES = ("queued", "running", "waiting_approval", "done", "failed", "cance
 TASK_TRANSITIONS: dict[str, frozenset[str]] = {
     "queued": frozenset({"running", "cancelled"}),
     "running": frozenset({"queued", "waiting_approval", "done", "failed", "cancelled"}),
-    "waiting_approval": frozenset({"running", "failed", "cancelled"}),
+    "waiting_approval": frozenset({"queued", "running", "failed", "cancelled"}),
     "done": frozenset(),
     "failed": frozenset(),
     "cancelled": frozenset(),
@@ -192,6 +192,23 @@ class OutboxRow(SQLModel, table=True):
     sent_at: datetime | None = None
 
 
+class Approval(SQLModel, table=True):
+    """A pending `ask`: bound to a digest of the exact operation and to a random token that
+    travels in the Message-ID of the approval mail, so the owner's reply carries it back."""
+
+    approval_id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="task.task_id", index=True)
+    tool_use_id: str
+    token: str = Field(unique=True)
+    digest: str
+    operation: str
+    state: str = Field(default="pending", index=True)  # pending approved denied expired
+    message_id: str = ""
+    created_at: datetime
+    expires_at: datetime
+    settled_at: datetime | None = None
+
+
 def _initial(connection: Connection) -> None:
     tables = [
         SQLModel.metadata.tables[name]
@@ -235,9 +252,14 @@ def _outbox(connection: Connection) -> None:
     SQLModel.metadata.create_all(connection, tables=[SQLModel.metadata.tables["outbox"]])
 
 
+def _approvals(connection: Connection) -> None:
+    SQLModel.metadata.create_all(connection, tables=[SQLModel.metadata.tables["approval"]])
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_agent", _agent),
     ("0003_outbox", _outbox),
+    ("0004_approvals", _approvals),
 ]
 

@@ -187,3 +187,16 @@ class CommandWork:
     conversation_name: str | None
     task_id: int | None
     reply: ReplyTarget
+
+
+@dataclass(frozen=True)
+class ApprovalView:
+    approval_id: int
+    task_id: int
+    tool_use_id: str
+    token: str
+    digest: str
+    operation: str
+    state: str
+    message_id: str
+    expires_at: datetime
