@@ -78,6 +78,10 @@ class Rejection:
     reason: str
     tell_owner: bool = False  # only for mail that did come from the authenticated owner
     detail: dict[str, Any] = field(default_factory=dict)
+    owner_address: str | None = None  # where to tell it: set only after authentication
+    subject: str = ""
+    message_id: str | None = None
+    references: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------- keys and headers
@@ -120,15 +124,19 @@ def content_key(raw: bytes) -> tuple[str, str | None]:
 # ---------------------------------------------------------------- limits and loops
 
 
-def check_limits(raw: bytes, size: int, limits: LimitSettings) -> Rejection | None:
-    """Cheap checks before any parsing (SECURITY.md R1)."""
-    if size > limits.max_message_bytes or len(raw) > limits.max_message_bytes:
-        return Rejection("limit", f"message is {size} bytes, over the limit of "
-                         f"{limits.max_message_bytes} (limits.max_message_bytes)")
+def check_header_limit(raw: bytes, limits: LimitSettings) -> Rejection | None:
     header_bytes = len(header_block(raw))
     if header_bytes > limits.max_header_bytes:
         return Rejection("limit", f"headers are {header_bytes} bytes, over the limit of "
                          f"{limits.max_header_bytes} (limits.max_header_bytes)")
+    return None
+
+
+def check_limits(raw: bytes, size: int, limits: LimitSettings) -> Rejection | None:
+    """Cheap checks before the body is parsed (SECURITY.md R1)."""
+    if size > limits.max_message_bytes or len(raw) > limits.max_message_bytes:
+        return Rejection("limit", f"message is {size} bytes, over the limit of "
+                         f"{limits.max_message_bytes} (limits.max_message_bytes)")
     # Every MIME part has a Content-Type line, so this bounds parts and depth before parsing.
     declared = len(_CONTENT_TYPE_LINE.findall(raw))
     if declared > limits.max_mime_parts:
@@ -361,8 +369,12 @@ def _check_parts(parts: _Parts, limits: LimitSettings) -> str | None:
 
 
 def read_inbound(raw: bytes, size: int, rules: IntakeRules) -> Inbound | Rejection:
-    """Decide what one stored mail is: an owner's message to act on, or a rejection."""
-    limited = check_limits(raw, size, rules.limits)
+    """Decide what one stored mail is: an owner's message to act on, or a rejection.
+
+    Sender checks come first and use the headers only, so that the owner can be told why a mail
+    of theirs was refused (too large, say), while a stranger never hears back.
+    """
+    limited = check_header_limit(raw, rules.limits)
     if limited:
         return limited
     headers = parse_headers(raw)
@@ -372,20 +384,29 @@ def read_inbound(raw: bytes, size: int, rules: IntakeRules) -> Inbound | Rejecti
     owner, how = authenticate_sender(raw, headers, rules)
     if owner is None:
         return Rejection("unauthenticated", how)
-    replay = replay_reason(headers, rules)
-    if replay:
-        return Rejection("replay", replay, tell_owner=True)
-    try:
-        parsed = mailparser.parse_from_bytes(raw)
-        parts = _Parts()
-        _walk(parsed.message, parts, depth=1, limit=rules.limits.max_mime_depth)
-    except (Exception, RecursionError) as exc:  # hostile MIME must end as a recorded rejection
-        return Rejection("malformed", f"message cannot be parsed ({type(exc).__name__})",
-                         tell_owner=True)
-    too_much = _check_parts(parts, rules.limits)
-    if too_much:
-        return Rejection("limit", too_much, tell_owner=True)
-    return _inbound(owner, how, headers, parsed.subject or "", parts)
+    refused = replay_reason(headers, rules)
+    kind = "replay"
+    parts, subject = _Parts(), ""
+    if not refused:
+        kind, refused = "limit", (check_limits(raw, size, rules.limits) or _NONE).reason
+    if not refused:
+        try:
+            parsed = mailparser.parse_from_bytes(raw)
+            subject = parsed.subject or ""
+            _walk(parsed.message, parts, depth=1, limit=rules.limits.max_mime_depth)
+            refused = _check_parts(parts, rules.limits) or ""
+        except (Exception, RecursionError) as exc:  # hostile MIME ends as a recorded rejection
+            kind, refused = "malformed", f"message cannot be parsed ({type(exc).__name__})"
+    if refused:
+        return Rejection(kind, refused, tell_owner=True, owner_address=owner,
+                         subject=clean_header(str(headers.get("Subject", ""))),
+                         message_id=(message_ids(str(headers.get("Message-ID", ""))) or
+                                     (None,))[0],
+                         references=message_ids(str(headers.get("References", ""))))
+    return _inbound(owner, how, headers, subject, parts)
+
+
+_NONE = Rejection("", "")
 
 
 def _inbound(owner: str, how: str, headers: Message, subject: str, parts: _Parts) -> Inbound:

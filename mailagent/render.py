@@ -55,6 +55,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
                       "partial": "Half.", "changes": ["created /a.txt"], "tokens": 10,
                       "cost": 0.01},
     "command.md.j2": {"body": "status"},
+    "refused.md.j2": {"reason": "too large", "kind": "limit"},
     "approval.md.j2": {"task_id": 1, "operation": "delete /a.txt", "reason": "policy asks",
                        "hours": 24.0},
     "mail.html.j2": {"subject": "Re: x", "body": "<p>x</p>"},

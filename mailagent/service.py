@@ -26,8 +26,8 @@ from mailagent.errors import AlreadyRunningError, MailagentError
 from mailagent.failpoints import failpoint
 from mailagent.intake import Inbound, IntakeRules, Rejection, content_key, read_inbound
 from mailagent.mailbox import Fetched, Watcher, in_folder
-from mailagent.notify import Postman
-from mailagent.store import NewCommand, NewTask, Store
+from mailagent.notify import Postman, compose
+from mailagent.store import NewCommand, NewTask, ReplyTarget, Store
 from mailagent.threads import CommandRoute, route
 from mailagent.worker import Worker
 from mailagent.workspace import save_attachments, workspace_dir
@@ -64,6 +64,7 @@ class Service:
                                settings.limits.max_age_days)
         self.stopping = threading.Event()
         self.on_new_task: Callable[[], None] = lambda: None
+        self.on_mail: Callable[[], None] = lambda: None
 
     # ------------------------------------------------------------ running
 
@@ -82,6 +83,7 @@ class Service:
             loop.call_soon_threadsafe(postman.wake.set)
 
         worker = Worker(self.settings, self.store, agent, on_mail=wake_postman)
+        self.on_mail = wake_postman
 
         def wake_worker() -> None:
             loop.call_soon_threadsafe(worker.wake.set)
@@ -208,8 +210,16 @@ class Service:
         log.info("rejected raw_message_id=%s kind=%s reason=%s", raw_message_id,
                  rejection.kind, rejection.reason)
         detail: dict[str, Any] = {**rejection.detail, "tell_owner": rejection.tell_owner}
+        mail = None
+        if rejection.tell_owner and rejection.owner_address:
+            target = ReplyTarget(rejection.owner_address, rejection.subject,
+                                 rejection.message_id, rejection.references, None, None, None)
+            mail = compose(self.settings.smtp, target, "notice", "refused.md.j2",
+                           {"reason": rejection.reason, "kind": rejection.kind})
         self.store.record_rejection(raw_message_id, f"intake.{rejection.kind}",
-                                    rejection.reason, detail)
+                                    rejection.reason, detail, mail)
+        if mail is not None:
+            self.on_mail()
 
     def accept(self, raw_message_id: int, inbound: Inbound) -> None:
         thread = self.store.find_thread([*inbound.references, *inbound.in_reply_to])

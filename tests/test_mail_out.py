@@ -314,3 +314,26 @@ def test_an_unanswered_approval_expires_as_a_denial(
     assert "Nothing in this thread is waiting" in body(late)
     assert target.read_text() == "old records\n"
     service.stop()
+
+
+def test_an_owner_mail_over_a_limit_is_kept_and_the_owner_told_but_a_stranger_is_not(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer,
+        service: ServiceProcess) -> None:
+    config = tmp_path / "mailagent.toml"
+    config.write_text(config.read_text().replace("[owner]", "[limits]\nmax_attachments = 1"
+                                                 "\n\n[owner]"))
+    files = [("a.txt", "text/plain", b"a"), ("b.txt", "text/plain", b"b")]
+    big = owner_mail("Two files", "Here they are.", attachments=files)
+    dovecot.append(big)
+    dovecot.append(owner_mail("Two files", "x", attachments=files, auth=None))
+    service.start()
+    [notice] = smtp_server.wait_for(1, timeout=20)
+    assert parsed(notice)["In-Reply-To"] == message_id_of(big)
+    assert parsed(notice)["To"] == OWNER
+    assert "2 attachments, over the limit of 1" in body(notice)
+    time.sleep(1.5)
+    assert len(smtp_server.messages) == 1
+    store = service.store()
+    assert store.tasks() == []
+    assert len(dovecot.uids()) == 2  # both mails stay in the mailbox
+    service.stop()

@@ -326,12 +326,16 @@ class MailStore:
             return _id(command.command_id)
 
     def record_rejection(
-        self, raw_message_id: int | None, kind: str, reason: str, detail: dict[str, Any]
+        self, raw_message_id: int | None, kind: str, reason: str, detail: dict[str, Any],
+        mail: Outbound | None = None,
     ) -> None:
-        """Record why a message creates no task; the raw message counts as handled."""
+        """Record why a message creates no task (and queue the owner's notice, if any); the raw
+        message counts as handled."""
         with self.session() as s:
             _audit(s, kind, reason, raw_message_id, None, detail)
             _processed(s, raw_message_id, "rejected", reason)
+            if mail is not None:
+                _enqueue(s, mail)
 
     def audit(self, kind: str, reason: str, *, raw_message_id: int | None = None,
               task_id: int | None = None, detail: dict[str, Any] | None = None) -> None:
