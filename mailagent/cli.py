@@ -107,6 +107,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         for t in store.tasks():
             print(f"  #{t.task_id} [{t.conversation_name}] {t.state}: {t.subject[:60]}"
                   f" (from {t.owner_address}, {t.created_at:%Y-%m-%d %H:%M})")
+        print("Waiting for your approval:")
+        for approval in store.approvals():
+            print(f"  task #{approval.task_id}: {approval.operation} "
+                  f"(until {approval.expires_at:%Y-%m-%d %H:%M} UTC)")
+        print("Outbox:")
+        for mail in store.outbox(["queued", "sending", "failed", "unknown"]):
+            error = f": {mail.last_error}" if mail.last_error else ""
+            print(f"  {mail.state} {mail.kind} to {mail.recipient}: {mail.subject[:50]}{error}")
         print("Commands waiting:")
         for command in store.commands():
             if command.state == "pending":

@@ -95,7 +95,9 @@ def compose(smtp: SmtpSettings, target: ReplyTarget, kind: str, template: str,
     """A reply in the target's thread, to the owner who wrote it, with text and HTML parts."""
     plan = plan_attachments(attachments, smtp.max_attachment_bytes)
     text = render(template, **values, attached=plan.attached, not_attached=plan.not_attached)
-    subject = reply_subject(target.subject)
+    # A reply says so; a notice that answers no mail (no Message-ID to answer) does not.
+    subject = reply_subject(target.subject) if target.message_id else clean_header(
+        target.subject, 200)
     message = EmailMessage()
     message_id = message_id or new_message_id(smtp.from_address)
     message["From"] = clean_header(smtp.from_address)

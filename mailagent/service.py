@@ -27,7 +27,7 @@ from mailagent.failpoints import failpoint
 from mailagent.intake import Inbound, IntakeRules, Rejection, content_key, read_inbound
 from mailagent.mailbox import Fetched, Watcher, in_folder
 from mailagent.notify import Postman, compose
-from mailagent.store import NewCommand, NewTask, ReplyTarget, Store
+from mailagent.store import NewCommand, NewTask, Outbound, ReplyTarget, Store
 from mailagent.threads import CommandRoute, route
 from mailagent.worker import Worker
 from mailagent.workspace import save_attachments, workspace_dir
@@ -238,6 +238,7 @@ class Service:
             return
         workspace = workspace_dir(self.settings.workspaces_dir, destination.conversation_name)
         attachments = save_attachments(workspace, raw_message_id, inbound.attachments)
+        receipt = self.receipt(inbound, references) if self.settings.smtp.send_receipts else None
         task_id = self.store.record_task(raw_message_id, NewTask(
             conversation_name=destination.conversation_name,
             owner_address=inbound.owner_address, subject=inbound.subject,
@@ -246,10 +247,24 @@ class Service:
             data={"quoted_text": inbound.quoted_text, "forwarded": list(inbound.forwarded),
                   "attachments": attachments, "continues_task_id": destination.continues_task_id,
                   "date": inbound.date.isoformat() if inbound.date else None},
-        ), reason=f"task from {inbound.owner_address} ({inbound.authenticated_by})")
+        ), reason=f"task from {inbound.owner_address} ({inbound.authenticated_by})",
+            receipt=receipt)
         log.info("task queued raw_message_id=%s task_id=%s conversation=%s", raw_message_id,
                  task_id, destination.conversation_name)
         self.on_new_task()
+        if receipt is not None:
+            self.on_mail()
+
+    def receipt(self, inbound: Inbound,
+                references: tuple[str, ...]) -> Callable[[int, int], Outbound]:
+        """A "got it" reply, built once the task has its number (smtp.send_receipts)."""
+        def build(task_id: int, conversation_id: int) -> Outbound:
+            target = ReplyTarget(inbound.owner_address, inbound.subject, inbound.message_id,
+                                 references, conversation_id, None, task_id)
+            return compose(self.settings.smtp, target, "receipt", "command.md.j2",
+                           {"body": f"Got it: this is task #{task_id}. I will reply in this "
+                                    "thread when it is done."})
+        return build
 
 
 def run_service(settings: Settings) -> None:

@@ -36,7 +36,14 @@ from mailagent.policy import (
     protected_paths,
 )
 from mailagent.render import render
-from mailagent.store import ApprovalView, CommandWork, Outbound, Store, TaskWork
+from mailagent.store import (
+    ApprovalView,
+    CommandWork,
+    Outbound,
+    ReplyTarget,
+    Store,
+    TaskWork,
+)
 from mailagent.tools.files import FileTools
 from mailagent.tools.memory import MemoryTools
 from mailagent.workspace import workspace_dir
@@ -141,8 +148,19 @@ class Worker:
         self.wake = asyncio.Event()
 
     def policy_broken(self, error: PolicyError) -> None:
+        """A broken policy file: logged, recorded, and the owner told (once per error)."""
         log.error("policy: %s (the last good policy stays in force)", error)
         self.store.audit("policy.error", str(error))
+        owner = self.settings.owner.addresses[0]
+        target = ReplyTarget(owner, "mailagent: a policy file is broken", None, (), None, None,
+                             None)
+        mail = compose(self.settings.smtp, target, "notice", "command.md.j2",
+                       {"body": f"A policy file does not validate: {error}\n\nThe last good "
+                                "policy stays in force (or, if there was none, nothing is "
+                                "allowed). Fix the file; the change takes effect without a "
+                                "restart. `mailagent check` shows the problem too."})
+        self.store.enqueue_mail(mail)
+        self.on_mail()
 
     async def run(self, stop: asyncio.Event) -> None:
         for task_id in self.store.requeue_interrupted():

@@ -337,3 +337,40 @@ def test_an_owner_mail_over_a_limit_is_kept_and_the_owner_told_but_a_stranger_is
     assert store.tasks() == []
     assert len(dovecot.uids()) == 2  # both mails stay in the mailbox
     service.stop()
+
+
+def test_a_receipt_is_sent_only_when_switched_on(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer,
+        service: ServiceProcess) -> None:
+    config = tmp_path / "mailagent.toml"
+    config.write_text(config.read_text().replace('from = "Mail Agent',
+                                                 'send_receipts = true\nfrom = "Mail Agent'))
+    task = owner_mail("Receipt please")
+    dovecot.append(task)
+    service.start()
+    receipt, completion = smtp_server.wait_for(2, timeout=20)
+    assert "Got it: this is task #1" in body(receipt)
+    assert parsed(receipt)["In-Reply-To"] == message_id_of(task)
+    assert "Task #1" in body(completion)
+    service.stop()
+
+
+def test_a_broken_policy_file_is_reported_to_the_owner_once(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer,
+        service: ServiceProcess) -> None:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "home.toml").write_text(
+        '[[folders]]\npath = "/tmp"\naccess = "wrte"\n')
+    dovecot.append(owner_mail("List my files"))
+    dovecot.append(owner_mail("List them again"))
+    service.start()
+    mails = smtp_server.wait_for(3, timeout=20)
+    time.sleep(1.5)
+    notices = [m for m in smtp_server.messages if "policy file does not validate" in body(m)]
+    assert len(notices) == 1 and len(smtp_server.messages) == 3
+    notice = parsed(notices[0])
+    assert notice["To"] == OWNER and notice["Auto-Submitted"] == "auto-replied"
+    assert "home.toml" in body(notices[0]) and "line 3" in body(notices[0])
+    assert not notice["Subject"].startswith("Re:")
+    assert len(mails) == 3
+    service.stop()

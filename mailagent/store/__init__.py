@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -285,8 +285,10 @@ class MailStore:
                     return ThreadMatch(ref.conversation_id, conversation.name, ref.task_id)
         return None
 
-    def record_task(self, raw_message_id: int | None, new: NewTask, reason: str) -> int:
-        """Record a queued task, its thread reference and audit row; mark the raw processed."""
+    def record_task(self, raw_message_id: int | None, new: NewTask, reason: str,
+                    receipt: Callable[[int, int], Outbound] | None = None) -> int:
+        """Record a queued task, its thread reference and audit row; mark the raw processed.
+        `receipt(task_id, conversation_id)` builds a "got it" mail queued in the same commit."""
         with self.session() as s:
             conversation = _conversation(s, new.conversation_name)
             now = utcnow()
@@ -303,6 +305,8 @@ class MailStore:
             _audit(s, "task.queued", reason, raw_message_id, task_id,
                    {"conversation": new.conversation_name})
             _processed(s, raw_message_id, "task", reason)
+            if receipt is not None:
+                _enqueue(s, receipt(task_id, _id(conversation.conversation_id)))
             return task_id
 
     def record_command(self, raw_message_id: int | None, new: NewCommand, reason: str) -> int:
