@@ -184,7 +184,10 @@ class Agent:
                 continue
             refusal = self.over_budget(work.task_id)
             if refusal:
-                return Outcome("failed", refusal, "")
+                # A task's own budget pauses it (the owner may grant more); the daily cap ends it.
+                state = "failed" if "daily_cost_usd" in refusal else "paused"
+                return Outcome(state, refusal, self.partial_text(work.conversation_id,
+                                                                 work.task_id))
             messages = await self.fit_context(ctx, tools, items)
             await self.turn(ctx, tools, messages)
 
@@ -250,14 +253,23 @@ class Agent:
                 + usage.output_tokens * self.model.output_usd_per_mtok / 1e6)
         return Usage(usage.input_tokens, usage.output_tokens, read, write, cost)
 
+    def partial_text(self, conversation_id: int, task_id: int) -> str:
+        """The model's latest words in this task, to show what was done before it stopped."""
+        for item in reversed(self.store.history(conversation_id)):
+            if item.task_id == task_id and item.role == "assistant" and _text(item.content):
+                return _text(item.content)
+        return ""
+
     def over_budget(self, task_id: int) -> str:
-        """Why this task may not make another model request, or ''."""
+        """Why this task may not make another model request, or ''. Each `continue` from the
+        owner grants one more budget of the same size."""
         work, b = self.store.task_work(task_id), self.budgets
-        if work.turns >= b.max_turns:
-            return f"budget: the task used its {b.max_turns} model turns (agent.max_turns)"
-        if work.tokens >= b.max_task_tokens:
+        steps = 1 + work.budget_steps
+        if work.turns >= b.max_turns * steps:
+            return f"budget: the task used {work.turns} model turns (agent.max_turns)"
+        if work.tokens >= b.max_task_tokens * steps:
             return f"budget: the task used {work.tokens} tokens (agent.max_task_tokens)"
-        if work.cost_usd >= b.max_task_cost_usd:
+        if work.cost_usd >= b.max_task_cost_usd * steps:
             return f"budget: the task cost ${work.cost_usd:.2f} (agent.max_task_cost_usd)"
         since = datetime.now(UTC) - timedelta(days=1)
         if self.store.cost_since(since) >= b.daily_cost_usd:

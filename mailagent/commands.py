@@ -47,6 +47,7 @@ def answer(command: CommandWork, store: Store, cancel: Callable[[int], str],
         "schedules": lambda: "There are no scheduled tasks.",
         "approve": lambda: settle(command),
         "deny": lambda: settle(command),
+        "continue": lambda: settle(command),
     }
     handler = handlers.get(command.name)
     if handler is None:

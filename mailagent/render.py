@@ -56,6 +56,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
                       "cost": 0.01},
     "command.md.j2": {"body": "status"},
     "refused.md.j2": {"reason": "too large", "kind": "limit"},
+    "budget.md.j2": {"task_id": 1, "reason": "budget: 40 turns", "tokens": 10, "cost": 0.01,
+                     "partial": "Half done.", "hours": 24.0},
     "approval.md.j2": {"task_id": 1, "operation": "delete /a.txt", "reason": "policy asks",
                        "hours": 24.0},
     "mail.html.j2": {"subject": "Re: x", "body": "<p>x</p>"},

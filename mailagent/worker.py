@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 FILE_TOOLS = ("list_files", "read_file", "write_file", "edit_file", "move_file", "delete_file",
               "search_files", "attach_file")
+BUDGET_STEP = "one more budget step"
+
 FAILURE_ADVICE = (
     ("budget:", "It stopped at a budget limit. Send the task again in smaller steps, or raise "
                 "the limit in the [agent] section of the config."),
@@ -227,6 +229,9 @@ class Worker:
         elif outcome.state == "waiting_approval" and outcome.call is not None:
             self.ask_approval(task_id, outcome)
             self.on_mail()
+        elif outcome.state == "paused":
+            self.ask_to_continue(task_id, outcome)
+            self.on_mail()
         else:
             mail = None if outcome.state == "cancelled" else self.outcome_mail(task_id, outcome)
             self.store.finish_task(task_id, outcome.state, outcome.reason, outcome.text, mail)
@@ -249,7 +254,8 @@ class Worker:
                                self.sendable(work, self.store.attachments(task_id)))
             return compose(self.settings.smtp, target, "failure", "failure.md.j2",
                            {**values, "reason": outcome.reason, "advice": advice(outcome.reason),
-                            "partial": outcome.text})
+                            "partial": outcome.text},
+                           self.sendable(work, self.store.attachments(task_id)))
         except Exception as exc:  # a reply that cannot be built must not stop the task's end
             log.exception("cannot compose the mail of task_id=%s", task_id)
             self.store.audit("mail.compose_failed", f"{type(exc).__name__}: {exc}",
@@ -292,28 +298,65 @@ class Worker:
                                     datetime.now(UTC) + timedelta(hours=hours),
                                     outcome.reason, mail)
 
+    def ask_to_continue(self, task_id: int, outcome: Outcome) -> None:
+        """A task at its budget waits for `continue`; the question is an approval too."""
+        work = self.store.task_work(task_id)
+        token, hours = secrets.token_hex(16), self.settings.agent.approval_hours
+        mail = compose(self.settings.smtp, self.store.reply_target(task_id), "approval",
+                       "budget.md.j2", {"task_id": task_id, "reason": outcome.reason,
+                                        "tokens": work.tokens, "cost": work.cost_usd,
+                                        "partial": outcome.text, "hours": hours},
+                       message_id=approval_message_id(self.settings.smtp.from_address, token))
+        self.store.request_approval(task_id, "", token, "", BUDGET_STEP,
+                                    datetime.now(UTC) + timedelta(hours=hours),
+                                    outcome.reason, mail)
+
     def settle(self, command: CommandWork) -> str:
-        """An `approve` or `deny` reply: it must answer the approval mail itself (its token)."""
+        """An `approve`, `deny` or `continue` reply: it must answer the approval mail itself,
+        whose Message-ID carries the token."""
         if command.task_id is None:
             return NOT_IN_THREAD
         for approval in self.store.approvals(command.task_id):
-            if approval.message_id not in command.reply.references:
+            is_budget = approval.operation == BUDGET_STEP
+            kind_fits = command.name == "deny" or (command.name == "continue") == is_budget
+            if approval.message_id not in command.reply.references or not kind_fits:
                 continue
             if approval.expires_at < datetime.now(UTC):
                 self.expire(approval)
-                return f"The approval for {approval.operation} had expired; nothing was done."
-            state = "approved" if command.name == "approve" else "denied"
+                return f"The question about {approval.operation} had expired; nothing was done."
+            state = "denied" if command.name == "deny" else "approved"
             if not self.store.settle_approval(approval.approval_id, state,
                                               f"{state} by the owner"):
                 break
             self.wake.set()
+            if is_budget:
+                return self.after_budget_answer(approval, state)
             if state == "approved":
                 return f"Approved: {approval.operation}. Task #{approval.task_id} goes on."
             return f"Denied: {approval.operation}. Task #{approval.task_id} is stopped."
         return ("Nothing in this thread is waiting for your approval (it may have been settled "
                 "already). Reply to the approval mail itself.")
 
+    def after_budget_answer(self, approval: ApprovalView, state: str) -> str:
+        if state == "approved":
+            return f"Task #{approval.task_id} goes on with one more budget."
+        self.end_paused(approval.task_id, "not continued")
+        return f"Task #{approval.task_id} is ended; what it made so far comes in a separate mail."
+
+    def end_paused(self, task_id: int, why: str) -> None:
+        """A budget pause that is not continued ends the task, partial outputs attached."""
+        work = self.store.task_work(task_id)
+        partial = self.agent.partial_text(work.conversation_id, task_id)
+        outcome = Outcome("failed", f"budget reached and {why}", partial)
+        self.store.finish_task(task_id, "failed", outcome.reason, partial,
+                               self.outcome_mail(task_id, outcome))
+        self.on_mail()
+
     def expire(self, approval: ApprovalView) -> None:
+        if approval.operation == BUDGET_STEP:
+            if self.store.settle_approval(approval.approval_id, "expired", "no answer in time"):
+                self.end_paused(approval.task_id, "no `continue` came in time")
+            return
         if self.store.settle_approval(approval.approval_id, "expired",
                                       "no answer before the approval expired"):
             mail = compose(self.settings.smtp, self.store.reply_target(approval.task_id),

@@ -368,7 +368,7 @@ def test_a_model_repeating_one_call_is_stopped(
     assert len(refused) == 2
 
 
-def test_the_turn_budget_ends_a_task_with_its_reason(
+def test_the_turn_budget_pauses_a_task_with_its_reason(
         tmp_path: Path, model: ModelServer, home: Path) -> None:
     settings = make_settings(tmp_path, model, home, max_turns=3)
     store = open_store(settings)
@@ -376,9 +376,11 @@ def test_the_turn_budget_ends_a_task_with_its_reason(
     model.default = lambda request: tool_use("list_files", {"path": f"./{len(model.requests)}"})
     settle(settings, store, home)
     task = store.tasks()[0]
-    assert task.state == "failed"
+    assert task.state == "waiting_approval"  # paused: the owner may reply `continue`
     assert "model turns (agent.max_turns)" in (task.reason or "")
     assert len(model.message_requests) == 3
+    [pause] = store.approvals()
+    assert pause.operation == "one more budget step"
 
 
 def test_streaming_answers_work_the_same(tmp_path: Path, model: ModelServer, home: Path) -> None:

@@ -374,3 +374,49 @@ def test_a_broken_policy_file_is_reported_to_the_owner_once(
     assert not notice["Subject"].startswith("Re:")
     assert len(mails) == 3
     service.stop()
+
+
+def budget_setup(tmp_path: Path, model_server: ModelServer) -> None:
+    config = tmp_path / "mailagent.toml"
+    config.write_text(config.read_text().replace("[owner]", "[agent]\nmax_turns = 2\n\n[owner]"))
+    model_server.script(
+        tool_use("write_file", {"path": "part1.txt", "content": "first half"}),
+        tool_use("attach_file", {"path": "part1.txt"}, text="Half of it is written."))
+
+
+def test_a_task_paused_at_its_budget_goes_on_after_continue(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
+        service: ServiceProcess) -> None:
+    budget_setup(tmp_path, model_server)
+    model_server.script(text("All done now."))
+    dovecot.append(owner_mail("Long job"))
+    service.start()
+    [pause] = smtp_server.wait_for(1, timeout=20)
+    assert "paused at its budget" in body(pause)
+    assert "Half of it is written." in body(pause)
+    assert len(model_server.message_requests) == 2
+    dovecot.append(owner_mail("Re: Long job", "continue",
+                              in_reply_to=parsed(pause)["Message-ID"]))
+    mails = smtp_server.wait_for(3, timeout=20)
+    assert any("goes on with one more budget" in body(m) for m in mails[1:])
+    assert any("All done now." in body(m) for m in mails[1:])
+    assert service.store().tasks()[0].state == "done"
+    service.stop()
+
+
+def test_a_paused_task_that_is_not_continued_ends_with_its_partial_outputs(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
+        service: ServiceProcess) -> None:
+    budget_setup(tmp_path, model_server)
+    dovecot.append(owner_mail("Long job"))
+    service.start()
+    [pause] = smtp_server.wait_for(1, timeout=20)
+    dovecot.append(owner_mail("Re: Long job", "deny", in_reply_to=parsed(pause)["Message-ID"]))
+    mails = smtp_server.wait_for(3, timeout=20)
+    final = next(m for m in mails[1:] if "did not finish" in body(m))
+    assert "budget reached and not continued" in body(final)
+    [attachment] = list(parsed(final).iter_attachments())
+    assert attachment.get_content() == "first half"
+    assert service.store().tasks()[0].state == "failed"
+    assert len(model_server.message_requests) == 2
+    service.stop()

@@ -487,7 +487,7 @@ def _work(task: Task, conversation_name: str) -> TaskWork:
         _id(task.task_id), task.conversation_id, conversation_name, task.subject,
         task.owner_address, task.instruction, json.loads(task.data_json), task.turns,
         task.tool_calls, task.input_tokens + task.output_tokens + task.cache_read_tokens
-        + task.cache_write_tokens, task.cost_usd,
+        + task.cache_write_tokens, task.cost_usd, task.budget_steps,
     )
 
 
@@ -668,14 +668,17 @@ class Store(MailStore):
                 return False
             row.state, row.settled_at = state, utcnow()
             s.add(row)
-            call = s.exec(select(ToolCallRow).where(ToolCallRow.task_id == row.task_id,
-                                                    ToolCallRow.tool_use_id == row.tool_use_id)
-                          ).one()
-            call.state = "approved" if state == "approved" else "refused"
-            s.add(call)
             task = s.get(Task, row.task_id)
             assert task is not None
-            if task.state == "waiting_approval":
+            call = s.exec(select(ToolCallRow).where(ToolCallRow.task_id == row.task_id,
+                                                    ToolCallRow.tool_use_id == row.tool_use_id)
+                          ).first()
+            if call is not None:
+                call.state = "approved" if state == "approved" else "refused"
+                s.add(call)
+            elif state == "approved":  # a budget pause: one more budget step
+                task.budget_steps += 1
+            if task.state == "waiting_approval" and (call is not None or state == "approved"):
                 task.state = "queued" if state == "approved" else "cancelled"
                 task.reason, task.updated_at = reason, utcnow()
                 s.add(task)

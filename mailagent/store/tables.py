@@ -93,6 +93,7 @@ class Task(SQLModel, table=True):
     cost_usd: float = 0.0
     result_text: str = ""
     attachments_json: str = "[]"  # paths given to attach_file, for the completion mail
+    budget_steps: int = 0  # extra budgets granted by the owner's `continue`
 
 
 class HistoryEntry(SQLModel, table=True):
@@ -256,10 +257,15 @@ def _approvals(connection: Connection) -> None:
     SQLModel.metadata.create_all(connection, tables=[SQLModel.metadata.tables["approval"]])
 
 
+def _budget_steps(connection: Connection) -> None:
+    _add_columns(connection, "task", {"budget_steps": "INTEGER NOT NULL DEFAULT 0"})
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_agent", _agent),
     ("0003_outbox", _outbox),
     ("0004_approvals", _approvals),
+    ("0005_budget_steps", _budget_steps),
 ]
 

@@ -105,6 +105,7 @@ class TaskWork:
     tool_calls: int
     tokens: int
     cost_usd: float
+    budget_steps: int = 0
 
 
 @dataclass(frozen=True)
