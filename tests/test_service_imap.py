@@ -32,7 +32,7 @@ def tasks(store: Store) -> list[tuple[str, str]]:
     return [(t.conversation_name, t.subject) for t in store.tasks()]
 
 
-def wait_tasks(service: ServiceProcess, count: int, timeout: float = 10.0) -> list[tuple[str, str]]:
+def wait_tasks(service: ServiceProcess, count: int, timeout: float = 20.0) -> list[tuple[str, str]]:
     store = service.store()
     try:
         return wait_until(lambda: len(tasks(store)) >= count and tasks(store), timeout,

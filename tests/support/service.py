@@ -56,7 +56,7 @@ class ServiceProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[self._log_offset:]
 
-    def wait_for_log(self, text: str, timeout: float = 15.0, count: int = 1) -> None:
+    def wait_for_log(self, text: str, timeout: float = 30.0, count: int = 1) -> None:
         def seen() -> bool:
             if self.process is not None and self.process.poll() is not None and \
                     self.log().count(text) < count:
