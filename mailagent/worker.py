@@ -224,8 +224,10 @@ class Worker:
     def record(self, task_id: int, outcome: Outcome) -> None:
         log.info("task %s task_id=%s reason=%s", outcome.state, task_id, outcome.reason)
         if outcome.state == "deferred":
-            later = datetime.now(UTC) + timedelta(seconds=self.settings.agent.retry_after_seconds)
-            self.store.defer_task(task_id, later, outcome.reason)
+            wait = self.settings.agent.retry_after_seconds
+            later = datetime.now(UTC) + timedelta(seconds=wait)
+            if self.store.defer_task(task_id, later, outcome.reason):
+                self.tell_deferred(task_id, outcome.reason, wait)
         elif outcome.state == "waiting_approval" and outcome.call is not None:
             self.ask_approval(task_id, outcome)
             self.on_mail()
@@ -261,6 +263,16 @@ class Worker:
             self.store.audit("mail.compose_failed", f"{type(exc).__name__}: {exc}",
                              task_id=task_id)
             return None
+
+    def tell_deferred(self, task_id: int, reason: str, wait: float) -> None:
+        """Once per task: the model endpoint is down, and the task will be tried again."""
+        mail = compose(self.settings.smtp, self.store.reply_target(task_id), "notice",
+                       "command.md.j2",
+                       {"body": f"Task #{task_id} is waiting: {reason}.\n\nI will try again "
+                                f"every {wait:g} seconds and reply here when it is done. Reply "
+                                "`cancel` to drop it."})
+        self.store.enqueue_mail(mail)
+        self.on_mail()
 
     def sendable(self, work: TaskWork, paths: list[str]) -> list[Path]:
         """Attachments that policy still lets us read now, at send time (SECURITY.md E3)."""

@@ -16,7 +16,7 @@ import pytest
 from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
 from tests.support.mail import AGENT, MX, OWNER, message_id_of, owner_mail
-from tests.support.model_server import ModelServer, text, tool_use
+from tests.support.model_server import ModelServer, error, text, tool_use
 from tests.support.service import ServiceProcess, wait_until
 from tests.support.smtp import RecordedMail, SmtpServer
 
@@ -419,4 +419,23 @@ def test_a_paused_task_that_is_not_continued_ends_with_its_partial_outputs(
     assert attachment.get_content() == "first half"
     assert service.store().tasks()[0].state == "failed"
     assert len(model_server.message_requests) == 2
+    service.stop()
+
+
+def test_a_model_outage_is_told_once_and_the_task_done_when_it_is_back(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
+        service: ServiceProcess) -> None:
+    config = tmp_path / "mailagent.toml"
+    config.write_text(config.read_text().replace("[owner]", "[agent]\nretry_after_seconds = 1"
+                                                 "\n\n[owner]"))
+    outage = error(529, "overloaded_error", "Overloaded")
+    model_server.script(outage, outage, outage, text("Back and done."))
+    dovecot.append(owner_mail("Do it when you can"))
+    service.start()
+    notice, done = smtp_server.wait_for(2, timeout=30)
+    assert "is waiting: the model endpoint is busy or unreachable" in body(notice)
+    assert "Back and done." in body(done)
+    time.sleep(1)
+    assert len(smtp_server.messages) == 2
+    assert len(model_server.message_requests) == 4
     service.stop()

@@ -710,14 +710,17 @@ class Store(MailStore):
             if mail is not None:
                 _enqueue(s, mail)
 
-    def defer_task(self, task_id: int, not_before: datetime, reason: str) -> None:
-        """Put a running task back in the queue until `not_before` (overload, rate limit)."""
+    def defer_task(self, task_id: int, not_before: datetime, reason: str) -> bool:
+        """Put a running task back in the queue until `not_before` (overload, rate limit);
+        True the first time this task is deferred."""
         self.set_task_state(task_id, "queued", reason)
         with self.session() as s:
             task = s.get(Task, task_id)
             assert task is not None
+            first = task.not_before is None
             task.not_before = not_before
             s.add(task)
+            return first
 
     def add_usage(self, task_id: int, usage: Usage, tool_calls: int = 0) -> None:
         with self.session() as s:
