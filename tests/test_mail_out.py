@@ -439,3 +439,19 @@ def test_a_model_outage_is_told_once_and_the_task_done_when_it_is_back(
     assert len(smtp_server.messages) == 2
     assert len(model_server.message_requests) == 4
     service.stop()
+
+
+def test_a_copy_of_each_sent_mail_is_saved_in_sent_when_asked(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer,
+        service: ServiceProcess) -> None:
+    dovecot.create_folder("Sent")
+    config = tmp_path / "mailagent.toml"
+    config.write_text(config.read_text().replace('from = "Mail Agent',
+                                                 'save_copy = true\nfrom = "Mail Agent'))
+    dovecot.append(owner_mail("Keep a copy"))
+    service.start()
+    [sent] = smtp_server.wait_for(1, timeout=20)
+    [uid] = wait_until(lambda: dovecot.uids("Sent"), 10, "the copy in Sent")
+    assert parsed(sent)["Message-ID"] in dovecot.fetch(uid, "Sent").decode()
+    assert "\\Seen" in dovecot.flags(uid, "Sent")
+    service.stop()
