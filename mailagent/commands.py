@@ -35,7 +35,8 @@ Commands (the whole subject, or the first line of your mail):
 
 
 def answer(command: CommandWork, store: Store, cancel: Callable[[int], str],
-           settle: Callable[[CommandWork], str]) -> str:
+           settle: Callable[[CommandWork], str],
+           may_write: Callable[[int, str], bool] = lambda _task, _path: True) -> str:
     """The reply text for one command."""
     handlers: dict[str, Callable[[], str]] = {
         "help": lambda: HELP,
@@ -43,7 +44,8 @@ def answer(command: CommandWork, store: Store, cancel: Callable[[int], str],
         "memory": lambda: memory_text(store, command),
         "forget": lambda: forget_text(store, command),
         "cancel": lambda: cancel(command.task_id) if command.task_id else NOT_IN_THREAD,
-        "undo": lambda: undo(store, command.task_id) if command.task_id else NOT_IN_THREAD,
+        "undo": lambda: (undo(store, command.task_id, may_write) if command.task_id
+                         else NOT_IN_THREAD),
         "schedules": lambda: "There are no scheduled tasks.",
         "approve": lambda: settle(command),
         "deny": lambda: settle(command),
@@ -102,13 +104,18 @@ def forget_text(store: Store, command: CommandWork) -> str:
     return f"There is no note {number} in this conversation; reply `memory` to see them."
 
 
-def undo(store: Store, task_id: int) -> str:
-    """Revert a task's file changes, newest first, from the copies kept in its trash."""
+def undo(store: Store, task_id: int, may_write: Callable[[int, str], bool]) -> str:
+    """Revert a task's file changes, newest first, from the copies kept in its trash; only where
+    policy still allows writing now."""
     changes = store.changes(task_id)
     if not changes:
         return f"Task #{task_id} changed no files; there is nothing to undo."
     done, failed = [], []
     for change in reversed(changes):
+        paths = [change["path"], *([change["from"]] if "from" in change else [])]
+        if not all(may_write(task_id, p) for p in paths):
+            failed.append(f"{change['op']} {change['path']}: policy no longer allows writing it")
+            continue
         try:
             done.append(_revert(change))
         except OSError as exc:

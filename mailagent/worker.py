@@ -388,7 +388,7 @@ class Worker:
         self.expire_approvals()
         for command in self.store.pending_commands():
             try:
-                text = answer(command, self.store, self.cancel, self.settle)
+                text = answer(command, self.store, self.cancel, self.settle, self.may_write)
                 mail = compose(self.settings.smtp, command.reply, "command", "command.md.j2",
                                {"body": text})
             except Exception as exc:  # the catch-all per command: recorded, never retried
@@ -398,6 +398,10 @@ class Worker:
                 continue
             self.store.finish_command(command.command_id, mail, f"answered {command.name}")
             self.on_mail()
+
+    def may_write(self, task_id: int, path: str) -> bool:
+        scope = self.scope(self.store.task_work(task_id))
+        return decide(self.policies.current(), "write", path, scope).verdict != "deny"
 
     def cancel(self, task_id: int) -> str:
         """Stop a task now (SECURITY.md A3): a running one is interrupted at its next await."""
