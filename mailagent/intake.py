@@ -15,7 +15,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.headerregistry import HeaderRegistry
 from email.message import Message
@@ -384,29 +384,36 @@ def read_inbound(raw: bytes, size: int, rules: IntakeRules) -> Inbound | Rejecti
     owner, how = authenticate_sender(raw, headers, rules)
     if owner is None:
         return Rejection("unauthenticated", how)
-    refused = replay_reason(headers, rules)
-    kind = "replay"
-    parts, subject = _Parts(), ""
-    if not refused:
-        kind, refused = "limit", (check_limits(raw, size, rules.limits) or _NONE).reason
-    if not refused:
-        try:
-            parsed = mailparser.parse_from_bytes(raw)
-            subject = parsed.subject or ""
-            _walk(parsed.message, parts, depth=1, limit=rules.limits.max_mime_depth)
-            refused = _check_parts(parts, rules.limits) or ""
-        except (Exception, RecursionError) as exc:  # hostile MIME ends as a recorded rejection
-            kind, refused = "malformed", f"message cannot be parsed ({type(exc).__name__})"
-    if refused:
-        return Rejection(kind, refused, tell_owner=True, owner_address=owner,
-                         subject=clean_header(str(headers.get("Subject", ""))),
-                         message_id=(message_ids(str(headers.get("Message-ID", ""))) or
-                                     (None,))[0],
-                         references=message_ids(str(headers.get("References", ""))))
+    checked = _check_owner_mail(raw, size, headers, rules)
+    if isinstance(checked, Rejection):
+        ids = message_ids(str(headers.get("Message-ID", "")))
+        return replace(checked, tell_owner=True, owner_address=owner,
+                       subject=clean_header(str(headers.get("Subject", ""))),
+                       message_id=ids[0] if ids else None,
+                       references=message_ids(str(headers.get("References", ""))))
+    subject, parts = checked
     return _inbound(owner, how, headers, subject, parts)
 
 
-_NONE = Rejection("", "")
+def _check_owner_mail(raw: bytes, size: int, headers: Message,
+                      rules: IntakeRules) -> Rejection | tuple[str, _Parts]:
+    """An authenticated owner's mail: why it is refused, or its parsed (subject, parts)."""
+    replay = replay_reason(headers, rules)
+    if replay:
+        return Rejection("replay", replay)
+    limited = check_limits(raw, size, rules.limits)
+    if limited:
+        return limited
+    parts = _Parts()
+    try:
+        parsed = mailparser.parse_from_bytes(raw)
+        _walk(parsed.message, parts, depth=1, limit=rules.limits.max_mime_depth)
+    except (Exception, RecursionError) as exc:  # hostile MIME ends as a recorded rejection
+        return Rejection("malformed", f"message cannot be parsed ({type(exc).__name__})")
+    too_much = _check_parts(parts, rules.limits)
+    if too_much:
+        return Rejection("limit", too_much)
+    return parsed.subject or "", parts
 
 
 def _inbound(owner: str, how: str, headers: Message, subject: str, parts: _Parts) -> Inbound:

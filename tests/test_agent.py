@@ -312,20 +312,30 @@ def answer(request: RecordedRequest) -> Reply:
     return text("Answered. " + "Some details of the answer. " * 12)
 
 
-def test_two_hundred_tasks_stay_within_the_context_budget(
-        tmp_path: Path, model: ModelServer, home: Path) -> None:
+def many_tasks(tmp_path: Path, model: ModelServer, home: Path,
+               count: int) -> tuple[Settings, Store]:
+    """`count` short tasks in one conversation with a small context budget (6000 tokens)."""
     settings = make_settings(tmp_path, model, home, max_task_seconds=60)
     settings = replace(settings, model=replace(settings.model, max_context_tokens=6000))
     store = open_store(settings)
-    for n in range(200):
+    for n in range(count):
         add_task(store, f"Task number {n}: write one line about the number {n}.")
     model.default = answer
+    return settings, store
+
+
+def request_sizes(model: ModelServer) -> list[int]:
+    return [estimate_tokens([r.body["system"][0]["text"], r.body.get("tools", []),
+                             r.body["messages"]]) for r in model.message_requests]
+
+
+def test_two_hundred_tasks_stay_within_the_context_budget(
+        tmp_path: Path, model: ModelServer, home: Path) -> None:
+    settings, store = many_tasks(tmp_path, model, home, 200)
     settle(settings, store, home, timeout=240)
     assert [t.state for t in store.tasks()] == ["done"] * 200
     requests = model.message_requests
-    sizes = [estimate_tokens([r.body["system"][0]["text"], r.body.get("tools", []),
-                              r.body["messages"]]) for r in requests]
-    assert max(sizes) <= settings.model.max_context_tokens
+    assert max(request_sizes(model)) <= settings.model.max_context_tokens
     summaries = [r for r in requests if "transcript" in json.dumps(r.body["messages"])]
     assert len(summaries) >= 5
     last = requests[-1].body["messages"]
@@ -410,14 +420,9 @@ def test_a_hung_model_ends_at_the_time_budget(
 
 def test_an_endpoint_with_server_compaction_keeps_the_context_bounded_itself(
         tmp_path: Path, model: ModelServer, home: Path) -> None:
-    settings = make_settings(tmp_path, model, home, max_task_seconds=60)
-    settings = replace(settings, model=replace(settings.model, max_context_tokens=6000))
-    store = open_store(settings)
-    for n in range(40):
-        add_task(store, f"Task number {n}: write one line about the number {n}.")
+    settings, store = many_tasks(tmp_path, model, home, 40)
     model.supports_compaction = True
     model.compaction_summary = "The owner asked for short notes about numbers."
-    model.default = answer
     settle(settings, store, home, timeout=120)
     assert [t.state for t in store.tasks()] == ["done"] * 40
     requests = model.message_requests
@@ -425,9 +430,7 @@ def test_an_endpoint_with_server_compaction_keeps_the_context_bounded_itself(
     assert not [r for r in requests if "transcript" in json.dumps(r.body["messages"])]
     compacted = [r for r in requests if '"type": "compaction"' in json.dumps(r.body["messages"])]
     assert compacted, "the endpoint's compaction blocks were not sent back"
-    sizes = [estimate_tokens([r.body["system"][0]["text"], r.body.get("tools", []),
-                              r.body["messages"]]) for r in requests]
-    assert max(sizes) <= settings.model.max_context_tokens
+    assert max(request_sizes(model)) <= settings.model.max_context_tokens
 
 
 def test_an_endpoint_refusing_the_compaction_beta_falls_back_to_client_side(

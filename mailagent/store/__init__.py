@@ -182,12 +182,6 @@ class MailStore:
             row.last_uid = max(row.last_uid, last_uid)
             s.add(row)
 
-    def is_known_content(self, content_key: str) -> bool:
-        with self.session() as s:
-            found = s.exec(select(RawMessage.raw_message_id).where(
-                RawMessage.content_key == content_key)).first()
-            return found is not None
-
     def save_raw(
         self,
         *,
@@ -351,14 +345,7 @@ class MailStore:
     def set_task_state(self, task_id: int, state: str, reason: str | None = None) -> None:
         """Move a task along the state machine; an illegal transition raises StoreError."""
         with self.session() as s:
-            task = s.get(Task, task_id)
-            if task is None:
-                raise StoreError(f"no task {task_id}")
-            if state not in TASK_TRANSITIONS[task.state]:
-                raise StoreError(f"task {task_id} cannot go from {task.state} to {state}")
-            task.state, task.reason, task.updated_at = state, reason, utcnow()
-            s.add(task)
-            _audit(s, f"task.{state}", reason or "", task.raw_message_id, task_id, {})
+            _move(s, task_id, state, reason)
 
     # ------------------------------------------------------------ reading, for status and tests
 
@@ -413,6 +400,19 @@ class MailStore:
             rows = s.exec(select(RawMessage.raw_message_id, RawMessage.state, RawMessage.outcome,
                                  RawMessage.reason).order_by(col(RawMessage.raw_message_id)))
             return [(_id(i), st, o, r) for i, st, o, r in rows]
+
+
+def _move(s: Session, task_id: int, state: str, reason: str | None) -> Task:
+    """The one place a task changes state: checked against the machine, audited."""
+    task = s.get(Task, task_id)
+    if task is None:
+        raise StoreError(f"no task {task_id}")
+    if state not in TASK_TRANSITIONS[task.state]:
+        raise StoreError(f"task {task_id} cannot go from {task.state} to {state}")
+    task.state, task.reason, task.updated_at = state, reason, utcnow()
+    s.add(task)
+    _audit(s, f"task.{state}", reason or "", task.raw_message_id, task_id, {})
+    return task
 
 
 def _id(value: int | None) -> int:
@@ -551,15 +551,9 @@ class Store(MailStore):
                     mail: Outbound | None = None) -> None:
         """End a task and queue its mail in one transaction: never one without the other."""
         with self.session() as s:
-            task = s.get(Task, task_id)
-            if task is None:
-                raise StoreError(f"no task {task_id}")
-            if state not in TASK_TRANSITIONS[task.state]:
-                raise StoreError(f"task {task_id} cannot go from {task.state} to {state}")
-            task.state, task.reason, task.updated_at = state, reason, utcnow()
+            task = _move(s, task_id, state, reason)
             task.result_text = result_text
             s.add(task)
-            _audit(s, f"task.{state}", reason, task.raw_message_id, task_id, {})
             if mail is not None:
                 _enqueue(s, mail)
 
@@ -628,11 +622,7 @@ class Store(MailStore):
                          mail: Outbound | None) -> None:
         """The task waits, the approval is recorded and its mail queued: one transaction."""
         with self.session() as s:
-            task = s.get(Task, task_id)
-            if task is None or "waiting_approval" not in TASK_TRANSITIONS[task.state]:
-                raise StoreError(f"task {task_id} cannot wait for approval")
-            task.state, task.reason, task.updated_at = "waiting_approval", reason, utcnow()
-            s.add(task)
+            task = _move(s, task_id, "waiting_approval", reason)
             s.add(Approval(task_id=task_id, tool_use_id=tool_use_id, token=token, digest=digest,
                            operation=operation, message_id=mail.message_id if mail else "",
                            created_at=utcnow(), expires_at=expires_at))
@@ -713,10 +703,8 @@ class Store(MailStore):
     def defer_task(self, task_id: int, not_before: datetime, reason: str) -> bool:
         """Put a running task back in the queue until `not_before` (overload, rate limit);
         True the first time this task is deferred."""
-        self.set_task_state(task_id, "queued", reason)
         with self.session() as s:
-            task = s.get(Task, task_id)
-            assert task is not None
+            task = _move(s, task_id, "queued", reason)
             first = task.not_before is None
             task.not_before = not_before
             s.add(task)
