@@ -20,6 +20,7 @@ from mailagent.mailbox import Mailbox
 from mailagent.notify import check_smtp
 from mailagent.policy import Scope, explain, load_policy, protected_paths
 from mailagent.render import render_sample, template_names
+from mailagent.sandbox import find_sandbox, process_limit_kind
 from mailagent.store import Store
 from mailagent.workspace import workspace_dir
 
@@ -65,6 +66,27 @@ def _check_policies(settings: Settings) -> str:
             f"from {len(policy.files)} file(s)")
 
 
+def _check_commands(settings: Settings) -> str:
+    """Whether run_command is offered, in which sandbox, and if not, why and how to fix it."""
+    rule = load_policy(settings.policies_dir).commands
+    if rule is None:
+        return "run_command: not offered (no [commands] table in the policies)"
+    sandbox = find_sandbox()
+    limit = {"cgroup": "a pids cgroup", "rlimit": "RLIMIT_NPROC",
+             "none": "nothing (running as root without a writable pids cgroup)"}
+    if sandbox.available:
+        network = "network allowed" if rule.network else "no network"
+        return (f"run_command: {', '.join(rule.allow)} in {sandbox.detail} ({network}; "
+                f"process count bounded by {limit[process_limit_kind()]})")
+    if rule.unsafe_no_sandbox:
+        print(f"WARNING: run_command runs WITHOUT A SANDBOX (unsafe_no_sandbox = true in "
+              f"{rule.source}): a fooled model can read and change anything you can. "
+              f"{sandbox.detail}")
+        return "run_command: offered without a sandbox"
+    raise MailagentError(f"run_command is NOT offered although {rule.source} has [commands]: "
+                         f"{sandbox.detail}")
+
+
 def _check_templates(settings: Settings) -> str:
     names = [n for n in template_names() if n.endswith(".j2")]
     for name in names:
@@ -82,7 +104,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     print(f"ok: config {settings.config_path}")
     checks: list[Callable[[Settings], str]] = [
-        _check_policies, _check_templates, _check_store, _check_imap, _check_smtp, _check_model]
+        _check_policies, _check_commands, _check_templates, _check_store, _check_imap,
+        _check_smtp, _check_model]
     failures = 0
     for check in checks:
         try:

@@ -20,6 +20,7 @@ import errno
 import logging
 import os
 import re
+import shlex
 import stat
 import threading
 import tomllib
@@ -41,7 +42,8 @@ ACCESS_VALUES = ("read", "write")
 DELETE_VALUES = ("never", "ask", "allow")
 OVERWRITE_VALUES = ("allow", "ask", "never")
 FOLDER_KEYS = ("path", "access", "delete", "overwrite")
-COMMANDS_KEYS = ("allow", "network", "timeout_seconds")
+COMMANDS_KEYS = ("allow", "network", "timeout_seconds", "memory_mb", "max_processes",
+                 "max_output_bytes", "unsafe_no_sandbox")
 SYSTEM_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
 WORKSPACE_RULE = "workspace"
 DEFAULT_RULE = "default: deny (no folder rule covers this path)"
@@ -91,6 +93,10 @@ class CommandsRule:
     network: bool = False
     timeout_seconds: float = 60.0
     source: str = ""
+    memory_mb: int = 2048  # address space of each process
+    max_processes: int = 256
+    max_output_bytes: int = 65536  # what the model sees of the output
+    unsafe_no_sandbox: bool = False  # run even where no OS sandbox exists: no isolation at all
 
 
 @dataclass(frozen=True)
@@ -325,16 +331,31 @@ def _commands_rule(table: dict[str, Any], where: _Location) -> CommandsRule:
     allow = table.get("allow", [])
     if not isinstance(allow, list) or not all(isinstance(a, str) and a.strip() for a in allow):
         raise where.error('allow must be a list of program names, e.g. ["python3"]', "allow")
-    network = table.get("network", False)
-    if not isinstance(network, bool):
-        raise where.error(f"network = {network!r} must be true or false", "network")
+    network, unsafe = (_flag(table, key, where) for key in ("network", "unsafe_no_sandbox"))
     timeout = table.get("timeout_seconds", 60.0)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise where.error(
             f"timeout_seconds = {timeout!r} must be a number of seconds above 0", "timeout_seconds"
         )
+    counts = {key: _count(table, key, default, where) for key, default in
+              (("memory_mb", 2048), ("max_processes", 256), ("max_output_bytes", 65536))}
     source = f"{where.file.name}:{where.line}"
-    return CommandsRule(tuple(allow), network, float(timeout), source)
+    return CommandsRule(tuple(allow), network, float(timeout), source,
+                        unsafe_no_sandbox=unsafe, **counts)
+
+
+def _flag(table: dict[str, Any], key: str, where: _Location) -> bool:
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise where.error(f"{key} = {value!r} must be true or false", key)
+    return value
+
+
+def _count(table: dict[str, Any], key: str, default: int, where: _Location) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise where.error(f"{key} = {value!r} must be a whole number above 0", key)
+    return value
 
 
 def _refuse_duplicate(rule: FolderRule, earlier: list[FolderRule], file: Path, home: Path) -> None:
@@ -731,6 +752,27 @@ _CHECKS: dict[str, Callable[[_Case, str, Scope], Decision]] = {
     "write": _check_write,
     "delete": _check_delete,
 }
+
+
+def decide_command(policy: Policy, command: str, *, sandboxed: bool) -> Decision:
+    """allow / deny for run_command: the first word of the command line must be a program the
+    [commands] table lists, by name; and there must be a sandbox unless the policy waives it."""
+    rule = policy.commands
+    if rule is None:
+        return Decision("deny", "default: deny", "no [commands] table: run_command is not "
+                        "offered", None)
+    if not sandboxed and not rule.unsafe_no_sandbox:
+        return Decision("deny", rule.source, "no OS sandbox is available on this computer; "
+                        "run_command is not offered (see `mailagent check`)", None)
+    try:
+        words = shlex.split(command)
+    except ValueError as error:
+        return Decision("deny", rule.source, f"the command line cannot be split: {error}", None)
+    program = words[0] if words else ""
+    if not program or "/" in program or program not in rule.allow:
+        return Decision("deny", f"{rule.source} [commands]", f"{_quoted(program)!r} is not an "
+                        f"allowed program; allowed, by name: {', '.join(rule.allow)}", None)
+    return Decision("allow", f"{rule.source} [commands]", f"{program} may run", None)
 
 
 def decide_move(policy: Policy, source: str, destination: str, scope: Scope) -> Decision:

@@ -47,7 +47,9 @@ def template_names() -> list[str]:
 SAMPLES: dict[str, dict[str, Any]] = {
     "system.md.j2": {"today": "2026-01-01", "workspace": "/workspace",
                      "folders": [{"path": "/folder", "access": "write", "delete": "ask"}],
-                     "memory": [(1, "a note")]},
+                     "memory": [(1, "a note")],
+                     "commands": {"allow": ["python3"], "network": False,
+                                  "timeout_seconds": 60}},
     "completion.md.j2": {"answer": "Done.", "attached": ["a.txt"], "not_attached": ["/b.bin"],
                          "changes": ["created /a.txt"], "task_id": 1, "tokens": 10,
                          "cost": 0.01, "undo_hint": True},

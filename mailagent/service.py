@@ -27,6 +27,7 @@ from mailagent.failpoints import failpoint
 from mailagent.intake import Inbound, IntakeRules, Rejection, content_key, read_inbound
 from mailagent.mailbox import Fetched, Watcher, in_folder
 from mailagent.notify import Postman, compose
+from mailagent.sandbox import find_sandbox
 from mailagent.store import NewCommand, NewTask, Outbound, ReplyTarget, Store
 from mailagent.threads import CommandRoute, route
 from mailagent.worker import Worker
@@ -82,7 +83,12 @@ class Service:
         def wake_postman() -> None:
             loop.call_soon_threadsafe(postman.wake.set)
 
-        worker = Worker(self.settings, self.store, agent, on_mail=wake_postman)
+        sandbox = find_sandbox()
+        if sandbox.available:
+            log.info("commands run in %s (%s)", sandbox.kind, sandbox.detail)
+        else:
+            log.warning("no sandbox for run_command: %s", sandbox.detail)
+        worker = Worker(self.settings, self.store, agent, on_mail=wake_postman, sandbox=sandbox)
         self.on_mail = wake_postman
 
         def wake_worker() -> None:

@@ -27,15 +27,18 @@ from mailagent.config import Settings
 from mailagent.errors import ModelError, PolicyError
 from mailagent.notify import compose
 from mailagent.policy import (
+    CommandsRule,
     Decision,
     Policy,
     PolicyWatcher,
     Scope,
     decide,
+    decide_command,
     decide_move,
     protected_paths,
 )
 from mailagent.render import render
+from mailagent.sandbox import Limits, Runner, SandboxInfo, View
 from mailagent.store import (
     ApprovalView,
     CommandWork,
@@ -44,7 +47,8 @@ from mailagent.store import (
     Store,
     TaskWork,
 )
-from mailagent.tools.files import FileTools
+from mailagent.tools.command import CommandTools
+from mailagent.tools.files import FileTools, ToolError
 from mailagent.tools.memory import MemoryTools
 from mailagent.workspace import workspace_dir
 
@@ -110,11 +114,17 @@ PATH_ACTIONS = {"list_files": "list", "search_files": "list", "read_file": "read
                 "delete_file": "delete"}
 
 
-def check_call(policy: Policy, scope: Scope, name: str, tool_input: dict[str, Any]) -> Decision:
+def check_call(policy: Policy, scope: Scope, name: str, tool_input: dict[str, Any],
+               sandboxed: bool = False) -> Decision:
     """The policy decision for one tool call, before it runs (never raises)."""
     try:
         if name == "remember":
             return Decision("allow", "memory", "notes are always allowed", None)
+        if name == "run_command":
+            cwd = tool_input.get("cwd")
+            if cwd and (where := decide(policy, "list", str(cwd), scope)).verdict != "allow":
+                return where
+            return decide_command(policy, str(tool_input.get("command", "")), sandboxed=sandboxed)
         if name == "move_file":
             return decide_move(policy, str(tool_input.get("source", "")),
                                str(tool_input.get("destination", "")), scope)
@@ -139,9 +149,12 @@ def conversation_nonce(data_dir: Path, conversation_id: int) -> str:
 
 class Worker:
     def __init__(self, settings: Settings, store: Store, agent: Agent,
-                 home: Path | None = None, on_mail: Callable[[], None] = lambda: None) -> None:
+                 home: Path | None = None, on_mail: Callable[[], None] = lambda: None,
+                 sandbox: SandboxInfo | None = None) -> None:
         self.settings, self.store, self.agent = settings, store, agent
         self.home = home or Path.home()
+        self.sandbox = sandbox or SandboxInfo("none", detail="not looked for")
+        self.runners: dict[int, Runner] = {}  # task_id -> what runs its commands
         self.on_mail = on_mail
         self.cancelling: set[int] = set()
         self.policies = PolicyWatcher(settings.policies_dir, self.policy_broken)
@@ -219,6 +232,10 @@ class Worker:
         except Exception as exc:  # the one catch-all per task: record it and go on
             log.exception("task_id=%s failed", work.task_id)
             outcome = Outcome("failed", f"internal error: {type(exc).__name__}: {exc}")
+        finally:  # however the task ended, a command it started does not outlive it (A3)
+            runner = self.runners.pop(work.task_id, None)
+            if runner is not None:
+                runner.kill()
         self.record(work.task_id, outcome)
 
     def record(self, task_id: int, outcome: Outcome) -> None:
@@ -440,6 +457,9 @@ class Worker:
         tools = {name: getattr(files, name) for name in FILE_TOOLS}
         tools["remember"] = memory.remember
         policy = self.policies.current()
+        if self.offers_commands(policy):
+            tools["run_command"] = self.command_tools(work, scope).run_command
+        sandboxed = self.sandbox.available
 
         def approve(flag: bool) -> None:
             files.approved = flag
@@ -447,16 +467,61 @@ class Worker:
         return TaskContext(
             work=work, system=self.system_prompt(work, scope, policy), tools=tools,
             check=lambda name, tool_input: check_call(self.policies.current(), scope, name,
-                                                      tool_input),
+                                                      tool_input, sandboxed),
             nonce=conversation_nonce(self.settings.data_dir, work.conversation_id),
             set_approved=approve,
             digest=lambda name, tool_input: operation_digest(
                 check_call(self.policies.current(), scope, name, tool_input), name, tool_input),
         )
 
+    def offers_commands(self, policy: Policy) -> bool:
+        rule = policy.commands
+        return rule is not None and (self.sandbox.available or rule.unsafe_no_sandbox)
+
+    def command_tools(self, work: TaskWork, scope: Scope) -> CommandTools:
+        """run_command for one task: policy, view and limits are read again at every call."""
+        runner = self.runners.setdefault(
+            work.task_id, Runner(self.sandbox if self.sandbox.available else None))
+        trash = self.settings.data_dir / "trash" / f"task-{work.task_id}"
+
+        def setup() -> tuple[CommandsRule, View, Limits]:
+            policy = self.policies.current()
+            if policy.commands is None or not self.offers_commands(policy):
+                raise ToolError("run_command is no longer allowed by the policy")
+            return policy.commands, command_view(policy, scope), command_limits(policy.commands)
+
+        return CommandTools(
+            runner=runner, setup=setup,
+            judge=lambda action, path: decide(self.policies.current(), action, path, scope),  # type: ignore[arg-type]
+            remove_protected=lambda path: keep_in_trash(path, trash))
+
     def system_prompt(self, work: TaskWork, scope: Scope, policy: Policy) -> str:
         folders = [{"path": str(f.path), "access": f.access, "delete": f.delete}
                    for f in policy.folders]
+        commands = policy.commands if self.offers_commands(policy) else None
         return render("system.md.j2", today=datetime.now(UTC).date().isoformat(),
-                      workspace=str(scope.workspace), folders=folders,
+                      workspace=str(scope.workspace), folders=folders, commands=commands,
                       memory=self.store.memory(work.conversation_id))
+
+
+def command_view(policy: Policy, scope: Scope) -> View:
+    """What a command sees: the policy's folders, the workspace, and no protected path."""
+    read = tuple(f.path for f in policy.folders if f.access == "read")
+    write = tuple(f.path for f in policy.folders if f.access == "write")
+    return View(read=read, write=write, hidden=scope.protected, workspace=scope.workspace,
+                home=scope.workspace / ".home")
+
+
+def command_limits(rule: CommandsRule) -> Limits:
+    return Limits(timeout_seconds=rule.timeout_seconds, memory_bytes=rule.memory_mb * 1024**2,
+                  max_processes=rule.max_processes, max_output_bytes=rule.max_output_bytes,
+                  network=rule.network)
+
+
+def keep_in_trash(path: Path, trash: Path) -> str:
+    """Move a protected path a command created out of the way; say where it went."""
+    trash.mkdir(parents=True, exist_ok=True)
+    kept = trash / f"protected-{secrets.token_hex(4)}-{path.name}"
+    os.replace(path, kept)
+    log.warning("a command created the protected path %s; moved to %s", path, kept)
+    return f"{path} (moved to {kept})"

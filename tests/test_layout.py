@@ -19,6 +19,9 @@ SEAMS = {
     "jinja2": {"render.py"},
     "markdown_it": {"render.py"},
     "schedule": {"scheduler.py"},
+    "pypdf": {"tools/documents.py"},
+    "docx": {"tools/documents.py"},
+    "openpyxl": {"tools/documents.py"},
 }
 
 

@@ -21,14 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from mailagent.tools import ToolError
+from mailagent.tools.documents import document_text
+
+__all__ = ["FileTools", "Judged", "ToolError"]
+
 MAX_READ_BYTES = 2 * 1024 * 1024
+MAX_DOCUMENT_BYTES = 20 * 1024 * 1024  # a PDF or office file is read whole or not at all
 MAX_LIST_ENTRIES = 500
 MAX_SEARCH_FILES = 5000
 MAX_SEARCH_RESULTS = 200
-
-
-class ToolError(Exception):
-    """A tool call that cannot be done; the message goes back to the model as an error."""
 
 
 class Judged(Protocol):
@@ -101,9 +103,9 @@ class FileTools:
         return self._cap("\n".join(lines) or "(empty folder)")
 
     def read_file(self, path: str, offset: int | None = None, limit: int | None = None) -> str:
-        """Read a text file; lines are numbered from 1.
+        """Read a text file, or the text of a .pdf, .docx or .xlsx; lines are numbered from 1.
 
-        Binary files are not shown (attach them instead). Large files are cut: use offset and
+        Other binary files are not shown (attach them instead). Large files are cut: use offset and
         limit to read them in parts.
 
         Args:
@@ -111,16 +113,21 @@ class FileTools:
             offset: the first line to return (1-based); default 1.
             limit: how many lines to return; default all that fit.
         """
-        data = self._read_bytes(self._path("read", path))
-        if b"\x00" in data[:8192]:
-            raise ToolError(f"{path} is a binary file of {len(data)} bytes: attach it instead")
-        lines = data.decode("utf-8", errors="replace").splitlines()
+        target = self._path("read", path)
+        data = self._read_bytes(target, MAX_DOCUMENT_BYTES)
+        text = document_text(target.name, data)
+        if text is None:
+            data = data[:MAX_READ_BYTES]
+            if b"\x00" in data[:8192]:
+                raise ToolError(f"{path} is a binary file of {len(data)} bytes: attach it instead")
+            text = data.decode("utf-8", errors="replace")
+        lines = text.splitlines()
         start = max(1, offset or 1)
         chosen = lines[start - 1 : (start - 1 + limit) if limit else None]
         numbered = "\n".join(f"{start + i:>6}  {line}" for i, line in enumerate(chosen))
         return self._cap(numbered or "(no lines there)")
 
-    def _read_bytes(self, path: Path) -> bytes:
+    def _read_bytes(self, path: Path, limit: int = MAX_READ_BYTES) -> bytes:
         flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
         try:
             fd = os.open(path, flags)
@@ -129,7 +136,7 @@ class FileTools:
         with os.fdopen(fd, "rb") as handle:
             if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
                 raise ToolError(f"{path} is not a regular file")
-            return handle.read(MAX_READ_BYTES)
+            return handle.read(limit)
 
     def write_file(self, path: str, content: str) -> str:
         """Create a file, or replace an existing one, with the given text.

@@ -1,0 +1,388 @@
+"""Sandbox: run one program inside an operating-system sandbox whose view is exactly the policy.
+
+In: an argv already checked against the policy's program list, a `View` (the folders to mount
+read-only and writable, the protected paths to hide, the workspace) and `Limits`. Out: a
+`CommandResult` (exit code, capped output, whether it was killed). Side effects: only what the
+program does inside its view; a pids cgroup of its own while it runs, where one can be made.
+On Linux the sandbox is bubblewrap: new user, mount, pid, network, IPC and UTS namespaces, no
+capabilities, an empty root with only the system's programs and libraries, the Python that runs
+mailagent, the policy's folders and the workspace mounted in; a cleared environment; killed with
+its whole process tree on timeout or `kill()`.
+It must never pass the service's environment on, and never run a program without the sandbox
+unless the policy's loudly named `unsafe_no_sandbox` switch says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# What every program needs to start: the system's programs and libraries, nothing of /etc but the
+# linker's cache and a few harmless files (no /etc/shadow, no host keys, no user list).
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+SYSTEM_ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives",
+              "/etc/localtime", "/etc/mime.types", "/etc/fonts")
+NETWORK_ETC = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf",
+               "/etc/ssl", "/etc/ca-certificates", "/etc/pki")
+SANDBOX_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
+PROBE_TIMEOUT_SECONDS = 10.0
+KILL_GRACE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    kind: str  # bubblewrap | none
+    program: str = ""  # the sandbox program, absolute
+    detail: str = ""  # its version, or why there is none and how to get one
+
+    @property
+    def available(self) -> bool:
+        return self.kind != "none"
+
+
+@dataclass(frozen=True)
+class View:
+    """What the program sees of the file system."""
+
+    read: tuple[Path, ...]  # mounted read-only
+    write: tuple[Path, ...]  # mounted writable
+    hidden: tuple[Path, ...]  # protected paths: never visible, even inside a mounted folder
+    workspace: Path  # writable, the default working folder
+    home: Path  # the program's HOME: a folder of the workspace, never the owner's home
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_seconds: float = 60.0
+    memory_bytes: int = 2 * 1024**3
+    max_processes: int = 256
+    max_file_bytes: int = 1024**3
+    max_output_bytes: int = 64 * 1024
+    network: bool = False
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_code: int | None  # None when the program was killed before it exited
+    output: str  # stdout and stderr interleaved, cut at the output cap
+    seconds: float
+    timed_out: bool = False
+    cancelled: bool = False
+    output_cut: bool = False
+
+
+def find_sandbox() -> SandboxInfo:
+    """The sandbox this machine offers, after proving that it starts a program."""
+    if sys.platform != "linux":
+        return SandboxInfo("none", detail=(
+            f"no sandbox support on {sys.platform} yet (Linux with bubblewrap only)"))
+    program = shutil.which("bwrap")
+    if program is None:
+        return SandboxInfo("none", detail=(
+            "bubblewrap is not installed: install it (Debian/Ubuntu: apt install bubblewrap; "
+            "Fedora: dnf install bubblewrap) to offer run_command"))
+    probe = [program, *_namespaces(network=False), "--ro-bind", "/", "/", "true"]
+    try:
+        done = subprocess.run(probe, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS,
+                              env=_clean_env({}), check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return SandboxInfo("none", detail=f"bubblewrap at {program} did not start: {exc}")
+    if done.returncode != 0:
+        error = done.stderr.decode(errors="replace").strip()[:300]
+        return SandboxInfo("none", detail=(
+            f"bubblewrap at {program} cannot make a sandbox here ({error}); user namespaces may "
+            "be switched off (sysctl kernel.unprivileged_userns_clone=1, or the AppArmor "
+            "restriction on unprivileged user namespaces)"))
+    version = subprocess.run([program, "--version"], capture_output=True, text=True,
+                             check=False).stdout.strip()
+    return SandboxInfo("bubblewrap", program, version or "bubblewrap")
+
+
+def process_limit_kind() -> str:
+    """How the process count is bounded here: by a pids cgroup, or by RLIMIT_NPROC."""
+    if os.geteuid() != 0:
+        return "rlimit"  # RLIMIT_NPROC holds for every user but root
+    return "cgroup" if _cgroup_base() is not None else "none"
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the command line
+
+
+def _namespaces(*, network: bool) -> list[str]:
+    flags = ["--unshare-all", "--unshare-user", "--cap-drop", "ALL", "--die-with-parent",
+             "--new-session"]
+    if network:
+        flags.append("--share-net")
+    return flags
+
+
+def _clean_env(extra: dict[str, str]) -> dict[str, str]:
+    return {"PATH": ":".join(SANDBOX_PATH), "LANG": "C.UTF-8", **extra}
+
+
+def program_path() -> tuple[str, ...]:
+    """The PATH inside the sandbox: the Python that runs mailagent first, then the system's."""
+    return (str(Path(sys.prefix) / "bin"), *SANDBOX_PATH)
+
+
+def runtime_paths() -> tuple[Path, ...]:
+    """Read-only folders every program needs, beyond the system: the Python running mailagent."""
+    prefixes = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix),
+                Path(sys.base_exec_prefix)}
+    return tuple(sorted(p.resolve() for p in prefixes if not _under(p.resolve(), Path("/usr"))))
+
+
+def sandbox_env(view: View) -> dict[str, str]:
+    return {
+        "PATH": ":".join(program_path()), "HOME": str(view.home), "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp", "MPLBACKEND": "Agg", "MPLCONFIGDIR": str(view.home / ".matplotlib"),
+        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
+    }
+
+
+def bwrap_argv(bwrap: str, view: View, limits: Limits, argv: list[str], cwd: Path) -> list[str]:
+    """The bubblewrap command line that runs `argv` in `cwd` with exactly `view` mounted."""
+    args = [bwrap, *_namespaces(network=limits.network), "--clearenv",
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    for name in SYSTEM_DIRS:
+        args += _mount_system(Path(name))
+    for name in (*SYSTEM_ETC, *(NETWORK_ETC if limits.network else ())):
+        args += ["--ro-bind-try", name, name]
+    mounts = [(p, "--ro-bind") for p in (*runtime_paths(), *view.read)]
+    mounts += [(p, "--bind") for p in view.write]
+    for path, flag in sorted(mounts, key=lambda m: len(m[0].parts)):  # parents before children
+        args += [flag, str(path), str(path)]
+    args += _hide(view, [p for p, _ in mounts])
+    args += ["--bind", str(view.workspace), str(view.workspace)]
+    for key, value in sandbox_env(view).items():
+        args += ["--setenv", key, value]
+    return [*args, "--chdir", str(cwd), "--", *argv]
+
+
+def _mount_system(path: Path) -> list[str]:
+    if path.is_symlink():  # merged /usr: /bin -> usr/bin
+        return ["--symlink", os.readlink(path), str(path)]
+    if path.is_dir():
+        return ["--ro-bind", str(path), str(path)]
+    return []
+
+
+def _hide(view: View, mounted: list[Path]) -> list[str]:
+    """Cover every existing protected path that a mounted folder would show (SECURITY.md F3)."""
+    args: list[str] = []
+    for path in view.hidden:
+        if not any(_under(path, root) for root in mounted) or not os.path.lexists(path):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            args += ["--tmpfs", str(path), "--remount-ro", str(path)]
+        else:
+            args += ["--ro-bind", "/dev/null", str(path)]
+    return args
+
+
+def exposed_missing(view: View) -> list[Path]:
+    """Protected paths that do not exist yet inside a writable folder: a program could create
+    them, so the caller removes whatever appears there after the run."""
+    return [p for p in view.hidden
+            if any(_under(p, root) for root in view.write) and not os.path.lexists(p)]
+
+
+def _under(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits on processes and memory
+
+
+def _prlimit(limits: Limits) -> list[str]:
+    program = shutil.which("prlimit")
+    if program is None:
+        return []
+    return [program, f"--as={limits.memory_bytes}", f"--nproc={limits.max_processes}",
+            f"--fsize={limits.max_file_bytes}", "--core=0", "--nofile=1024", "--"]
+
+
+def _cgroup_base() -> Path | None:
+    """A cgroup folder where this (root) process may make a child that limits pids."""
+    v2 = Path("/sys/fs/cgroup")
+    controllers = v2 / "cgroup.subtree_control"
+    if controllers.exists() and "pids" in controllers.read_text().split() \
+            and os.access(v2, os.W_OK):
+        return v2
+    v1 = v2 / "pids"
+    if (v1 / "cgroup.procs").exists() and os.access(v1, os.W_OK):
+        return v1
+    return None
+
+
+@dataclass
+class _Cgroup:
+    path: Path | None = None
+
+    @classmethod
+    def make(cls, max_processes: int) -> _Cgroup:
+        if os.geteuid() != 0 or (base := _cgroup_base()) is None:
+            return cls()
+        path = base / f"mailagent-{uuid.uuid4().hex[:12]}"
+        try:
+            path.mkdir()
+            (path / "pids.max").write_text(str(max_processes))
+        except OSError as exc:
+            log.warning("cannot make a pids cgroup at %s: %s", path, exc)
+            return cls()
+        return cls(path)
+
+    def enter(self) -> list[str]:
+        """A prefix that moves the program into this cgroup before it starts anything."""
+        if self.path is None:
+            return []
+        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.path / "cgroup.procs")]
+
+    def kill_all(self) -> None:
+        if self.path is None:
+            return
+        kill_file = self.path / "cgroup.kill"
+        if kill_file.exists():
+            kill_file.write_text("1")
+            return
+        for _ in range(50):  # v1 has no cgroup.kill: kill what is listed until nothing is
+            pids = [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+            if not pids:
+                return
+            for pid in pids:
+                with _quiet():
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.02)
+
+    def remove(self) -> None:
+        if self.path is None:
+            return
+        for _ in range(100):
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                self.kill_all()
+                time.sleep(0.05)
+        log.warning("could not remove the cgroup %s", self.path)
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, value: object, tb: object) -> bool:
+        return isinstance(value, ProcessLookupError | PermissionError)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class Runner:
+    """Runs programs in the sandbox (or, with `sandbox=None`, bare) and can kill the one running."""
+
+    sandbox: SandboxInfo | None
+    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _cancelled: bool = field(default=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def run(self, argv: list[str], cwd: Path, view: View, limits: Limits) -> CommandResult:
+        view.home.mkdir(parents=True, exist_ok=True)
+        cgroup = _Cgroup.make(limits.max_processes)
+        if self.sandbox is not None and self.sandbox.available:
+            inner = bwrap_argv(self.sandbox.program, view, limits, argv, cwd)
+        else:
+            inner = argv
+        command = [*cgroup.enter(), *_prlimit(limits), *inner]
+        started = time.monotonic()
+        try:
+            return self._supervise(command, cwd, view, limits, started, cgroup)
+        finally:
+            cgroup.remove()
+
+    def _supervise(self, command: list[str], cwd: Path, view: View, limits: Limits,
+                   started: float, cgroup: _Cgroup) -> CommandResult:
+        with self._lock:
+            if self._cancelled:
+                return CommandResult(None, "", 0.0, cancelled=True)
+            process = subprocess.Popen(
+                command, cwd=cwd, env=sandbox_env(view), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            self._process = process
+        reader = _Reader(process, limits.max_output_bytes)
+        timed_out = False
+        try:
+            process.wait(timeout=limits.timeout_seconds)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        self._kill(process, cgroup)
+        reader.join()
+        with self._lock:
+            self._process = None
+            cancelled = self._cancelled
+        exit_code = None if (timed_out or cancelled) else process.returncode
+        return CommandResult(exit_code, reader.text(), time.monotonic() - started,
+                             timed_out=timed_out, cancelled=cancelled, output_cut=reader.cut)
+
+    def _kill(self, process: subprocess.Popen[bytes], cgroup: _Cgroup) -> None:
+        """Kill the whole tree: the process group, and with it bubblewrap's pid namespace."""
+        with _quiet():
+            os.killpg(process.pid, signal.SIGKILL)
+        cgroup.kill_all()
+        try:
+            process.wait(timeout=KILL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            log.error("process %d did not end after SIGKILL", process.pid)
+
+    def kill(self) -> None:
+        """Stop the running program and everything it started (SECURITY.md A3); thread-safe."""
+        with self._lock:
+            self._cancelled = True
+            process = self._process
+        if process is not None:
+            with _quiet():
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+class _Reader(threading.Thread):
+    """Reads the program's output up to the cap, then drains the rest so it never blocks."""
+
+    def __init__(self, process: subprocess.Popen[bytes], cap: int) -> None:
+        super().__init__(daemon=True)
+        self.stream = process.stdout
+        self.cap = cap
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.cut = False
+        self.start()
+
+    def run(self) -> None:
+        assert self.stream is not None
+        while chunk := os.read(self.stream.fileno(), 65536):
+            if self.size < self.cap:
+                self.chunks.append(chunk[: self.cap - self.size])
+            if self.size + len(chunk) > self.cap:
+                self.cut = True
+            self.size += len(chunk)
+        self.stream.close()
+
+    def text(self) -> str:
+        return b"".join(self.chunks).decode("utf-8", errors="replace")
+
+    def join(self, timeout: float | None = KILL_GRACE_SECONDS) -> None:
+        super().join(timeout)
