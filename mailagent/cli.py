@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mailagent import __version__
 from mailagent.config import Settings, find_config_path, load_settings
-from mailagent.errors import MailagentError
+from mailagent.errors import MailagentError, PolicyError
 from mailagent.mailbox import Mailbox
 from mailagent.notify import check_smtp
 from mailagent.policy import Scope, explain, load_policy, protected_paths
@@ -68,7 +68,10 @@ def _check_policies(settings: Settings) -> str:
 
 def _check_commands(settings: Settings) -> str:
     """Whether run_command is offered, in which sandbox, and if not, why and how to fix it."""
-    rule = load_policy(settings.policies_dir).commands
+    try:
+        rule = load_policy(settings.policies_dir).commands
+    except PolicyError:
+        return "run_command: decided once the policy error above is fixed"
     if rule is None:
         return "run_command: not offered (no [commands] table in the policies)"
     sandbox = find_sandbox()

@@ -40,7 +40,18 @@ def test_check_passes_on_a_good_config(tmp_path: Path, dovecot: Dovecot,
     assert "ok: SMTP" in result.stdout
     assert f"ok: model claude-test-model at {url}" in result.stdout
     assert "ok: templates:" in result.stdout and "system.md.j2" in result.stdout
+    assert "ok: run_command: not offered (no [commands] table" in result.stdout
     assert "error" not in result.stdout
+
+
+def test_check_names_the_sandbox_that_commands_run_in(tmp_path: Path) -> None:
+    config = write_config(tmp_path, closed_port(), closed_port())
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "c.toml").write_text('[commands]\nallow = ["python3"]\n')
+    result = mailagent("check", "--config", str(config))
+    [line] = [x for x in result.stdout.splitlines() if "run_command" in x]
+    assert line.startswith("ok: run_command: python3 in bubblewrap"), line
+    assert "no network" in line and "process count bounded by" in line
 
 
 def test_check_names_an_unreachable_model_endpoint(tmp_path: Path, dovecot: Dovecot,

@@ -25,6 +25,7 @@ from mailagent.policy import (
     PolicyWatcher,
     Scope,
     decide,
+    decide_command,
     decide_move,
     explain,
     load_policy,
@@ -454,6 +455,9 @@ BAD_FILES = [
     ("[commands]\nallow = []\ntimeout_seconds = true\n", "line 3", "above 0"),
     ("[commands]\nallow = []\ntimeout_seconds = -1\n", "line 3", "above 0"),
     ("[commands]\nallow = []\nnet = true\n", "line 3", "unknown key 'net'"),
+    ("[commands]\nallow = []\nmemory_mb = 0\n", "line 3", "whole number above 0"),
+    ("[commands]\nallow = []\nmax_processes = 2.5\n", "line 3", "whole number above 0"),
+    ("[commands]\nallow = []\nunsafe_no_sandbox = \"yes\"\n", "line 3", "true or false"),
     ("[[folders]]\npath = \"/a\"\n[[folders]]\npath = \"/a/\"\n", "line 3", "already listed"),
 ]
 
@@ -577,3 +581,23 @@ def test_the_shipped_example_policy_loads(tmp_path: Path) -> None:
         (tmp_path.resolve() / "Documents/reports", "read"),
     ]
     assert policy.commands is None
+
+
+def test_run_command_is_decided_by_program_name_and_sandbox(tmp_path: Path) -> None:
+    folder = _policies(tmp_path, {"c.toml": "[commands]\nallow = [\"python3\"]\n"
+                                            "max_processes = 32\n"})
+    policy = load_policy(folder, home=tmp_path)
+    assert policy.commands is not None and policy.commands.max_processes == 32
+    assert decide_command(policy, "python3 make.py", sandboxed=True).verdict == "allow"
+    for command, why in (("sh -c 'python3 x'", "'sh' is not an allowed program"),
+                         ("/usr/bin/python3 x", "not an allowed program"),
+                         ("python3 'open", "cannot be split"),
+                         ("", "not an allowed program")):
+        _check(decide_command(policy, command, sandboxed=True), "deny", why)
+    _check(decide_command(policy, "python3 x", sandboxed=False), "deny", "no OS sandbox")
+    _check(decide_command(Policy(), "python3 x", sandboxed=True), "deny", "no [commands]")
+    (tmp_path / "w").mkdir()
+    waived = _policies(tmp_path / "w", {"c.toml": "[commands]\nallow = [\"python3\"]\n"
+                                                  "unsafe_no_sandbox = true\n"})
+    assert decide_command(load_policy(waived, home=tmp_path), "python3 x",
+                          sandboxed=False).verdict == "allow"
