@@ -211,8 +211,25 @@ def _prlimit(limits: Limits) -> list[str]:
     program = shutil.which("prlimit")
     if program is None:
         return []
-    return [program, f"--as={limits.memory_bytes}", f"--nproc={limits.max_processes}",
+    # RLIMIT_NPROC counts every process of the user, not only the command's: leave room for
+    # the ones already running, or a busy desktop session could not start the sandbox at all.
+    nproc = limits.max_processes + (_processes_of(os.getuid()) if os.geteuid() != 0 else 0)
+    return [program, f"--as={limits.memory_bytes}", f"--nproc={nproc}",
             f"--fsize={limits.max_file_bytes}", "--core=0", "--nofile=1024", "--"]
+
+
+def _processes_of(uid: int) -> int:
+    """How many processes (threads count too, as for RLIMIT_NPROC) this user runs now."""
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid == uid:
+                count += len(os.listdir(entry / "task"))
+        except OSError:
+            continue
+    return count
 
 
 def _cgroup_base() -> Path | None:
