@@ -164,8 +164,10 @@ def bwrap_argv(bwrap: str, view: View, limits: Limits, argv: list[str], cwd: Pat
     mounts += [(p, "--bind") for p in view.write]
     for path, flag in sorted(mounts, key=lambda m: len(m[0].parts)):  # parents before children
         args += [flag, str(path), str(path)]
-    args += _hide(view, [p for p, _ in mounts])
-    args += ["--bind", str(view.workspace), str(view.workspace)]
+    covers, read_only = _hide(view, [p for p, _ in mounts])
+    # The workspace lies inside the hidden data folder: mount it after the cover, and only
+    # then make the cover read-only (bubblewrap makes the mount point inside the cover).
+    args += [*covers, "--bind", str(view.workspace), str(view.workspace), *read_only]
     for key, value in sandbox_env(view).items():
         args += ["--setenv", key, value]
     return [*args, "--chdir", str(cwd), "--", *argv]
@@ -179,17 +181,20 @@ def _mount_system(path: Path) -> list[str]:
     return []
 
 
-def _hide(view: View, mounted: list[Path]) -> list[str]:
-    """Cover every existing protected path that a mounted folder would show (SECURITY.md F3)."""
-    args: list[str] = []
+def _hide(view: View, mounted: list[Path]) -> tuple[list[str], list[str]]:
+    """Cover every existing protected path that a mounted folder would show (SECURITY.md F3):
+    the covering mounts, and the remounts that make the covers read-only."""
+    covers: list[str] = []
+    read_only: list[str] = []
     for path in view.hidden:
         if not any(_under(path, root) for root in mounted) or not os.path.lexists(path):
             continue
         if path.is_dir() and not path.is_symlink():
-            args += ["--tmpfs", str(path), "--remount-ro", str(path)]
+            covers += ["--tmpfs", str(path)]
+            read_only += ["--remount-ro", str(path)]
         else:
-            args += ["--ro-bind", "/dev/null", str(path)]
-    return args
+            covers += ["--ro-bind", "/dev/null", str(path)]
+    return covers, read_only
 
 
 def exposed_missing(view: View) -> list[Path]:

@@ -137,6 +137,24 @@ def test_protected_files_inside_a_write_folder_stay_unwritable(box: Box, tmp_pat
     assert f"{box.home}/.profile" in text.split("never writable):", 1)[1]
 
 
+def test_the_data_folder_stays_hidden_around_the_workspace_inside_a_write_folder(
+        box: Box, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "workspaces" / "other").mkdir(parents=True)
+    (data / "workspaces" / "other" / "notes.txt").write_text("OTHER-CONVERSATION-SECRET")
+    (data / "mailagent.db").write_text("DATABASE-SECRET")
+    view = View(read=(), write=(tmp_path,), hidden=box.view.hidden, workspace=box.workspace,
+                home=box.workspace / ".home")
+    for script in (f"cat {data}/mailagent.db", f"cat {data}/workspaces/other/notes.txt",
+                   f"echo x > {data}/new.txt", f"rm {data}/mailagent.db"):
+        result = box.run(*sh(script), view=view)
+        assert result.exit_code != 0, f"breach: {script}: {result.output}"
+        assert "SECRET" not in result.output
+    assert sorted(os.listdir(data)) == ["mailagent.db", "workspaces"]
+    assert box.run(*sh("echo fine > here.txt"), view=view).exit_code == 0
+    assert (box.workspace / "here.txt").read_text() == "fine\n"
+
+
 def test_a_command_sees_no_secret_environment_variables(
         box: Box, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-s3cret")
