@@ -20,6 +20,7 @@ from mailagent.mailbox import Mailbox
 from mailagent.notify import check_smtp
 from mailagent.policy import Scope, explain, load_policy, protected_paths
 from mailagent.render import render_sample, template_names
+from mailagent.scheduler import schedule_lines
 from mailagent.store import Store
 from mailagent.workspace import workspace_dir
 
@@ -107,6 +108,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for t in store.tasks():
             print(f"  #{t.task_id} [{t.conversation_name}] {t.state}: {t.subject[:60]}"
                   f" (from {t.owner_address}, {t.created_at:%Y-%m-%d %H:%M})")
+        print("Schedules:")
+        for line in schedule_lines(store):
+            print(f"  {line}")
         print("Waiting for your approval:")
         for approval in store.approvals():
             print(f"  task #{approval.task_id}: {approval.operation} "

@@ -1,0 +1,511 @@
+"""Scheduler: recurring and one-off tasks, kept in the store, feeding the queue.
+
+In: `when` texts (from the schedule_task tool or schedules.toml), the owner's time zone, the
+store's schedules, and the wall clock. Out: runs queued as ordinary tasks in the conversation and
+thread where each schedule was made; next run times in UTC; the texts of the mail commands
+(`schedules`, `pause N`, `resume N`, `cancel N`, `run N now`). Side effects: the store only.
+
+The store is the truth. Next run times are computed here with zoneinfo (a daily 08:00 stays
+08:00 local across a DST change; a time that does not exist that day runs at the first valid
+minute after the gap; a time that exists twice runs once). One `schedule.Scheduler`, owned by
+the service and ticked from its event loop, is the in-process timer: one job per active
+schedule, armed for the stored next run time and re-armed from the store whenever a schedule
+changes or the wall clock jumps (sleep, DST, a clock change), because `schedule` counts in naive
+local time. A job only enqueues a task. A run missed by more than a small grace (the machine was
+asleep or off) becomes one late run (`catch_up = "once"`) or none (`"skip"`), never one per slot.
+It must never run a slot twice, act on a schedule's conversation from another conversation's
+task, or let a run bypass anything an ordinary task goes through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as wall_time
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import schedule
+
+from mailagent.config import ScheduleSettings
+from mailagent.store import NewSchedule, ScheduledRun, ScheduleView, Store
+
+log = logging.getLogger(__name__)
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+EVERY_DAY = tuple(range(7))
+WORKDAYS = tuple(range(5))
+ACCEPTED_FORMS = ("every 10 minutes", "every hour", "every 2 hours", "every day at 08:00",
+                  "every weekday at 07:45", "every monday at 09:30", "at 2026-12-24 18:00")
+JUMP_SECONDS = 2.0  # a wall clock that moves this much more than the monotonic one jumped
+FILE_CHECK_SECONDS = 5.0
+
+
+class WhenError(ValueError):
+    """A `when` text that is not a schedule mailagent can run; the message lists what is."""
+
+
+# ---------------------------------------------------------------- rules, pure
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: str  # interval | daily | once
+    minutes: int = 0  # interval
+    at: str = ""  # HH:MM local, daily
+    days: tuple[int, ...] = ()  # weekdays of a daily rule, 0 = Monday
+    once: str = ""  # YYYY-MM-DD HH:MM local
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Rule:
+        data = json.loads(text)
+        return cls(**{**data, "days": tuple(data.get("days", ()))})
+
+
+_INTERVAL = re.compile(r"every (?:(\d{1,6}) )?(minute|minutes|min|mins|hour|hours)")
+_DAILY = re.compile(r"every (day|weekday|" + "|".join(WEEKDAYS) + r")s? at (\d{1,2}):(\d{2})")
+_ONCE = re.compile(r"(?:at|on) (\d{4})-(\d{2})-(\d{2})(?: at)? (\d{1,2}):(\d{2})")
+
+
+def _refuse(text: str, why: str) -> WhenError:
+    forms = "; ".join(f'"{f}"' for f in ACCEPTED_FORMS)
+    return WhenError(f"cannot schedule {text!r}: {why}. Write `when` in one of these forms: "
+                     f"{forms} (times are HH:MM, 24-hour, in the owner's time zone)")
+
+
+def _clock(text: str, hour: str, minute: str) -> str:
+    if int(hour) > 23 or int(minute) > 59:
+        raise _refuse(text, f"{hour}:{minute} is not a time of day")
+    return f"{int(hour):02d}:{minute}"
+
+
+def parse_when(text: str, min_interval_minutes: int = 1) -> Rule:
+    """The rule of a plain English schedule, or WhenError naming the accepted forms."""
+    words = " ".join(text.strip().lower().rstrip(".").split())
+    if match := _INTERVAL.fullmatch(words):
+        count = int(match.group(1) or 1)
+        minutes = count * (60 if match.group(2).startswith("hour") else 1)
+        if minutes < min_interval_minutes:
+            raise _refuse(text, f"runs must be at least {min_interval_minutes} minute(s) apart")
+        return Rule("interval", minutes=minutes)
+    if match := _DAILY.fullmatch(words):
+        day = match.group(1)
+        days = {"day": EVERY_DAY, "weekday": WORKDAYS}.get(day) or (WEEKDAYS.index(day),)
+        return Rule("daily", at=_clock(text, match.group(2), match.group(3)), days=days)
+    if match := _ONCE.fullmatch(words):
+        year, month, day_of_month, hour, minute = match.groups()
+        try:
+            date(int(year), int(month), int(day_of_month))
+        except ValueError:
+            raise _refuse(text, f"{year}-{month}-{day_of_month} is not a date") from None
+        return Rule("once", once=f"{year}-{month}-{day_of_month} {_clock(text, hour, minute)}")
+    raise _refuse(text, "this form is not understood")
+
+
+def describe(rule: Rule) -> str:
+    """The canonical text of a rule, as shown to the owner."""
+    if rule.kind == "interval":
+        if rule.minutes % 60 == 0:
+            hours = rule.minutes // 60
+            return "every hour" if hours == 1 else f"every {hours} hours"
+        return "every minute" if rule.minutes == 1 else f"every {rule.minutes} minutes"
+    if rule.kind == "daily":
+        names = {EVERY_DAY: "day", WORKDAYS: "weekday"}
+        return f"every {names.get(rule.days) or WEEKDAYS[rule.days[0]]} at {rule.at}"
+    return f"at {rule.once}"
+
+
+def wall_to_utc(naive: datetime, zone: ZoneInfo) -> datetime:
+    """The UTC instant of a local wall time: the first of two if it is ambiguous, the first
+    valid minute after the gap if it does not exist (spring forward)."""
+    first = naive.replace(tzinfo=zone).astimezone(UTC)
+    if first.astimezone(zone).replace(tzinfo=None) == naive:
+        return first
+    probe = naive.replace(tzinfo=zone, fold=1).astimezone(UTC).replace(second=0, microsecond=0)
+    while probe.astimezone(zone).replace(tzinfo=None) < naive:
+        probe += timedelta(minutes=1)
+    return probe
+
+
+def next_run(rule: Rule, zone: ZoneInfo, after: datetime,
+             previous: datetime | None = None) -> datetime | None:
+    """The first run strictly after `after` (aware), in UTC; None when there is none left.
+    Interval rules keep their rhythm from `previous` (the slot just run or missed)."""
+    if rule.kind == "interval":
+        step = timedelta(minutes=rule.minutes)
+        if previous is None:
+            return after + step
+        missed = max(0, math.floor((after - previous) / step))
+        return previous + (missed + 1) * step
+    if rule.kind == "once":
+        when = wall_to_utc(datetime.strptime(rule.once, "%Y-%m-%d %H:%M"), zone)
+        return when if when > after else None
+    hour, minute = (int(part) for part in rule.at.split(":"))
+    start = after.astimezone(zone).date()
+    for offset in range(8):
+        day = start + timedelta(days=offset)
+        if day.weekday() in rule.days:
+            candidate = wall_to_utc(datetime.combine(day, wall_time(hour, minute)), zone)
+            if candidate > after:
+                return candidate
+    raise AssertionError(f"no run within a week for {rule}")
+
+
+def local_text(instant: datetime | None, zone: ZoneInfo) -> str:
+    if instant is None:
+        return "none"
+    return instant.astimezone(zone).strftime("%a %Y-%m-%d %H:%M %Z")
+
+
+# ---------------------------------------------------------------- the service's scheduler
+
+
+class Scheduler:
+    """Schedules of every conversation: made, listed, changed, and run on time.
+
+    `create` and the command methods may be called from any thread (they only write the store
+    and flag a change); `tick` and everything that touches `timer` run on the event loop."""
+
+    def __init__(self, settings: ScheduleSettings, timezone: str, store: Store, *,
+                 on_new_task: Callable[[], None] = lambda: None,
+                 tell_owner: Callable[[str, str], None] = lambda _subject, _body: None,
+                 owner_address: str = "") -> None:
+        self.settings, self.zone, self.store = settings, ZoneInfo(timezone), store
+        self.timezone = timezone
+        self.on_new_task, self.tell_owner = on_new_task, tell_owner
+        self.owner_address = owner_address
+        self.timer = schedule.Scheduler()
+        self.changed = threading.Event()
+        self.changed.set()
+        self._clocks = (datetime.now(), time.monotonic())
+        self._file_state: tuple[float, int] | None = None
+        self._file_checked = 0.0
+        self._file_error = ""
+
+    # ------------------------------------------------------------ making
+
+    def create(self, origin_task_id: int, when: str, task: str) -> ScheduleView:
+        """A schedule in the conversation and thread of the task `origin_task_id`."""
+        rule = parse_when(when, self.settings.min_interval_minutes)
+        origin = self.store.reply_target(origin_task_id)
+        first = next_run(rule, self.zone, datetime.now(UTC))
+        if first is None:
+            raise WhenError(f"{describe(rule)} is in the past ({self.timezone}); give a "
+                            "future date and time")
+        view = self.store.add_schedule(NewSchedule(
+            conversation_name=origin.conversation_name or "main", origin_task_id=origin_task_id,
+            source="mail", file_key=None, owner_address=origin.recipient,
+            subject=origin.subject, message_id=origin.message_id, references=origin.references,
+            when_text=describe(rule), rule_json=rule.to_json(), timezone=self.timezone,
+            task_text=task, next_run_at=first), self.settings.max_active_per_conversation)
+        if view is None:
+            raise WhenError(f"this conversation has {self.settings.max_active_per_conversation} "
+                            "schedules already (schedules.max_active_per_conversation); the "
+                            "owner can `cancel N` one first")
+        log.info("schedule created schedule_id=%s when=%r", view.schedule_id, view.when_text)
+        self.changed.set()
+        return view
+
+    def confirmation(self, view: ScheduleView) -> str:
+        zone = ZoneInfo(view.timezone)
+        return (f"Scheduled #{view.schedule_id}: {view.when_text} ({view.timezone}), next run "
+                f"{local_text(view.next_run_at, zone)}: {view.task_text}")
+
+    # ------------------------------------------------------------ running
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick every second until `stop`."""
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # the timer must outlive a bad row; the trace is in the log
+                log.exception("scheduler tick failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+
+    def tick(self) -> None:
+        wall, monotonic = datetime.now(), time.monotonic()
+        walked = (wall - self._clocks[0]).total_seconds() - (monotonic - self._clocks[1])
+        self._clocks = (wall, monotonic)
+        if abs(walked) > JUMP_SECONDS:
+            log.info("wall clock jumped by %.0f s; re-reading the schedules", walked)
+            self.changed.set()
+        if monotonic - self._file_checked >= FILE_CHECK_SECONDS:
+            self._file_checked = monotonic
+            self.load_file()
+        if self.changed.is_set():
+            self.rebuild()
+        self.timer.run_pending()
+
+    def rebuild(self) -> None:
+        """One timer job per active schedule, from the store; due and missed runs first."""
+        self.changed.clear()
+        self.timer.clear()
+        for view in self.store.schedules(["active"]):
+            self.arm(self.fire_if_due(view))
+
+    def arm(self, view: ScheduleView | None) -> None:
+        if view is None or view.state != "active" or view.next_run_at is None:
+            return
+        delay = (view.next_run_at - datetime.now(UTC)).total_seconds()
+        self.timer.every(max(1, math.ceil(delay))).seconds.do(self.due, view.schedule_id)
+
+    def due(self, schedule_id: int) -> type[schedule.CancelJob]:
+        """A timer job: fire the schedule if the store says it is due, then re-arm it."""
+        view = self.store.schedule(schedule_id)
+        if view is not None and view.state == "active":
+            self.arm(self.fire_if_due(view))
+        return schedule.CancelJob
+
+    def fire_if_due(self, view: ScheduleView) -> ScheduleView | None:
+        """Queue the run of a due schedule and advance it; a missed run is caught up once."""
+        now = datetime.now(UTC)
+        due_at = view.next_run_at
+        if due_at is None or due_at > now:
+            return view
+        rule = Rule.from_json(view.rule_json)
+        following = next_run(rule, ZoneInfo(view.timezone), now, previous=due_at)
+        late = (now - due_at).total_seconds() > self.settings.late_grace_seconds
+        run = None if late and self.settings.catch_up == "skip" else self.run_of(view, due_at,
+                                                                                  late)
+        task_id = self.store.advance_schedule(view.schedule_id, due_at, following, run)
+        if task_id:
+            log.info("scheduled run queued schedule_id=%s task_id=%s late=%s",
+                     view.schedule_id, task_id, late)
+            self.on_new_task()
+        elif task_id == 0:
+            log.info("missed run skipped schedule_id=%s due_at=%s", view.schedule_id, due_at)
+        return self.store.schedule(view.schedule_id)
+
+    def run_of(self, view: ScheduleView, due_at: datetime | None, late: bool,
+               by_hand: bool = False) -> ScheduledRun:
+        zone = ZoneInfo(view.timezone)
+        if by_hand:
+            note = "run now at the owner's request"
+        elif late:
+            note = (f"LATE: due {local_text(due_at, zone)}, missed while the computer was "
+                    "asleep or off; this is the one catch-up run")
+        else:
+            note = f"due {local_text(due_at, zone)}"
+        instruction = (f"Scheduled run of schedule #{view.schedule_id} ({view.when_text}, "
+                       f"{view.timezone}; {note}). The task:\n\n{view.task_text}")
+        return ScheduledRun(instruction, {"late": late, "by_hand": by_hand, "note": note,
+                                          "due_at": due_at.isoformat() if due_at else None})
+
+    def run_note(self, data: dict[str, object]) -> str:
+        """The line a run's reply starts with, for a task's data (empty if not a run)."""
+        if not data.get("schedule_id"):
+            return ""
+        view = self.store.schedule(int(str(data["schedule_id"])))
+        when = f" ({view.when_text}, {view.timezone})" if view else ""
+        return f"Scheduled run of #{data['schedule_id']}{when}: {data.get('note', '')}"
+
+    def after_run(self, task_id: int, state: str, reply_message_id: str | None) -> str:
+        """Count a finished run; the text of a notice if this failure paused its schedule."""
+        if state not in ("done", "failed"):
+            return ""
+        view = self.store.schedule_run_finished(task_id, state == "done", reply_message_id)
+        limit = self.settings.pause_after_failures
+        if view is None or view.state != "active" or view.consecutive_failures < limit:
+            return ""
+        reason = f"paused after {view.consecutive_failures} failed runs in a row"
+        self.store.set_schedule(view.schedule_id, "paused", reason, view.next_run_at)
+        self.changed.set()
+        return (f"Schedule #{view.schedule_id} ({view.when_text}) failed "
+                f"{view.consecutive_failures} times in a row, so I paused it. Reply "
+                f"`resume {view.schedule_id}` to start it again, or `cancel "
+                f"{view.schedule_id}` to drop it.")
+
+    # ------------------------------------------------------------ commands by mail
+
+    def listing(self) -> str:
+        lines = schedule_lines(self.store)
+        if not lines:
+            return "There are no scheduled tasks."
+        return "\n".join(["**Scheduled tasks**", "", *[f"- {line}" for line in lines], "",
+                          "Reply `pause N`, `resume N`, `cancel N` or `run N now`."])
+
+    def pause(self, schedule_id: int) -> str:
+        view = self.store.schedule(schedule_id)
+        if view is None or view.state not in ("active", "paused"):
+            return _no_such(schedule_id, view)
+        if view.state == "paused":
+            return f"Schedule #{schedule_id} is already paused; reply `resume {schedule_id}`."
+        self.store.set_schedule(schedule_id, "paused", "paused by the owner", view.next_run_at)
+        self.changed.set()
+        return (f"Schedule #{schedule_id} ({view.when_text}) is paused. Reply "
+                f"`resume {schedule_id}` to start it again.")
+
+    def resume(self, schedule_id: int) -> str:
+        view = self.store.schedule(schedule_id)
+        if view is None or view.state not in ("active", "paused"):
+            return _no_such(schedule_id, view)
+        upcoming = next_run(Rule.from_json(view.rule_json), ZoneInfo(view.timezone),
+                            datetime.now(UTC))
+        if upcoming is None:
+            self.store.set_schedule(schedule_id, "finished", "its time has passed", None)
+            return f"Schedule #{schedule_id} ({view.when_text}) is in the past; it is finished."
+        self.store.set_schedule(schedule_id, "active", "resumed by the owner", upcoming,
+                                reset_failures=True)
+        self.changed.set()
+        return (f"Schedule #{schedule_id} ({view.when_text}) is active again; next run "
+                f"{local_text(upcoming, ZoneInfo(view.timezone))}.")
+
+    def cancel(self, schedule_id: int) -> str:
+        view = self.store.schedule(schedule_id)
+        if view is None or view.state not in ("active", "paused"):
+            return _no_such(schedule_id, view)
+        self.store.set_schedule(schedule_id, "cancelled", "cancelled by the owner", None)
+        self.changed.set()
+        return f"Schedule #{schedule_id} ({view.when_text}) is cancelled; it will not run again."
+
+    def run_now(self, schedule_id: int) -> str:
+        view = self.store.schedule(schedule_id)
+        if view is None or view.state == "cancelled":
+            return _no_such(schedule_id, view)
+        task_id = self.store.run_schedule_now(schedule_id, self.run_of(view, None, False, True))
+        if task_id is None:
+            return _no_such(schedule_id, view)
+        self.on_new_task()
+        return (f"Schedule #{schedule_id} runs now as task #{task_id}; its answer comes in "
+                "the schedule's thread.")
+
+    # ------------------------------------------------------------ schedules.toml
+
+    def load_file(self) -> None:
+        """Bring the store in line with schedules.toml when it changed; a broken file is
+        reported with its line and changes nothing."""
+        path = self.settings.file
+        if path is None:
+            return
+        try:
+            stat = path.stat()
+            state: tuple[float, int] | None = (stat.st_mtime, stat.st_size)
+        except FileNotFoundError:
+            state = None
+        if state == self._file_state:
+            return
+        self._file_state = state
+        try:
+            entries = read_schedules_file(path, self.settings.min_interval_minutes) \
+                if state else []
+        except WhenError as exc:
+            self.file_broken(str(exc))
+            return
+        self._file_error = ""
+        self.sync_file(entries)
+
+    def file_broken(self, error: str) -> None:
+        log.error("%s (the schedules from it stay as they were)", error)
+        if error != self._file_error:
+            self._file_error = error
+            self.store.audit("schedule.file_error", error)
+            self.tell_owner("mailagent: schedules.toml is broken",
+                            f"{error}\n\nThe schedules from the file stay as they were until "
+                            "it is fixed; the change takes effect without a restart.")
+
+    def sync_file(self, entries: list[FileEntry]) -> None:
+        known = {v.file_key: v for v in self.store.schedules() if v.source == "file"}
+        wanted = {entry.key: entry for entry in entries}
+        for key, view in known.items():
+            if key not in wanted:
+                self.store.set_schedule(view.schedule_id, "cancelled",
+                                        "removed from schedules.toml", None)
+        for key, entry in wanted.items():
+            if key not in known:
+                self.add_file_entry(entry)
+        self.changed.set()
+
+    def add_file_entry(self, entry: FileEntry) -> None:
+        first = next_run(entry.rule, self.zone, datetime.now(UTC))
+        if first is None:
+            log.warning("schedules.toml: %s is in the past; not scheduled", entry.when_text)
+            return
+        subject = f"[{entry.conversation}] Scheduled: {entry.task[:60]}"
+        view = self.store.add_schedule(NewSchedule(
+            conversation_name=entry.conversation, origin_task_id=None, source="file",
+            file_key=entry.key, owner_address=self.owner_address, subject=subject,
+            message_id=None, references=(), when_text=entry.when_text,
+            rule_json=entry.rule.to_json(), timezone=self.timezone, task_text=entry.task,
+            next_run_at=first), self.settings.max_active_per_conversation)
+        if view is None:
+            self.file_broken(f"schedules.toml: conversation {entry.conversation} has too many "
+                             "schedules (schedules.max_active_per_conversation)")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    key: str
+    conversation: str
+    when_text: str
+    rule: Rule
+    task: str
+
+
+_CONVERSATION = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+
+def read_schedules_file(file: Path, min_interval_minutes: int) -> list[FileEntry]:
+    """The `[[schedule]]` entries of schedules.toml; WhenError naming the file and the line."""
+    try:
+        text = file.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise WhenError(f"{file}: {exc}") from exc
+    entries = data.get("schedule", [])
+    if not isinstance(entries, list):
+        raise WhenError(f"{file}: write each schedule as a [[schedule]] table")
+    headers = [number for number, line in enumerate(text.splitlines(), 1)
+               if line.strip().startswith("[[schedule]]")]
+    return [_file_entry(f"{file}, line {headers[index] if index < len(headers) else '?'}",
+                        entry, min_interval_minutes) for index, entry in enumerate(entries)]
+
+
+def _file_entry(where: str, entry: object, min_interval: int) -> FileEntry:
+    if not isinstance(entry, dict):
+        raise WhenError(f"{where}: must be a table")
+    when, task = entry.get("when"), entry.get("task")
+    conversation = str(entry.get("conversation", "main")).lower()
+    if not isinstance(when, str) or not isinstance(task, str) or not task.strip():
+        raise WhenError(f"{where}: needs `when` and `task` as strings")
+    if not _CONVERSATION.fullmatch(conversation):
+        raise WhenError(f"{where}: conversation {conversation!r} is not a valid name")
+    try:
+        rule = parse_when(when, min_interval)
+    except WhenError as exc:
+        raise WhenError(f"{where}: {exc}") from None
+    key = hashlib.sha256(json.dumps([conversation, rule.to_json(), task.strip()]).encode())
+    return FileEntry(key.hexdigest()[:32], conversation, describe(rule), rule, task.strip())
+
+
+def schedule_lines(store: Store) -> list[str]:
+    """One line per active or paused schedule: number, when, zone, state, next run, task."""
+    lines = []
+    for view in store.schedules():
+        zone = ZoneInfo(view.timezone)
+        state = (f"active, next run {local_text(view.next_run_at, zone)}"
+                 if view.state == "active" else f"paused ({view.reason})")
+        lines.append(f"#{view.schedule_id} [{view.conversation_name}] {view.when_text} "
+                     f"({view.timezone}), {state}: {view.task_text}")
+    return lines
+
+
+def _no_such(schedule_id: int, view: ScheduleView | None) -> str:
+    if view is None:
+        return (f"There is no schedule #{schedule_id}; nothing was changed. Reply `schedules` "
+                "to see them.")
+    return f"Schedule #{schedule_id} is {view.state}; nothing was changed."
