@@ -15,12 +15,12 @@ from pathlib import Path
 
 from mailagent import __version__
 from mailagent.config import Settings, find_config_path, load_settings
-from mailagent.errors import MailagentError
+from mailagent.errors import ConfigError, MailagentError
 from mailagent.mailbox import Mailbox
 from mailagent.notify import check_smtp
 from mailagent.policy import Scope, explain, load_policy, protected_paths
 from mailagent.render import render_sample, template_names
-from mailagent.scheduler import schedule_lines
+from mailagent.scheduler import WhenError, read_schedules_file, schedule_lines
 from mailagent.store import Store
 from mailagent.workspace import workspace_dir
 
@@ -73,6 +73,17 @@ def _check_templates(settings: Settings) -> str:
     return f"templates: {', '.join(names)}"
 
 
+def _check_schedules(settings: Settings) -> str:
+    path, zone = settings.schedules.file, settings.owner.timezone
+    if path is None or not path.exists():
+        return f"schedules in time zone {zone} (no schedules file)"
+    try:
+        entries = read_schedules_file(path, settings.schedules.min_interval_minutes)
+    except WhenError as exc:
+        raise ConfigError(str(exc)) from None
+    return f"schedules in time zone {zone}; {len(entries)} in {path}"
+
+
 def _check_store(settings: Settings) -> str:
     store = Store.open(settings.database_url)
     store.close()
@@ -83,7 +94,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     print(f"ok: config {settings.config_path}")
     checks: list[Callable[[Settings], str]] = [
-        _check_policies, _check_templates, _check_store, _check_imap, _check_smtp, _check_model]
+        _check_policies, _check_templates, _check_schedules, _check_store, _check_imap,
+        _check_smtp, _check_model]
     failures = 0
     for check in checks:
         try:
