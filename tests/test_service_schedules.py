@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import default as default_policy
 from pathlib import Path
@@ -213,3 +213,23 @@ def test_a_failing_schedule_mails_each_failure_and_pauses_itself(
     assert "failed 2 times in a row, so I paused it" in body(last[1])
     assert "`resume 1`" in body(last[1])
     assert "paused (paused after 2 failed runs in a row)" in status_output(service)
+
+
+def test_schedules_from_the_file_thread_their_runs_under_the_first_runs_notice(
+        service: ServiceProcess, smtp_server: SmtpServer, clock: FakeClock,
+        tmp_path: Path) -> None:
+    (tmp_path / "schedules.toml").write_text(
+        '[[schedule]]\nwhen = "every 10 minutes"\ntask = "Check the inbox folder"\n'
+        'conversation = "home"\n')
+    service.start().wait_connected()
+    wait_until(lambda: next_run_of(service, 1), 20, "the schedule from the file")
+    clock.set(START + timedelta(minutes=10, seconds=5))
+    first = nth_reply(smtp_server, 1, service)
+    assert first["Subject"] == "[home] Scheduled: Check the inbox folder"
+    assert first["In-Reply-To"] is None and first["Auto-Submitted"] == "auto-replied"
+    clock.set(START + timedelta(minutes=20, seconds=5))
+    second = nth_reply(smtp_server, 2, service)
+    assert second["In-Reply-To"] == first["Message-ID"]
+    assert second["Subject"] == "Re: [home] Scheduled: Check the inbox folder"
+    assert [r["late"] for r in runs(service)] == [False, False]
+    assert service.stop() == 0
