@@ -371,7 +371,9 @@ class Scheduler:
             return _no_such(schedule_id, view)
         self.store.set_schedule(schedule_id, "cancelled", "cancelled by the owner", None)
         self.changed.set()
-        return f"Schedule #{schedule_id} ({view.when_text}) is cancelled; it will not run again."
+        where = " Remove it from schedules.toml too." if view.source == "file" else ""
+        return (f"Schedule #{schedule_id} ({view.when_text}) is cancelled; it will not run "
+                f"again.{where}")
 
     def run_now(self, schedule_id: int) -> str:
         view = self.store.schedule(schedule_id)
@@ -419,10 +421,12 @@ class Scheduler:
                             "it is fixed; the change takes effect without a restart.")
 
     def sync_file(self, entries: list[FileEntry]) -> None:
-        known = {v.file_key: v for v in self.store.schedules() if v.source == "file"}
+        # A file entry cancelled by mail stays cancelled while it is in the file.
+        every_state = ("active", "paused", "cancelled", "finished")
+        known = {v.file_key: v for v in self.store.schedules(every_state) if v.source == "file"}
         wanted = {entry.key: entry for entry in entries}
         for key, view in known.items():
-            if key not in wanted:
+            if key not in wanted and view.state in ("active", "paused"):
                 self.store.set_schedule(view.schedule_id, "cancelled",
                                         "removed from schedules.toml", None)
         for key, entry in wanted.items():

@@ -234,3 +234,7 @@ def test_schedules_toml_adds_and_removes_schedules_and_a_broken_file_changes_not
     path.write_text('[[schedule]]\nwhen = "every day at 07:00"\ntask = "Weather"\n')
     timer.load_file()
     assert [v.schedule_id for v in store.schedules()] == [views[0].schedule_id]
+    timer.cancel(views[0].schedule_id)
+    path.write_text('[[schedule]]\nwhen = "every day at 07:00"\ntask = "Weather"\n# edited\n')
+    timer.load_file()
+    assert store.schedules() == []  # cancelled by mail: the file does not bring it back
