@@ -32,8 +32,9 @@ Commands (the whole subject, or the first line of your mail):
 - `cancel`: in a task's thread, stops that task
 - `undo`: in a task's thread, reverts that task's file changes
 - `schedules`: scheduled tasks, numbered; `pause N`, `resume N`, `cancel N`, `run N now`
-  change schedule N (ask me in a mail for something recurring, e.g. "every weekday at 08:00,
-  summarise the new files in ~/Reports")
+  change schedule N (in a schedule's thread, `pause`, `resume` and `run now` need no number).
+  Ask me in a mail for something recurring, e.g. "every weekday at 08:00, summarise the new
+  files in ~/Reports"
 - `help`: this text"""
 
 
@@ -42,7 +43,7 @@ def answer(command: CommandWork, store: Store, cancel: Callable[[int], str],
            may_write: Callable[[int, str], bool] = lambda _task, _path: True,
            schedules: Scheduler | None = None) -> str:
     """The reply text for one command."""
-    if command.name in SCHEDULE_COMMANDS and (command.argument or command.name == "schedules"):
+    if command.name in SCHEDULE_COMMANDS and (command.argument or command.name != "cancel"):
         return schedule_command(command, schedules)
     handlers: dict[str, Callable[[], str]] = {
         "help": lambda: HELP,
@@ -72,7 +73,12 @@ def schedule_command(command: CommandWork, schedules: Scheduler | None) -> str:
         return "There are no scheduled tasks."
     if command.name == "schedules":
         return schedules.listing()
-    number = int(command.argument.split()[0])
+    first = command.argument.split()[0] if command.argument else ""
+    number = int(first) if first.isdigit() else schedules.schedule_of_thread(command.task_id)
+    if number is None:
+        return (f"`{command.name}` without a number works as a reply in a schedule's thread. "
+                f"Nothing was changed; write e.g. `{command.name} 2`, or reply `schedules` for "
+                "the numbers.")
     actions: dict[str, Callable[[int], str]] = {
         "pause": schedules.pause, "resume": schedules.resume, "cancel": schedules.cancel,
         "run": schedules.run_now}

@@ -339,6 +339,16 @@ class Scheduler:
         return "\n".join(["**Scheduled tasks**", "", *[f"- {line}" for line in lines], "",
                           "Reply `pause N`, `resume N`, `cancel N` or `run N now`."])
 
+    def schedule_of_thread(self, task_id: int | None) -> int | None:
+        """The schedule a thread belongs to: the one its task made, or the one it is a run of."""
+        if task_id is None:
+            return None
+        made = [v.schedule_id for v in self.store.schedules_made_by(task_id)]
+        if len(made) == 1:
+            return made[0]
+        number = self.store.task_work(task_id).data.get("schedule_id")
+        return int(number) if number else None
+
     def pause(self, schedule_id: int) -> str:
         view = self.store.schedule(schedule_id)
         if view is None or view.state not in ("active", "paused"):

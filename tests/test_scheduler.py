@@ -179,6 +179,8 @@ def test_failures_in_a_row_pause_the_schedule_and_a_success_resets_the_count(
                                                          timer.run_of(view, None, False, True))
                             for _ in range(3))
     assert first and second and third
+    assert timer.schedule_of_thread(first) == view.schedule_id
+    assert timer.schedule_of_thread(view.origin_task_id) == view.schedule_id
     assert timer.after_run(first, "failed", None) == ""
     assert timer.after_run(second, "done", None) == ""
     assert timer.after_run(third, "failed", None) == ""

@@ -157,6 +157,7 @@ def test_schedules_are_listed_paused_resumed_run_now_and_cancelled_by_mail(
         service: ServiceProcess, dovecot: Dovecot, smtp_server: SmtpServer,
         model_server: ModelServer, clock: FakeClock) -> None:
     made_by = make_daily_schedule(service, dovecot, smtp_server, model_server, clock)
+    confirmation_id = parsed(smtp_server.messages[0].raw)["Message-ID"]
     listed = "#1 [main] every day at 08:00 (Europe/Paris), active, next run Sat 2027-03-27 " \
              "08:00 CET: Summarise the new files in ~/Reports"
     assert listed in status_output(service)
@@ -169,7 +170,8 @@ def test_schedules_are_listed_paused_resumed_run_now_and_cancelled_by_mail(
     assert "run now at the owner's request" in body(run)
     assert next_run_of(service, 1) == datetime(2027, 3, 27, 7, 0, tzinfo=UTC)  # unchanged
 
-    mail_in(dovecot, clock, "pause 1")
+    mail_in(dovecot, clock, "Re: Reports", "pause\n\nSent from my phone",
+            in_reply_to=confirmation_id)  # in the schedule's thread, no number needed
     assert "Schedule #1 (every day at 08:00) is paused" in body(nth_reply(smtp_server, 5,
                                                                            service))
     assert "paused (paused by the owner)" in status_output(service)
