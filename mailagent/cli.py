@@ -20,8 +20,9 @@ from mailagent.mailbox import Mailbox
 from mailagent.notify import check_smtp
 from mailagent.policy import Scope, explain, load_policy, protected_paths
 from mailagent.render import render_sample, template_names
-from mailagent.scheduler import WhenError, read_schedules_file, schedule_lines
+from mailagent.scheduler import schedule_lines
 from mailagent.store import Store
+from mailagent.when import WhenError, read_schedules_file
 from mailagent.workspace import workspace_dir
 
 log = logging.getLogger("mailagent")
