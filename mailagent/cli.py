@@ -15,13 +15,15 @@ from pathlib import Path
 
 from mailagent import __version__
 from mailagent.config import Settings, find_config_path, load_settings
-from mailagent.errors import MailagentError, PolicyError
+from mailagent.errors import ConfigError, MailagentError, PolicyError
 from mailagent.mailbox import Mailbox
 from mailagent.notify import check_smtp
 from mailagent.policy import Scope, explain, load_policy, protected_paths
 from mailagent.render import render_sample, template_names
 from mailagent.sandbox import find_sandbox, process_limit_kind
+from mailagent.scheduler import schedule_lines
 from mailagent.store import Store
+from mailagent.when import WhenError, read_schedules_file
 from mailagent.workspace import workspace_dir
 
 log = logging.getLogger("mailagent")
@@ -97,6 +99,17 @@ def _check_templates(settings: Settings) -> str:
     return f"templates: {', '.join(names)}"
 
 
+def _check_schedules(settings: Settings) -> str:
+    path, zone = settings.schedules.file, settings.owner.timezone
+    if path is None or not path.exists():
+        return f"schedules in time zone {zone} (no schedules file)"
+    try:
+        entries = read_schedules_file(path, settings.schedules.min_interval_minutes)
+    except WhenError as exc:
+        raise ConfigError(str(exc)) from None
+    return f"schedules in time zone {zone}; {len(entries)} in {path}"
+
+
 def _check_store(settings: Settings) -> str:
     store = Store.open(settings.database_url)
     store.close()
@@ -107,8 +120,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     print(f"ok: config {settings.config_path}")
     checks: list[Callable[[Settings], str]] = [
-        _check_policies, _check_commands, _check_templates, _check_store, _check_imap,
-        _check_smtp, _check_model]
+        _check_policies, _check_commands, _check_templates, _check_schedules, _check_store,
+        _check_imap, _check_smtp, _check_model]
     failures = 0
     for check in checks:
         try:
@@ -133,6 +146,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for t in store.tasks():
             print(f"  #{t.task_id} [{t.conversation_name}] {t.state}: {t.subject[:60]}"
                   f" (from {t.owner_address}, {t.created_at:%Y-%m-%d %H:%M})")
+        print("Schedules:")
+        for line in schedule_lines(store):
+            print(f"  {line}")
         print("Waiting for your approval:")
         for approval in store.approvals():
             print(f"  task #{approval.task_id}: {approval.operation} "

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mailagent.scheduler import Scheduler
 from mailagent.store import CommandWork, Store
 
 log = logging.getLogger(__name__)
@@ -30,14 +31,20 @@ Commands (the whole subject, or the first line of your mail):
 - `memory`: what I remember in this conversation; `forget N` removes note N
 - `cancel`: in a task's thread, stops that task
 - `undo`: in a task's thread, reverts that task's file changes
-- `schedules`: scheduled tasks
+- `schedules`: scheduled tasks, numbered; `pause N`, `resume N`, `cancel N`, `run N now`
+  change schedule N (in a schedule's thread, `pause`, `resume` and `run now` need no number).
+  Ask me in a mail for something recurring, e.g. "every weekday at 08:00, summarise the new
+  files in ~/Reports"
 - `help`: this text"""
 
 
 def answer(command: CommandWork, store: Store, cancel: Callable[[int], str],
            settle: Callable[[CommandWork], str],
-           may_write: Callable[[int, str], bool] = lambda _task, _path: True) -> str:
+           may_write: Callable[[int, str], bool] = lambda _task, _path: True,
+           schedules: Scheduler | None = None) -> str:
     """The reply text for one command."""
+    if command.name in SCHEDULE_COMMANDS and (command.argument or command.name != "cancel"):
+        return schedule_command(command, schedules)
     handlers: dict[str, Callable[[], str]] = {
         "help": lambda: HELP,
         "status": lambda: status_text(store),
@@ -46,7 +53,6 @@ def answer(command: CommandWork, store: Store, cancel: Callable[[int], str],
         "cancel": lambda: cancel(command.task_id) if command.task_id else NOT_IN_THREAD,
         "undo": lambda: (undo(store, command.task_id, may_write) if command.task_id
                          else NOT_IN_THREAD),
-        "schedules": lambda: "There are no scheduled tasks.",
         "approve": lambda: settle(command),
         "deny": lambda: settle(command),
         "continue": lambda: settle(command),
@@ -56,6 +62,27 @@ def answer(command: CommandWork, store: Store, cancel: Callable[[int], str],
         return (f"`{command.name}` is not something I can do by mail yet. Nothing was changed. "
                 "Reply `help` for the commands.")
     return handler()
+
+
+SCHEDULE_COMMANDS = frozenset({"schedules", "pause", "resume", "cancel", "run"})
+
+
+def schedule_command(command: CommandWork, schedules: Scheduler | None) -> str:
+    """`schedules`, and `pause N`, `resume N`, `cancel N`, `run N now` from anywhere."""
+    if schedules is None:
+        return "There are no scheduled tasks."
+    if command.name == "schedules":
+        return schedules.listing()
+    first = command.argument.split()[0] if command.argument else ""
+    number = int(first) if first.isdigit() else schedules.schedule_of_thread(command.task_id)
+    if number is None:
+        return (f"`{command.name}` without a number works as a reply in a schedule's thread. "
+                f"Nothing was changed; write e.g. `{command.name} 2`, or reply `schedules` for "
+                "the numbers.")
+    actions: dict[str, Callable[[int], str]] = {
+        "pause": schedules.pause, "resume": schedules.resume, "cancel": schedules.cancel,
+        "run": schedules.run_now}
+    return actions[command.name](number)
 
 
 NOT_IN_THREAD = ("This command works as a reply in the thread of a task. Nothing was changed; "
@@ -70,6 +97,11 @@ def status_text(store: Store) -> str:
     active = store.tasks(["running", "queued", "waiting_approval"])
     lines += ["", "**Tasks in progress**" if active else "No task is in progress."]
     lines += [f"- #{t.task_id} [{t.conversation_name}] {t.state}: {t.subject}" for t in active]
+    live = store.schedules()
+    if live:
+        on = sum(1 for v in live if v.state == "active")
+        lines += ["", f"**Schedules**: {on} active, {len(live) - on} paused; reply "
+                      "`schedules` for the list."]
     trouble = store.outbox(["failed", "unknown"])
     if trouble:
         lines += ["", "**Mail that could not be sent**"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,8 @@ class OwnerSettings:
     addresses: tuple[str, ...]
     verification: str
     trusted_authserv_ids: tuple[str, ...] = ()
+    timezone: str = "UTC"  # IANA name; schedules are computed in this zone
+
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,18 @@ class AgentSettings:
 
 
 @dataclass(frozen=True)
+class ScheduleSettings:
+    """Recurring tasks: missed runs, failures, and what a hijacked model can create."""
+
+    catch_up: str = "once"  # once | skip: what a run missed while the machine slept becomes
+    pause_after_failures: int = 3  # consecutive failed runs that pause a schedule
+    max_active_per_conversation: int = 20
+    min_interval_minutes: int = 1
+    late_grace_seconds: float = 60.0  # a run later than this counts as missed (sleep, off)
+    file: Path | None = None  # schedules.toml beside the config, for schedules kept in a file
+
+
+@dataclass(frozen=True)
 class LimitSettings:
     """Resource limits on incoming mail (SECURITY.md R1) and the replay window (S2)."""
 
@@ -122,6 +137,7 @@ class Settings:
     model: ModelSettings
     limits: LimitSettings
     agent: AgentSettings = AgentSettings()
+    schedules: ScheduleSettings = ScheduleSettings()
     failpoint: str | None = None
 
     @property
@@ -239,7 +255,7 @@ def _smtp(s: _Section, environ: Mapping[str, str]) -> SmtpSettings:
     )
 
 
-def _owner(s: _Section) -> OwnerSettings:
+def _owner(s: _Section, environ: Mapping[str, str]) -> OwnerSettings:
     addresses = tuple(a.strip().lower() for a in s.strings("addresses"))
     if not addresses:
         raise ConfigError(f"owner.addresses is empty in {s.path}: list your own address")
@@ -251,7 +267,46 @@ def _owner(s: _Section) -> OwnerSettings:
             "provider writes in Authentication-Results (e.g. mx.google.com), or choose "
             'owner.verification = "dkim"'
         )
-    return OwnerSettings(addresses, verification, trusted)
+    zone = s.get("timezone", str, None) or _local_zone(environ)
+    try:
+        zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"owner.timezone {zone!r} is not a known time zone in {s.path}: use an "
+                          'IANA name such as "Europe/Paris" or "America/New_York"') from None
+    return OwnerSettings(addresses, verification, trusted, zone)
+
+
+def _local_zone(environ: Mapping[str, str]) -> str:
+    """The machine's IANA zone name: $TZ, else where /etc/localtime points, else UTC."""
+    candidates = [environ.get("TZ", "").lstrip(":")]
+    localtime = Path("/etc/localtime")
+    if localtime.is_symlink():
+        target = str(localtime.resolve())
+        candidates.append(target.partition("zoneinfo/")[2])
+    timezone_file = Path("/etc/timezone")
+    if timezone_file.is_file():
+        candidates.append(timezone_file.read_text(encoding="utf-8", errors="replace").strip())
+    for name in candidates:
+        try:
+            if name:
+                zoneinfo.ZoneInfo(name)
+                return name
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            continue
+    return "UTC"
+
+
+def _schedules(s: _Section, base: Path) -> ScheduleSettings:
+    d = ScheduleSettings()
+    return ScheduleSettings(
+        catch_up=s.choice("catch_up", ("once", "skip"), d.catch_up),
+        pause_after_failures=s.positive("pause_after_failures", int, d.pause_after_failures),
+        max_active_per_conversation=s.positive("max_active_per_conversation", int,
+                                               d.max_active_per_conversation),
+        min_interval_minutes=s.positive("min_interval_minutes", int, d.min_interval_minutes),
+        late_grace_seconds=s.positive("late_grace_seconds", float, d.late_grace_seconds),
+        file=_path(s.get("file", str, "schedules.toml"), base).resolve(),
+    )
 
 
 def _model(s: _Section, environ: Mapping[str, str]) -> ModelSettings:
@@ -329,9 +384,10 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         database_url=database_url,
         imap=_imap(root.section("imap"), environ),
         smtp=_smtp(root.section("smtp"), environ),
-        owner=_owner(root.section("owner")),
+        owner=_owner(root.section("owner"), environ),
         model=_model(root.section("model", required=False), environ),
         limits=_limits(root.section("limits", required=False)),
         agent=_agent(root.section("agent", required=False)),
+        schedules=_schedules(root.section("schedules", required=False), base),
         failpoint=environ.get(FAILPOINT_ENV) or None,
     )

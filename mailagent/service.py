@@ -28,6 +28,7 @@ from mailagent.intake import Inbound, IntakeRules, Rejection, content_key, read_
 from mailagent.mailbox import Fetched, Watcher, in_folder
 from mailagent.notify import Postman, compose
 from mailagent.sandbox import find_sandbox
+from mailagent.scheduler import Scheduler
 from mailagent.store import NewCommand, NewTask, Outbound, ReplyTarget, Store
 from mailagent.threads import CommandRoute, route
 from mailagent.worker import Worker
@@ -88,14 +89,19 @@ class Service:
             log.info("commands run in %s (%s)", sandbox.kind, sandbox.detail)
         else:
             log.warning("no sandbox for run_command: %s", sandbox.detail)
-        worker = Worker(self.settings, self.store, agent, on_mail=wake_postman, sandbox=sandbox)
+        scheduler = Scheduler(self.settings.schedules, self.settings.owner.timezone, self.store,
+                              owner_address=self.settings.owner.addresses[0])
+        worker = Worker(self.settings, self.store, agent, on_mail=wake_postman,
+                        schedules=scheduler, sandbox=sandbox)
         self.on_mail = wake_postman
 
         def wake_worker() -> None:
             loop.call_soon_threadsafe(worker.wake.set)
 
-        self.on_new_task = wake_worker
+        self.on_new_task = scheduler.on_new_task = wake_worker
+        scheduler.tell_owner = worker.tell_owner
         working = asyncio.create_task(worker.run(stop))
+        scheduling = asyncio.create_task(scheduler.run(stop))
         posting = asyncio.create_task(postman.run(stop))
         watching = asyncio.create_task(asyncio.to_thread(self.watch))
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -111,6 +117,7 @@ class Service:
         stop.set()
         await watching
         await working
+        await scheduling
         await posting
         await agent.close()
         stopped.cancel()

@@ -29,10 +29,11 @@ COMMANDS: dict[str, re.Pattern[str] | None] = {
     "forget": re.compile(r"\d{1,9}"),
     "pause": re.compile(r"\d{1,9}"),
     "resume": re.compile(r"\d{1,9}"),
-    "run": re.compile(r"\d{1,9} now"),
+    "run": re.compile(r"(\d{1,9} )?now"),
 }
-# Commands that need no argument to be recognised (the others require theirs).
-_BARE = frozenset({"status", "help", "memory", "schedules", "undo", "cancel"})
+# Commands that need no argument to be recognised (the others require theirs); a bare `pause`
+# or `resume` acts on the schedule of the thread it is sent in.
+_BARE = frozenset({"status", "help", "memory", "schedules", "undo", "cancel", "pause", "resume"})
 # Replies in a task's thread whose first word settles something.
 THREAD_WORDS = frozenset({"approve", "deny", "continue"})
 

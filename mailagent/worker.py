@@ -39,6 +39,7 @@ from mailagent.policy import (
 )
 from mailagent.render import render
 from mailagent.sandbox import Limits, Runner, SandboxInfo, View
+from mailagent.scheduler import Scheduler
 from mailagent.store import (
     ApprovalView,
     CommandWork,
@@ -50,6 +51,7 @@ from mailagent.store import (
 from mailagent.tools.command import CommandTools
 from mailagent.tools.files import FileTools, ToolError
 from mailagent.tools.memory import MemoryTools
+from mailagent.tools.schedule import ScheduleTools
 from mailagent.workspace import workspace_dir
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,9 @@ def check_call(policy: Policy, scope: Scope, name: str, tool_input: dict[str, An
             if cwd and (where := decide(policy, "list", str(cwd), scope)).verdict != "allow":
                 return where
             return decide_command(policy, str(tool_input.get("command", "")), sandboxed=sandboxed)
+        if name == "schedule_task":
+            return Decision("allow", "schedules", "a schedule of this conversation, bounded by "
+                            "the [schedules] limits", None)
         if name == "move_file":
             return decide_move(policy, str(tool_input.get("source", "")),
                                str(tool_input.get("destination", "")), scope)
@@ -150,8 +155,10 @@ def conversation_nonce(data_dir: Path, conversation_id: int) -> str:
 class Worker:
     def __init__(self, settings: Settings, store: Store, agent: Agent,
                  home: Path | None = None, on_mail: Callable[[], None] = lambda: None,
+                 schedules: Scheduler | None = None,
                  sandbox: SandboxInfo | None = None) -> None:
         self.settings, self.store, self.agent = settings, store, agent
+        self.schedules = schedules
         self.home = home or Path.home()
         self.sandbox = sandbox or SandboxInfo("none", detail="not looked for")
         self.runners: dict[int, Runner] = {}  # task_id -> what runs its commands
@@ -175,6 +182,14 @@ class Worker:
                                 "allowed). Fix the file; the change takes effect without a "
                                 "restart. `mailagent check` shows the problem too."})
         self.store.enqueue_mail(mail)
+        self.on_mail()
+
+    def tell_owner(self, subject: str, body: str) -> None:
+        """A notice to the first owner address that answers no mail."""
+        target = ReplyTarget(self.settings.owner.addresses[0], subject, None, (), None, None,
+                             None)
+        self.store.enqueue_mail(compose(self.settings.smtp, target, "notice", "command.md.j2",
+                                        {"body": body}))
         self.on_mail()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -254,7 +269,17 @@ class Worker:
         else:
             mail = None if outcome.state == "cancelled" else self.outcome_mail(task_id, outcome)
             self.store.finish_task(task_id, outcome.state, outcome.reason, outcome.text, mail)
+            self.after_scheduled_run(task_id, outcome.state, mail)
             self.on_mail()
+
+    def after_scheduled_run(self, task_id: int, state: str, mail: Outbound | None) -> None:
+        """A schedule's run counts towards pausing it after failures in a row."""
+        if self.schedules is None:
+            return
+        notice = self.schedules.after_run(task_id, state, mail.message_id if mail else None)
+        if notice:
+            self.store.enqueue_mail(compose(self.settings.smtp, self.store.reply_target(task_id),
+                                            "notice", "command.md.j2", {"body": notice}))
 
     # ------------------------------------------------------------ mail about tasks
 
@@ -264,7 +289,7 @@ class Worker:
             work = self.store.task_work(task_id)
             changes = [_describe(c) for c in self.store.changes(task_id)]
             values = {"task_id": task_id, "tokens": work.tokens, "cost": work.cost_usd,
-                      "changes": changes}
+                      "changes": changes, **self.schedule_lines(work)}
             target = self.store.reply_target(task_id)
             if outcome.state == "done":
                 return compose(self.settings.smtp, target, "completion", "completion.md.j2",
@@ -280,6 +305,14 @@ class Worker:
             self.store.audit("mail.compose_failed", f"{type(exc).__name__}: {exc}",
                              task_id=task_id)
             return None
+
+    def schedule_lines(self, work: TaskWork) -> dict[str, Any]:
+        """For the reply: which schedule this run belongs to, and the schedules it made."""
+        if self.schedules is None:
+            return {"run_note": "", "scheduled": []}
+        made = self.store.schedules_made_by(work.task_id)
+        return {"run_note": self.schedules.run_note(work.data),
+                "scheduled": [self.schedules.confirmation(view) for view in made]}
 
     def tell_deferred(self, task_id: int, reason: str, wait: float) -> None:
         """Once per task: the model endpoint is down, and the task will be tried again."""
@@ -405,7 +438,8 @@ class Worker:
         self.expire_approvals()
         for command in self.store.pending_commands():
             try:
-                text = answer(command, self.store, self.cancel, self.settle, self.may_write)
+                text = answer(command, self.store, self.cancel, self.settle, self.may_write,
+                              self.schedules)
                 mail = compose(self.settings.smtp, command.reply, "command", "command.md.j2",
                                {"body": text})
             except Exception as exc:  # the catch-all per command: recorded, never retried
@@ -456,6 +490,10 @@ class Worker:
         memory = MemoryTools(save=lambda note: self.store.remember(work.conversation_id, note))
         tools = {name: getattr(files, name) for name in FILE_TOOLS}
         tools["remember"] = memory.remember
+        if self.schedules is not None:
+            schedules = self.schedules
+            tools["schedule_task"] = ScheduleTools(make=lambda when, task: schedules.confirmation(
+                schedules.create(work.task_id, when, task))).schedule_task
         policy = self.policies.current()
         if self.offers_commands(policy):
             tools["run_command"] = self.command_tools(work, scope).run_command

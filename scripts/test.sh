@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command of README.md: installs what the tests need, then runs lint, types and tests.
-# On Debian as root it installs Dovecot, OpenSSL and bubblewrap when they are missing.
+# On Debian as root it installs Dovecot, OpenSSL, bubblewrap and libfaketime (the schedule
+# tests move the service's clock with it) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,7 @@ need_packages=()
 command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || need_packages+=(dovecot-imapd dovecot-lmtpd)
 command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
 command -v bwrap >/dev/null 2>&1 || need_packages+=(bubblewrap)
+compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || [ -e /usr/lib/faketime/libfaketime.so.1 ] || need_packages+=(faketime)
 if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${need_packages[*]}"

@@ -77,6 +77,19 @@ def test_check_reports_a_broken_policy_file_with_its_line(tmp_path: Path, doveco
     assert "line 3" in line and "wrte" in line
 
 
+def test_check_reports_a_broken_schedules_file_with_its_line(tmp_path: Path, dovecot: Dovecot,
+                                                             smtp_server: SmtpServer) -> None:
+    config = write_config(tmp_path, dovecot.imap_port, smtp_server.port)
+    (tmp_path / "schedules.toml").write_text(
+        '[[schedule]]\nwhen = "every day at 07:00"\ntask = "Weather"\n\n'
+        '[[schedule]]\nwhen = "now and then"\ntask = "Inbox"\n')
+    result = mailagent("check", "--config", str(config))
+    assert result.returncode == 1
+    [line] = [x for x in result.stdout.splitlines() if x.startswith("error:")
+              and "schedules.toml" in x]
+    assert "line 5" in line and "now and then" in line and "every day at 08:00" in line
+
+
 def test_policy_explain_says_the_verdict_and_the_rule(tmp_path: Path) -> None:
     config = write_config(tmp_path, 1, 1)
     reports = tmp_path / "reports"

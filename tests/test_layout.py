@@ -14,7 +14,7 @@ SEAMS = {
     "mailparser": {"intake.py"},
     "dkim": {"intake.py"},
     "authres": {"intake.py"},
-    "sqlmodel": {"store/__init__.py", "store/tables.py"},
+    "sqlmodel": {"store/__init__.py", "store/tables.py", "store/schedules.py"},
     "sqlalchemy": {"store/__init__.py", "store/tables.py"},
     "jinja2": {"render.py"},
     "markdown_it": {"render.py"},

@@ -47,6 +47,8 @@ def test_a_reply_in_a_known_thread_continues_its_conversation_whatever_the_tag()
         ("schedules", "", "schedules", ""),
         ("x", "forget 3", "forget", "3"),
         ("x", "run 2 now", "run", "2 now"),
+        ("x", "run now", "run", "now"),
+        ("Re: [home] Scheduled: weather", "pause", "pause", ""),
         ("x", "cancel", "cancel", ""),
         ("x", "cancel 12", "cancel", "12"),
     ],

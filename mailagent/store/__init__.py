@@ -49,11 +49,14 @@ from mailagent.store.views import (
     ConversationView,
     HistoryItem,
     NewCommand,
+    NewSchedule,
     NewTask,
     Outbound,
     OutboxView,
     ReplyTarget,
     SavedRaw,
+    ScheduledRun,
+    ScheduleView,
     TaskView,
     TaskWork,
     ThreadMatch,
@@ -72,11 +75,14 @@ __all__ = [
     "ConversationView",
     "HistoryItem",
     "NewCommand",
+    "NewSchedule",
     "NewTask",
     "Outbound",
     "OutboxView",
     "ReplyTarget",
     "SavedRaw",
+    "ScheduleView",
+    "ScheduledRun",
     "Store",
     "Task",
     "TaskView",
@@ -491,7 +497,10 @@ def _work(task: Task, conversation_name: str) -> TaskWork:
     )
 
 
-class Store(MailStore):
+from mailagent.store.schedules import ScheduleStore  # noqa: E402 (it builds on MailStore)
+
+
+class Store(ScheduleStore):
     """Every read and write of mailagent's state; the agent's side: tasks, history, tool calls,
     memory. Safe to share between threads."""
 

@@ -210,6 +210,33 @@ class Approval(SQLModel, table=True):
     settled_at: datetime | None = None
 
 
+class Schedule(SQLModel, table=True):
+    """A recurring or one-off task. The number shown to the owner is `schedule_id`; runs reply
+    in the thread of the mail that made it (`message_id`, `references`), or, for schedules
+    from schedules.toml, in the thread of their first run's reply (`message_id` once known)."""
+
+    schedule_id: int | None = Field(default=None, primary_key=True)
+    conversation_id: int = Field(foreign_key="conversation.conversation_id", index=True)
+    origin_task_id: int | None = Field(default=None, foreign_key="task.task_id")
+    source: str = "mail"  # mail | file
+    file_key: str | None = Field(default=None, index=True)  # identity of a schedules.toml entry
+    owner_address: str
+    subject: str
+    message_id: str | None = None
+    references: str = ""
+    when_text: str
+    rule_json: str
+    timezone: str
+    task_text: str
+    state: str = Field(default="active", index=True)  # active paused cancelled finished
+    reason: str = ""
+    next_run_at: datetime | None = None  # UTC
+    last_run_at: datetime | None = None  # UTC
+    consecutive_failures: int = 0
+    created_at: datetime
+    updated_at: datetime
+
+
 def _initial(connection: Connection) -> None:
     tables = [
         SQLModel.metadata.tables[name]
@@ -261,11 +288,16 @@ def _budget_steps(connection: Connection) -> None:
     _add_columns(connection, "task", {"budget_steps": "INTEGER NOT NULL DEFAULT 0"})
 
 
+def _schedules(connection: Connection) -> None:
+    SQLModel.metadata.create_all(connection, tables=[SQLModel.metadata.tables["schedule"]])
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_agent", _agent),
     ("0003_outbox", _outbox),
     ("0004_approvals", _approvals),
     ("0005_budget_steps", _budget_steps),
+    ("0006_schedules", _schedules),
 ]
 

@@ -201,3 +201,51 @@ class ApprovalView:
     state: str
     message_id: str
     expires_at: datetime
+
+
+@dataclass(frozen=True)
+class NewSchedule:
+    """A schedule to record; its thread and conversation come from the task that made it (or,
+    for schedules.toml, from the file) and never from the model."""
+
+    conversation_name: str
+    origin_task_id: int | None
+    source: str  # mail | file
+    file_key: str | None
+    owner_address: str
+    subject: str
+    message_id: str | None
+    references: tuple[str, ...]
+    when_text: str
+    rule_json: str
+    timezone: str
+    task_text: str
+    next_run_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ScheduleView:
+    schedule_id: int
+    conversation_id: int
+    conversation_name: str
+    origin_task_id: int | None
+    source: str
+    file_key: str | None
+    when_text: str
+    rule_json: str
+    timezone: str
+    task_text: str
+    state: str
+    reason: str
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    consecutive_failures: int
+    message_id: str | None
+
+
+@dataclass(frozen=True)
+class ScheduledRun:
+    """One run to enqueue: the instruction and data of its task."""
+
+    instruction: str
+    data: dict[str, Any]

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import grp
 import imaplib
 import os
@@ -579,11 +580,13 @@ service lmtp {{
         folder: str = "INBOX",
         user: str = "agent@example.com",
         flags: tuple[str, ...] = (),
+        internal_date: datetime.datetime | None = None,
     ) -> int:
-        """APPEND ``raw`` to ``folder`` (must exist) and return its UID."""
+        """APPEND ``raw`` to ``folder`` (must exist) and return its UID; ``internal_date``
+        (aware) is the arrival time the server records, now when absent."""
         with self.imap(user) as conn:
             flag_list = "(" + " ".join(flags) + ")" if flags else None
-            typ, data = conn.append(_quote(folder), flag_list, None, raw)
+            typ, data = conn.append(_quote(folder), flag_list, internal_date, raw)
             _check(typ, data, f"APPEND to {folder!r}")
             text = b" ".join(d for d in data if isinstance(d, bytes)).decode(errors="replace")
             match = re.search(r"APPENDUID (\d+) (\d+)", text)
