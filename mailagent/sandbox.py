@@ -14,6 +14,7 @@ unless the policy's loudly named `unsafe_no_sandbox` switch says so.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -36,6 +37,7 @@ SYSTEM_ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/
 NETWORK_ETC = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf",
                "/etc/ssl", "/etc/ca-certificates", "/etc/pki")
 SANDBOX_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
+PROBE_ENV = {"PATH": ":".join(SANDBOX_PATH), "LANG": "C.UTF-8"}
 PROBE_TIMEOUT_SECONDS = 10.0
 KILL_GRACE_SECONDS = 5.0
 
@@ -95,7 +97,7 @@ def find_sandbox() -> SandboxInfo:
     probe = [program, *_namespaces(network=False), "--ro-bind", "/", "/", "true"]
     try:
         done = subprocess.run(probe, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS,
-                              env=_clean_env({}), check=False)
+                              env=PROBE_ENV, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return SandboxInfo("none", detail=f"bubblewrap at {program} did not start: {exc}")
     if done.returncode != 0:
@@ -126,10 +128,6 @@ def _namespaces(*, network: bool) -> list[str]:
     if network:
         flags.append("--share-net")
     return flags
-
-
-def _clean_env(extra: dict[str, str]) -> dict[str, str]:
-    return {"PATH": ":".join(SANDBOX_PATH), "LANG": "C.UTF-8", **extra}
 
 
 def program_path() -> tuple[str, ...]:
@@ -223,6 +221,11 @@ def _prlimit(limits: Limits) -> list[str]:
             f"--fsize={limits.max_file_bytes}", "--core=0", "--nofile=1024", "--"]
 
 
+def _gone() -> contextlib.suppress:
+    """For kills: the process may have ended, or be another user's after pid reuse."""
+    return contextlib.suppress(ProcessLookupError, PermissionError)
+
+
 def _processes_of(uid: int) -> int:
     """How many processes (threads count too, as for RLIMIT_NPROC) this user runs now."""
     count = 0
@@ -285,7 +288,7 @@ class _Cgroup:
             if not pids:
                 return
             for pid in pids:
-                with _quiet():
+                with _gone():
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.02)
 
@@ -300,14 +303,6 @@ class _Cgroup:
                 self.kill_all()
                 time.sleep(0.05)
         log.warning("could not remove the cgroup %s", self.path)
-
-
-class _quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, value: object, tb: object) -> bool:
-        return isinstance(value, ProcessLookupError | PermissionError)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,7 +358,7 @@ class Runner:
 
     def _kill(self, process: subprocess.Popen[bytes], cgroup: _Cgroup) -> None:
         """Kill the whole tree: the process group, and with it bubblewrap's pid namespace."""
-        with _quiet():
+        with _gone():
             os.killpg(process.pid, signal.SIGKILL)
         cgroup.kill_all()
         try:
@@ -377,7 +372,7 @@ class Runner:
             self._cancelled = True
             process = self._process
         if process is not None:
-            with _quiet():
+            with _gone():
                 os.killpg(process.pid, signal.SIGKILL)
 
 

@@ -408,11 +408,16 @@ class MailStore:
             return [(_id(i), st, o, r) for i, st, o, r in rows]
 
 
-def _move(s: Session, task_id: int, state: str, reason: str | None) -> Task:
-    """The one place a task changes state: checked against the machine, audited."""
+def _task(s: Session, task_id: int) -> Task:
     task = s.get(Task, task_id)
     if task is None:
         raise StoreError(f"no task {task_id}")
+    return task
+
+
+def _move(s: Session, task_id: int, state: str, reason: str | None) -> Task:
+    """The one place a task changes state: checked against the machine, audited."""
+    task = _task(s, task_id)
     if state not in TASK_TRANSITIONS[task.state]:
         raise StoreError(f"task {task_id} cannot go from {task.state} to {state}")
     task.state, task.reason, task.updated_at = state, reason, utcnow()
@@ -542,18 +547,14 @@ class Store(ScheduleStore):
 
     def task_work(self, task_id: int) -> TaskWork:
         with self.session() as s:
-            task = s.get(Task, task_id)
-            if task is None:
-                raise StoreError(f"no task {task_id}")
+            task = _task(s, task_id)
             conversation = s.get(Conversation, task.conversation_id)
             assert conversation is not None
             return _work(task, conversation.name)
 
     def task_state(self, task_id: int) -> str:
         with self.session() as s:
-            task = s.get(Task, task_id)
-            if task is None:
-                raise StoreError(f"no task {task_id}")
+            task = _task(s, task_id)
             return task.state
 
     def finish_task(self, task_id: int, state: str, reason: str, result_text: str = "",
@@ -568,9 +569,7 @@ class Store(ScheduleStore):
 
     def reply_target(self, task_id: int) -> ReplyTarget:
         with self.session() as s:
-            task = s.get(Task, task_id)
-            if task is None:
-                raise StoreError(f"no task {task_id}")
+            task = _task(s, task_id)
             conversation = s.get(Conversation, task.conversation_id)
             assert conversation is not None
             return ReplyTarget(task.owner_address, task.subject, task.message_id,
@@ -721,8 +720,7 @@ class Store(ScheduleStore):
 
     def add_usage(self, task_id: int, usage: Usage, tool_calls: int = 0) -> None:
         with self.session() as s:
-            task = s.get(Task, task_id)
-            assert task is not None
+            task = _task(s, task_id)
             task.turns += 1 if usage.input_tokens or usage.output_tokens else 0
             task.tool_calls += tool_calls
             task.input_tokens += usage.input_tokens
@@ -739,8 +737,7 @@ class Store(ScheduleStore):
 
     def add_attachment(self, task_id: int, path: str) -> None:
         with self.session() as s:
-            task = s.get(Task, task_id)
-            assert task is not None
+            task = _task(s, task_id)
             paths = json.loads(task.attachments_json)
             if path not in paths:
                 task.attachments_json = json.dumps([*paths, path])

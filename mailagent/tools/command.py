@@ -54,7 +54,7 @@ class CommandTools:
         """
         rule, view, limits = self.setup()
         argv = self.parse(command, rule.allow)
-        folder = self.folder(cwd)
+        folder = self.folder(cwd, view.workspace)
         missing = exposed_missing(view)
         writable = (*view.write, view.workspace)
         before = _snapshot(writable, view.home)
@@ -78,12 +78,13 @@ class CommandTools:
                 f"{', '.join(allow) or 'none'} (give the name alone, not a path)")
         found = shutil.which(program, path=os.pathsep.join(program_path()))
         if found is None:
-            raise ToolError(f"{program!r} is allowed but not installed on this computer")
+            raise ToolError(f"{program!r} is allowed but not installed on this computer; use "
+                            "another allowed program, or tell the owner to install it")
         return [found, *argv[1:]]
 
-    def folder(self, cwd: str | None) -> Path:
+    def folder(self, cwd: str | None, workspace: Path) -> Path:
         if not cwd:
-            return self.setup()[1].workspace
+            return workspace
         decision = self.judge("list", cwd)
         if decision.verdict != "allow" or decision.path is None:
             raise ToolError(f"denied by {decision.rule}: {decision.reason}")
