@@ -134,6 +134,7 @@ class Mailbox:
         self.uidnext = int(status.get(b"UIDNEXT", 0))
         flags = status.get(b"PERMANENTFLAGS", (b"\\*",))
         self.can_keyword = b"\\*" in flags
+        self._announced_news()  # the SELECT's own counts are not news
 
     def close(self) -> None:
         client, self.client = self.client, None
@@ -198,6 +199,8 @@ class Mailbox:
             stop.wait(seconds)
             self.noop()
             return True
+        if self._announced_news():
+            return True
         self._call("idle")
         news = False
         deadline = time.monotonic() + seconds
@@ -218,6 +221,19 @@ class Mailbox:
             if self.client is not None:
                 self._call("idle_done")  # also before LOGOUT at shutdown: no command in IDLE
         return news
+
+
+    def _announced_news(self) -> bool:
+        """Whether a reply to one of our commands announced new mail since the last look.
+
+        A message that arrives while a command runs is announced by an untagged EXISTS in that
+        command's reply, and IDLE will not announce it again. imaplib files such responses away
+        unasked, so they are read (and cleared) there before idling.
+        """
+        assert self.client is not None
+        untagged = self.client._imap.untagged_responses
+        exists, recent = untagged.pop("EXISTS", None), untagged.pop("RECENT", None)
+        return bool(exists or recent)
 
 
 def _clock_jumped(wall_start: float, mono_start: float) -> bool:

@@ -72,6 +72,19 @@ def test_backlog_delivered_while_stopped_is_taken_once_across_restarts(
     assert sorted(s for _, s in tasks(service.store())) == [f"task {n}" for n in range(4)]
 
 
+def test_mail_arriving_while_a_backlog_is_taken_is_not_left_for_the_idle_renewal(
+        dovecot: Dovecot, service: ServiceProcess) -> None:
+    # The backlog keeps the first catch-up busy, so the next mail lands mid-command: the server
+    # announces it in that command's reply, and IDLE (renewed only every 30 s here) never will.
+    for n in range(30):
+        dovecot.append(owner_mail(f"backlog {n}"))
+    service.start().wait_connected()
+    dovecot.append(owner_mail("during the catch-up"))
+    subjects = {s for _, s in wait_tasks(service, 31, timeout=15)}
+    assert "during the catch-up" in subjects
+    assert service.stop() == 0
+
+
 @pytest.mark.parametrize("failpoint", ["after-fetch", "after-save", "after-process"])
 def test_a_kill_at_any_step_neither_loses_nor_repeats_a_task(
         dovecot: Dovecot, service: ServiceProcess, failpoint: str) -> None:
