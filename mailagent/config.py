@@ -112,6 +112,13 @@ class ScheduleSettings:
 
 
 @dataclass(frozen=True)
+class ServiceSettings:
+    """How the service treats the computer it runs on."""
+
+    keep_awake: bool = True  # hold off sleep while a task runs (systemd-inhibit, caffeinate...)
+
+
+@dataclass(frozen=True)
 class LimitSettings:
     """Resource limits on incoming mail (SECURITY.md R1) and the replay window (S2)."""
 
@@ -139,6 +146,7 @@ class Settings:
     agent: AgentSettings = AgentSettings()
     schedules: ScheduleSettings = ScheduleSettings()
     failpoint: str | None = None
+    service: ServiceSettings = ServiceSettings()
 
     @property
     def workspaces_dir(self) -> Path:
@@ -328,6 +336,10 @@ def _model(s: _Section, environ: Mapping[str, str]) -> ModelSettings:
     )
 
 
+def _service(s: _Section) -> ServiceSettings:
+    return ServiceSettings(keep_awake=s.get("keep_awake", bool, ServiceSettings.keep_awake))
+
+
 def _positives(s: _Section, defaults: Any) -> dict[str, Any]:
     return {
         name: s.positive(name, type(getattr(defaults, name)), getattr(defaults, name))
@@ -346,6 +358,13 @@ def _agent(s: _Section) -> AgentSettings:
 def _path(value: str, base: Path) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else (base / path)
+
+
+def model_access(environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+    """The API key and endpoint the SDK would use from the environment (ANTHROPIC_API_KEY,
+    ANTHROPIC_BASE_URL), for commands that write a config rather than read one."""
+    environ = os.environ if environ is None else environ
+    return environ.get("ANTHROPIC_API_KEY") or None, environ.get("ANTHROPIC_BASE_URL") or None
 
 
 def find_config_path(given: str | None, environ: Mapping[str, str] | None = None) -> Path:
@@ -390,4 +409,5 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         agent=_agent(root.section("agent", required=False)),
         schedules=_schedules(root.section("schedules", required=False), base),
         failpoint=environ.get(FAILPOINT_ENV) or None,
+        service=_service(root.section("service", required=False)),
     )

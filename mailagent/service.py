@@ -25,6 +25,7 @@ from mailagent.config import Settings
 from mailagent.errors import AlreadyRunningError, MailagentError
 from mailagent.failpoints import failpoint
 from mailagent.intake import Inbound, IntakeRules, Rejection, content_key, read_inbound
+from mailagent.keepawake import KeepAwake
 from mailagent.mailbox import Fetched, Watcher, in_folder
 from mailagent.notify import Postman, compose
 from mailagent.sandbox import find_sandbox
@@ -94,6 +95,8 @@ class Service:
         worker = Worker(self.settings, self.store, agent, on_mail=wake_postman,
                         schedules=scheduler, sandbox=sandbox)
         self.on_mail = wake_postman
+        keep_awake = KeepAwake(self.settings.service.keep_awake)
+        worker.on_busy = keep_awake.set_busy
 
         def wake_worker() -> None:
             loop.call_soon_threadsafe(worker.wake.set)
@@ -120,6 +123,7 @@ class Service:
         await scheduling
         await posting
         await agent.close()
+        keep_awake.release()
         stopped.cancel()
 
     def watch(self) -> None:

@@ -168,6 +168,7 @@ class Worker:
         self.running: dict[int, asyncio.Task[None]] = {}
         self.conversations: dict[int, int] = {}  # task_id -> conversation_id
         self.wake = asyncio.Event()
+        self.on_busy: Callable[[bool], None] = lambda busy: None  # first task started, last ended
 
     def policy_broken(self, error: PolicyError) -> None:
         """A broken policy file: logged, recorded, and the owner told (once per error)."""
@@ -210,13 +211,16 @@ class Worker:
         free = self.settings.agent.max_concurrent_tasks - len(self.running)
         busy = set(self.conversations.values())
         for work in self.store.claim_tasks(busy, free, datetime.now(UTC)):
+            if not self.running:
+                self.on_busy(True)
             self.conversations[work.task_id] = work.conversation_id
             task = asyncio.create_task(self.run_task(work), name=f"task-{work.task_id}")
             self.running[work.task_id] = task
             task.add_done_callback(functools.partial(self.forget, work.task_id))
 
     def forget(self, task_id: int, _done: object = None) -> None:
-        self.running.pop(task_id, None)
+        if self.running.pop(task_id, None) is not None and not self.running:
+            self.on_busy(False)
         self.conversations.pop(task_id, None)
         self.wake.set()
 
