@@ -40,6 +40,30 @@ def render(name: str, **values: Any) -> str:
     return _environment().get_template(name).render(**values)
 
 
+def deploy_dir() -> Path:
+    """deploy/ (service unit templates) of the source tree, or its copy in an installed package."""
+    source = Path(__file__).resolve().parent.parent / "deploy"
+    if source.is_dir():
+        return source
+    return Path(str(importlib.resources.files("mailagent.deploy")))
+
+
+@cache
+def _deploy_environment() -> jinja2.Environment:
+    """XML (launchd plist, Windows task) is escaped: a path with `&` or `<` stays one string."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(deploy_dir()),
+        undefined=jinja2.StrictUndefined,
+        autoescape=jinja2.select_autoescape(["plist.j2", "xml.j2"]),
+        keep_trailing_newline=True,
+    )
+
+
+def render_deploy(name: str, **values: Any) -> str:
+    """A service definition from deploy/ (systemd unit, launchd plist, scheduled task)."""
+    return _deploy_environment().get_template(name).render(**values)
+
+
 def template_names() -> list[str]:
     return _environment().list_templates()
 
