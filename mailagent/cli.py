@@ -1,4 +1,4 @@
-"""Command line: `mailagent run | check | status | policy explain`.
+"""Command line: `mailagent run | check | status | policy explain | service | demo`.
 
 Commands only: each turns expected failures (MailagentError) into one readable line on stderr
 and a non-zero exit code, never a traceback. The only module that configures logging handlers.
@@ -15,7 +15,9 @@ from pathlib import Path
 
 from mailagent import __version__
 from mailagent.config import Settings, find_config_path, load_settings
+from mailagent.demo import add_demo_parser
 from mailagent.errors import ConfigError, MailagentError, PolicyError
+from mailagent.install import add_service_parser
 from mailagent.mailbox import Mailbox
 from mailagent.notify import check_smtp
 from mailagent.policy import Scope, explain, load_policy, protected_paths
@@ -205,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain_parser.add_argument("action", choices=["list", "read", "write", "delete"])
     explain_parser.add_argument("path")
     explain_parser.set_defaults(func=cmd_policy_explain)
+    add_service_parser(sub)
+    add_demo_parser(sub)
     return parser
 
 

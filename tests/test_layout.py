@@ -22,6 +22,9 @@ SEAMS = {
     "pypdf": {"tools/documents.py"},
     "docx": {"tools/documents.py"},
     "openpyxl": {"tools/documents.py"},
+    "aiosmtpd": {"demo_mail.py"},
+    "pymap": {"demo_mail.py"},
+    "proxyprotocol": {"demo_mail.py"},
 }
 
 
