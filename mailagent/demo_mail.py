@@ -143,7 +143,7 @@ class DemoMailServer:
         ok = (isinstance(auth_data, LoginPassword)
               and auth_data.login.decode() == self.agent
               and auth_data.password.decode() == self.password)
-        return AuthResult(success=ok)
+        return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535
 
     def deliver(self, sender: str, recipients: list[str], raw: bytes) -> None:
         """Mail for the agent goes into its IMAP INBOX; anything else is the owner's."""

@@ -9,6 +9,8 @@ need_packages=()
 command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || need_packages+=(dovecot-imapd dovecot-lmtpd)
 command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
 command -v bwrap >/dev/null 2>&1 || need_packages+=(bubblewrap)
+# systemd-analyze verifies the generated systemd unit (nothing is started in a container)
+command -v systemd-analyze >/dev/null 2>&1 || need_packages+=(systemd)
 compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || [ -e /usr/lib/faketime/libfaketime.so.1 ] || need_packages+=(faketime)
 if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
