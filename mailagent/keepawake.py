@@ -95,22 +95,22 @@ class KeepAwake:
         process, self.process = self.process, None
         if process is None:
             return
-        early = process.poll()
-        if early not in (None, 0):  # e.g. systemd-inhibit without a system bus (a container)
-            self._warn_once("%s exited with code %s", self.tool, early)
-            return
-        if process.stdin is not None:
+        code = process.poll()  # already gone: it failed, or it never held anything
+        if process.stdin is not None:  # systemd-inhibit's `cat` reads end of input, and it ends
             with contextlib.suppress(OSError):
                 process.stdin.close()
+        if code is None and self.platform == "darwin":
+            process.terminate()  # caffeinate reads no input
         try:
-            process.wait(STOP_SECONDS)
+            waited = process.wait(STOP_SECONDS)
         except subprocess.TimeoutExpired:
-            process.terminate()
-            try:
-                process.wait(STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            process.kill()
+            waited = process.wait()
+        if code is None and self.platform != "darwin":
+            code = waited
+        if code not in (None, 0):  # e.g. systemd-inhibit without a system bus
+            self._warn_once("%s exited with code %s", self.tool, code)
+            return
         log.info("keep_awake: released")
 
     def _windows(self, flags: int) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from mailagent.keepawake import KeepAwake
 from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
 from tests.support.mail import owner_mail
-from tests.support.model_server import ModelServer, hang, text
+from tests.support.model_server import ModelServer, RecordedRequest, Reply, hang, text
 from tests.support.service import ServiceProcess, wait_until
 
 FAKE_INHIBIT = """#!/bin/sh
@@ -60,17 +62,26 @@ def test_the_inhibitor_runs_while_a_task_runs_and_is_gone_afterwards(
         tmp_path: Path, dovecot: Dovecot, model_server: ModelServer) -> None:
     bin_dir, log = fake_inhibitor(tmp_path, FAKE_INHIBIT)
     service = service_with(tmp_path, dovecot, model_server, bin_dir)
-    model_server.script(hang(4), text("Done after a while."))
+    thinking, answer = threading.Event(), threading.Event()
+
+    def slow_model(request: RecordedRequest) -> Reply:
+        thinking.set()
+        answer.wait(60)  # the task runs until the test lets the model answer
+        return text("Done after a while.")
+
+    model_server.script(slow_model)
     service.start()
     try:
         service.wait_connected()
         assert records(log) == []  # idle: nothing held
         dovecot.append(owner_mail("A slow task", "Take your time."))
-        service.wait_for_log("task running")
+        wait_until(thinking.is_set, 30, "the task to reach the model")
         [started] = wait_until(lambda: records(log), 10, "the inhibitor to start")
         assert started.startswith("start --what=sleep:idle --who=mailagent")
         assert "--mode=block" in started
-        assert "stop" not in records(log)  # held while the model is still thinking
+        time.sleep(1)
+        assert records(log) == [started]  # still held while the model is thinking
+        answer.set()
         service.wait_for_log("task done", timeout=30)
         wait_until(lambda: records(log)[-1:] == ["stop"], 10, "the inhibitor to stop")
         assert len(records(log)) == 2
