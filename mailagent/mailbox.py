@@ -245,9 +245,7 @@ def _oauth2_login(client: imapclient.IMAPClient, s: ImapSettings) -> None:
     token = oauth.access_token(s.oauth, s.username)
     try:
         client.oauth2_login(s.username, token)
-    except IMAPClientError as exc:
-        if isinstance(exc, OSError):
-            raise
+    except ImapLoginError as exc:
         raise LoginError(f"IMAP XOAUTH2 login as {s.username} on {s.host} was refused: the "
                          "access token was not accepted; check imap.username, or run "
                          "`mailagent init --oauth` again") from exc
