@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from mailagent.scheduler import schedule_lines
 from mailagent.store import Store
@@ -116,7 +117,7 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))  # Text: mail subjects are not markup
     if not rows:
         table.add_row(*(["(none)"] + [""] * (len(columns) - 1)))
     return table
