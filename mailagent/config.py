@@ -397,6 +397,12 @@ def _path(value: str, base: Path) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
+def env_value(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """One environment variable (e.g. the one `mailagent init --password-env` names)."""
+    environ = os.environ if environ is None else environ
+    return environ.get(name) or None
+
+
 def find_config_path(given: str | None, environ: Mapping[str, str] | None = None) -> Path:
     """The config path from the command line, else $MAILAGENT_CONFIG, else the user's config dir."""
     environ = os.environ if environ is None else environ

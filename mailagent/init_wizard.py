@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from mailagent import keystore
-from mailagent.config import SECURITY_MODES, VERIFICATION_MODES, find_config_path
+from mailagent.config import SECURITY_MODES, VERIFICATION_MODES, env_value, find_config_path
 from mailagent.errors import ConfigError
 from mailagent.init_config import Answers, OAuthAnswers, check_writable, write_files
 from mailagent.oauth import FlowSettings, device_flow
@@ -117,30 +116,29 @@ def _given(args: argparse.Namespace, name: str, asker: Asker, question: str,
     return str(value) if value is not None else asker.ask(question, default, flag)
 
 
-def collect(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Answers:
+def collect(args: argparse.Namespace) -> Answers:
     """Every answer, from flags first and then from questions (or defaults)."""
-    env = dict(os.environ if environ is None else environ)
     asker = Asker(not args.non_interactive)
     email = _given(args, "email", asker, "The agent's mail address", None, "--email")
     provider = _provider(args, asker, email)
     asker.say(f"Provider: {provider.name}")
     servers = _servers(args, asker, provider)
     answers = Answers(
-        config_path=find_config_path(args.config, env), provider=provider.key, email=email,
+        config_path=find_config_path(args.config), provider=provider.key, email=email,
         username=_given(args, "username", asker, "Login name", email, "--username"),
         imap_host="", imap_port=0, imap_security="", smtp_host="", smtp_port=0,
         smtp_security="", owners=[], verification="")
     for key, value in servers.items():
         setattr(answers, key, value)
     answers.folder = args.folder or "INBOX"
-    _credentials(args, asker, provider, answers, env)
+    _credentials(args, asker, provider, answers)
     _owner(args, asker, provider, answers)
     _policy(args, asker, answers)
     answers.data_dir = args.data_dir or ""
     answers.model_name = args.model or ""
     answers.model_base_url = args.model_base_url or ""
     answers.api_key_env = args.api_key_env or "ANTHROPIC_API_KEY"
-    if not env.get(answers.api_key_env):
+    if not env_value(answers.api_key_env):
         asker.say(f"Note: ${answers.api_key_env} is not set; mailagent needs your Anthropic "
                   "API key there when it runs.")
     return answers
@@ -190,8 +188,8 @@ def _secret_mode(args: argparse.Namespace) -> str:
     return "env" if args.secret_in_env else "keyring"
 
 
-def _credentials(args: argparse.Namespace, asker: Asker, p: Provider, answers: Answers,
-                 env: dict[str, str]) -> None:
+def _credentials(args: argparse.Namespace, asker: Asker, p: Provider,
+                 answers: Answers) -> None:
     """The password (app password) or an OAuth2 sign-in, and where the secret is kept."""
     answers.secret_mode = _secret_mode(args)
     use_oauth = args.oauth or (p.oauth is not None and not args.password_env
@@ -201,7 +199,7 @@ def _credentials(args: argparse.Namespace, asker: Asker, p: Provider, answers: A
                           "--password-env VAR, install keyrings.alt, or, knowingly, "
                           "--store-secret-in-config")
     if use_oauth:
-        answers.oauth = _oauth_sign_in(args, asker, p, answers, env)
+        answers.oauth = _oauth_sign_in(args, asker, p)
         return
     asker.say(f"Password: {p.app_password}.")
     if answers.secret_mode == "env":
@@ -209,15 +207,15 @@ def _credentials(args: argparse.Namespace, asker: Asker, p: Provider, answers: A
             raise ConfigError("--secret-in-env needs --password-env VAR")
         answers.password_env = args.password_env
     elif args.password_env:
-        if not env.get(args.password_env):
+        password = env_value(args.password_env)
+        if password is None:
             raise ConfigError(f"--password-env names ${args.password_env}, which is not set")
-        answers.password = env[args.password_env]
+        answers.password = password
     else:
         answers.password = asker.secret("Password (not shown)", "--password-env VAR")
 
 
-def _oauth_sign_in(args: argparse.Namespace, asker: Asker, p: Provider, answers: Answers,
-                   env: dict[str, str]) -> OAuthAnswers:
+def _oauth_sign_in(args: argparse.Namespace, asker: Asker, p: Provider) -> OAuthAnswers:
     ends = p.oauth
     token_url = args.token_url or (ends.token_url if ends else None)
     if token_url is None:
@@ -225,7 +223,7 @@ def _oauth_sign_in(args: argparse.Namespace, asker: Asker, p: Provider, answers:
                           "or --auth-url")
     if ends and ends.help_url and not args.client_id:
         asker.say(f"OAuth2 needs a client id registered at {ends.help_url}.")
-    client_secret = env.get(args.client_secret_env) if args.client_secret_env else None
+    client_secret = env_value(args.client_secret_env) if args.client_secret_env else None
     flow = FlowSettings(
         client_id=_given(args, "client_id", asker, "OAuth2 client id", None, "--client-id"),
         token_url=token_url, scope=args.scope or (ends.scope if ends else ""),

@@ -22,6 +22,9 @@ SEAMS = {
     "pypdf": {"tools/documents.py"},
     "docx": {"tools/documents.py"},
     "openpyxl": {"tools/documents.py"},
+    "keyring": {"keystore.py"},
+    "httpx": {"oauth.py"},
+    "rich": {"status_view.py"},
 }
 
 

@@ -14,10 +14,12 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
+import keyring
 import pytest
+from keyrings.alt.file import PlaintextKeyring
 
 from mailagent import oauth
-from mailagent.config import load_settings
+from mailagent.config import OAuthSettings, load_settings
 from mailagent.errors import MailagentError
 from mailagent.mailbox import Mailbox
 from mailagent.notify import check_smtp
@@ -218,3 +220,27 @@ def test_init_oauth_loopback_flow_with_pkce(tmp_path: Path, oauth_server: OAuthS
     assert data["imap"]["host"] == "imap.gmail.com"
     assert data["oauth"]["scope"] == "https://mail.google.com/"
     assert keyring_get(env, "mailagent-oauth", "me@gmail.com").startswith("refresh-")
+
+
+def test_a_rotated_refresh_token_is_written_back_to_its_keyring_entry(
+        tmp_path: Path, oauth_server: OAuthServer) -> None:
+    backend = PlaintextKeyring()
+    backend.file_path = str(tmp_path / "keyring.cfg")
+    previous = keyring.get_keyring()
+    keyring.set_keyring(backend)
+    try:
+        keyring.set_password("mailagent-oauth", AGENT, "refresh-1")
+        oauth_server.add_refresh_token("refresh-1")
+        oauth_server.state.rotate = True  # each refresh retires the token it was given
+        settings = OAuthSettings(token_url=oauth_server.token_url, client_id=CLIENT_ID,
+                                 refresh_token="refresh-1",
+                                 refresh_token_ref=f"keyring:mailagent-oauth/{AGENT}",
+                                 refresh_margin_seconds=10_000)  # refresh at every login
+        first = oauth.access_token(settings, AGENT)
+        rotated = keyring.get_password("mailagent-oauth", AGENT)
+        second = oauth.access_token(settings, AGENT)  # refresh-1 is dead: needs the new one
+        assert (first, second) == ("access-1", "access-2")
+        assert rotated is not None and rotated != "refresh-1"
+        assert keyring.get_password("mailagent-oauth", AGENT) in oauth_server.state.refresh_tokens
+    finally:
+        keyring.set_keyring(previous)
