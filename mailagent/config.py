@@ -19,6 +19,7 @@ import platformdirs
 
 from mailagent import keystore
 from mailagent.errors import ConfigError
+from mailagent.providers import PROVIDERS
 
 SECURITY_MODES = ("ssl", "starttls", "none")
 VERIFICATION_MODES = ("authentication-results", "dkim", "none")
@@ -156,6 +157,7 @@ class Settings:
     agent: AgentSettings = AgentSettings()
     schedules: ScheduleSettings = ScheduleSettings()
     failpoint: str | None = None
+    provider: str | None = None  # a key of providers.PROVIDERS: check's hints speak of it
 
     @property
     def workspaces_dir(self) -> Path:
@@ -446,4 +448,5 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         agent=_agent(root.section("agent", required=False)),
         schedules=_schedules(root.section("schedules", required=False), base),
         failpoint=environ.get(FAILPOINT_ENV) or None,
+        provider=root.choice("provider", tuple(PROVIDERS), None) if "provider" in data else None,
     )

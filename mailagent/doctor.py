@@ -27,7 +27,8 @@ def _is_refused(exc: MailagentError) -> bool:
 
 def hints(settings: Settings, exc: MailagentError) -> list[str]:
     """What to try for this error, for the provider the IMAP host belongs to."""
-    provider = provider_for_host(settings.imap.host) or PROVIDERS["generic"]
+    provider = (PROVIDERS.get(settings.provider or "") or provider_for_host(settings.imap.host)
+                or PROVIDERS["generic"])
     if isinstance(exc, oauth.OAuthRevokedError) or "init --oauth" in str(exc):
         return [f"sign in again with `mailagent init --oauth --provider {provider.key}`: "
                 f"{OAUTH_EXPIRY}"]
@@ -39,7 +40,8 @@ def hints(settings: Settings, exc: MailagentError) -> list[str]:
             return ["the provider refused the access token: the OAuth client may lack the mail "
                     "scope; run `mailagent init --oauth` again"]
         return [provider.app_password, f"IMAP may be switched off: {provider.imap_setting}"]
-    if isinstance(exc, ConnectError) or "cannot reach" in str(exc):
+    if isinstance(exc, ConnectError) or str(exc).startswith(("cannot reach IMAP",
+                                                             "cannot reach SMTP")):
         return ["check the host name and port; the usual pairs are 993 with security = "
                 "\"ssl\" and 143 with \"starttls\" (SMTP: 465 \"ssl\", 587 \"starttls\"); a "
                 "firewall or a network that blocks mail ports gives the same error"]

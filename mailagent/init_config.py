@@ -96,7 +96,8 @@ def render_config(answers: Answers) -> str:
     """The config text; stores the secrets it refers to in the keyring on the way."""
     a = answers
     secret = _secret_lines(a)
-    head = ["# Written by `mailagent init`; every key is explained in README.md."]
+    head = ["# Written by `mailagent init`; every key is explained in README.md.",
+            f"provider = {toml_str(a.provider)}"]
     if a.data_dir:
         head.append(f"data_dir = {toml_str(a.data_dir)}")
     sections = [

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mailagent.providers import PROVIDERS
+from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
 from tests.support.model_server import ModelServer
 from tests.support.setup_cli import PASSWORD, keyring_env, keyring_get, run
@@ -162,3 +163,38 @@ def test_init_refuses_to_replace_a_config_and_a_missing_answer_writes_nothing(
         "send orders from (comma-separated)"]
     assert not other.exists()
     assert keyring_get(env, "mailagent", "me@gmail.com") == ""
+
+
+def test_check_after_init_names_the_providers_app_password_page_when_login_fails(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer,
+        model_server: ModelServer) -> None:
+    env = keyring_env(tmp_path, TEST_AGENT_PASSWORD="my-normal-password",
+                      HOME=str(tmp_path / "home"))
+    config = tmp_path / "mailagent.toml"
+    result = run(env, "init", "--non-interactive", "--config", str(config), "--provider",
+                 "gmail", "--email", "agent@example.com", "--owner", "owner@example.com",
+                 "--password-env", "TEST_AGENT_PASSWORD", "--policy-folder", "",
+                 *server_flags(dovecot, smtp_server, model_server, tmp_path))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    refused = lines.index("error: IMAP login as agent@example.com on 127.0.0.1 was refused: "
+                          "check imap.username and the password")
+    assert lines[refused + 1].startswith("hint: Gmail refuses your normal password here")
+    assert "https://myaccount.google.com/apppasswords" in lines[refused + 1]
+    assert lines[refused + 2].startswith("hint: IMAP may be switched off: Gmail settings")
+    assert "ok: keyring: keyrings.alt.file.PlaintextKeyring" in result.stdout
+    assert "ok: service: not installed (to run in the background: `mailagent service " \
+           "install`)" in result.stdout or "/etc/systemd/system/" in result.stdout
+    assert config.exists()  # kept, so only the password needs fixing
+
+
+def test_check_says_where_the_service_unit_is(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    unit = home / ".config" / "systemd" / "user" / "mailagent.service"
+    unit.parent.mkdir(parents=True)
+    unit.write_text("[Service]\nExecStart=mailagent run\n")
+    config = write_config(tmp_path, 1, 1)
+    result = run(keyring_env(tmp_path, HOME=str(home), TEST_IMAP_PASSWORD="x"), "check",
+                 "--config", str(config))
+    [line] = [x for x in result.stdout.splitlines() if x.startswith("ok: service:")]
+    assert line.startswith(f"ok: service: unit installed: {unit} (written 20")
