@@ -247,10 +247,6 @@ class OAuthDovecot(Dovecot):
             raise
         return instance
 
-    def xoauth2_logins(self) -> list[str]:
-        """Tokens Dovecot checked at the introspection endpoint, from its log."""
-        return [line for line in self.log().splitlines() if "oauth2" in line.lower()]
-
 
 class _XOAuth2Handler:
     """Records mail, and checks AUTH XOAUTH2 tokens against the OAuth server."""
