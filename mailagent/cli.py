@@ -1,4 +1,4 @@
-"""Command line: `mailagent run | check | status | policy explain | service | demo`.
+"""Command line: `mailagent init | run | check | status | policy explain | service | demo`.
 
 Commands only: each turns expected failures (MailagentError) into one readable line on stderr
 and a non-zero exit code, never a traceback. The only module that configures logging handlers.
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mailagent import __version__
+from mailagent import __version__, doctor, init_wizard, status_view
 from mailagent.config import Settings, find_config_path, load_settings
 from mailagent.demo import add_demo_parser
 from mailagent.errors import ConfigError, MailagentError, PolicyError
@@ -23,7 +23,6 @@ from mailagent.notify import check_smtp
 from mailagent.policy import Scope, explain, load_policy, protected_paths
 from mailagent.render import render_sample, template_names
 from mailagent.sandbox import find_sandbox, process_limit_kind
-from mailagent.scheduler import schedule_lines
 from mailagent.store import Store
 from mailagent.when import WhenError, read_schedules_file
 from mailagent.workspace import workspace_dir
@@ -123,7 +122,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"ok: config {settings.config_path}")
     checks: list[Callable[[Settings], str]] = [
         _check_policies, _check_commands, _check_templates, _check_schedules, _check_store,
-        _check_imap, _check_smtp, _check_model]
+        doctor.check_keyring, doctor.check_oauth, _check_imap, _check_smtp, _check_model,
+        doctor.check_service]
     failures = 0
     for check in checks:
         try:
@@ -131,6 +131,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         except MailagentError as exc:
             failures += 1
             print(f"error: {exc}")
+            for hint in doctor.hints(settings, exc):
+                print(f"hint: {hint}")
     if settings.owner.verification == "none":
         print('warning: owner.verification = "none" trusts the From header alone')
     return 1 if failures else 0
@@ -140,36 +142,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     store = Store.open(settings.database_url)
     try:
-        print("Conversations:")
-        for c in store.conversations() or []:
-            counts = ", ".join(f"{n} {state}" for state, n in sorted(c.task_counts.items()))
-            print(f"  {c.name}: {counts or 'no tasks'}")
-        print("Tasks:")
-        for t in store.tasks():
-            print(f"  #{t.task_id} [{t.conversation_name}] {t.state}: {t.subject[:60]}"
-                  f" (from {t.owner_address}, {t.created_at:%Y-%m-%d %H:%M})")
-        print("Schedules:")
-        for line in schedule_lines(store):
-            print(f"  {line}")
-        print("Waiting for your approval:")
-        for approval in store.approvals():
-            print(f"  task #{approval.task_id}: {approval.operation} "
-                  f"(until {approval.expires_at:%Y-%m-%d %H:%M} UTC)")
-        print("Outbox:")
-        for mail in store.outbox(["queued", "sending", "failed", "unknown"]):
-            error = f": {mail.last_error}" if mail.last_error else ""
-            print(f"  {mail.state} {mail.kind} to {mail.recipient}: {mail.subject[:50]}{error}")
-        print("Commands waiting:")
-        for command in store.commands():
-            if command.state == "pending":
-                print(f"  #{command.command_id} {command.name} {command.argument}".rstrip())
-        print("Recent refusals:")
-        for event in store.audit_events("intake.", limit=10):
-            if event.kind != "intake.duplicate":
-                print(f"  {event.at:%Y-%m-%d %H:%M} {event.kind}: {event.reason}")
+        snapshot = status_view.take_snapshot(store)
     finally:
         store.close()
+    if args.json:
+        status_view.print_json(snapshot)
+    elif args.plain or not sys.stdout.isatty():
+        print("\n".join(status_view.plain_lines(snapshot)))
+    else:
+        status_view.print_rich(snapshot)
     return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Ask, write the config and the starter policy, then run `check` on the result."""
+    path = init_wizard.run_init(args)
+    result = 0
+    if not args.no_check:
+        print(f"\nChecking {path}:")
+        result = cmd_check(argparse.Namespace(config=str(path)))
+    print("\nTo run mailagent in the background, install the service:\n"
+          f"  mailagent service install --config {path}\n"
+          f"or run it in the foreground:\n  mailagent run --config {path}")
+    return result
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
@@ -197,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--config", help="config file (default: $MAILAGENT_CONFIG, "
                              "then the user config dir)")
         command.set_defaults(func=func)
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="JSON with stable keys")
+            command.add_argument("--plain", action="store_true", help="lines, not tables")
+    init = sub.add_parser("init", help="connect a mailbox: write a config and a starter policy")
+    init_wizard.add_arguments(init)
+    init.set_defaults(func=cmd_init)
     policy = sub.add_parser("policy", help="inspect the policy files")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)
     explain_parser = policy_sub.add_parser(

@@ -17,12 +17,28 @@ from typing import Any
 
 import platformdirs
 
+from mailagent import keystore
 from mailagent.errors import ConfigError
+from mailagent.providers import PROVIDERS
 
 SECURITY_MODES = ("ssl", "starttls", "none")
 VERIFICATION_MODES = ("authentication-results", "dkim", "none")
 CONFIG_ENV = "MAILAGENT_CONFIG"
 FAILPOINT_ENV = "MAILAGENT_FAILPOINT"
+
+
+@dataclass(frozen=True)
+class OAuthSettings:
+    """XOAUTH2 for IMAP and SMTP: a refresh token traded for short-lived access tokens."""
+
+    token_url: str
+    client_id: str
+    refresh_token: str
+    refresh_token_ref: str | None = None  # keyring:... where a rotated refresh token goes
+    client_secret: str | None = None
+    scope: str = ""
+    refresh_margin_seconds: float = 300.0  # an access token this close to expiry is renewed
+    timeout_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +56,7 @@ class ImapSettings:
     done_keyword: str = "$MailagentDone"
     ca_file: str | None = None
     sent_folder: str | None = None
+    oauth: OAuthSettings | None = None  # log in with XOAUTH2 instead of the password
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,7 @@ class SmtpSettings:
     max_attachment_bytes: int = 15 * 1024 * 1024
     save_copy: bool = False  # append each sent mail to imap.sent_folder
     send_receipts: bool = False  # a short "got it" reply when a task is queued
+    oauth: OAuthSettings | None = None  # log in with XOAUTH2 instead of the password
 
 
 @dataclass(frozen=True)
@@ -147,6 +165,7 @@ class Settings:
     schedules: ScheduleSettings = ScheduleSettings()
     failpoint: str | None = None
     service: ServiceSettings = ServiceSettings()
+    provider: str | None = None  # a key of providers.PROVIDERS: check's hints speak of it
 
     @property
     def workspaces_dir(self) -> Path:
@@ -193,9 +212,10 @@ class _Section:
         return tuple(values)
 
     def secret(self, key: str, environ: Mapping[str, str], required: bool = True) -> str | None:
-        """A secret given inline as `key` or through the variable named by `key_env`."""
+        """A secret given inline as `key` (or as a `keyring:` reference there) or through the
+        variable named by `key_env`."""
         if key in self.data:
-            return str(self.get(key, str))
+            return self.resolve(key, str(self.get(key, str)))
         env_key = f"{key}_env"
         if env_key in self.data:
             name = self.get(env_key, str)
@@ -210,6 +230,15 @@ class _Section:
         if required:
             raise self._fail(key, "is missing", f"set {self.prefix}{key} or {self.prefix}{env_key}")
         return None
+
+    def resolve(self, key: str, value: str) -> str:
+        """The secret itself when `value` is a `keyring:SERVICE/USER` reference."""
+        if not keystore.is_reference(value):
+            return value
+        try:
+            return keystore.read_secret(value)
+        except keystore.SecretStoreError as exc:
+            raise ConfigError(f"{self.prefix}{key} in {self.path}: {exc}") from None
 
     def section(self, key: str, required: bool = True) -> _Section:
         value = self.data.get(key)
@@ -226,14 +255,31 @@ def _default_port(security: str, ssl: int, starttls: int, plain: int) -> int:
     return {"ssl": ssl, "starttls": starttls, "none": plain}[security]
 
 
-def _imap(s: _Section, environ: Mapping[str, str]) -> ImapSettings:
+def _oauth(s: _Section | None, environ: Mapping[str, str]) -> OAuthSettings | None:
+    if s is None:
+        return None
+    ref = s.get("refresh_token", str, None)
+    return OAuthSettings(
+        token_url=s.get("token_url", str),
+        client_id=s.get("client_id", str),
+        refresh_token=s.secret("refresh_token", environ) or "",
+        refresh_token_ref=ref if ref and keystore.is_reference(ref) else None,
+        client_secret=s.secret("client_secret", environ, required=False),
+        scope=s.get("scope", str, ""),
+        refresh_margin_seconds=s.positive("refresh_margin_seconds", float, 300.0),
+        timeout_seconds=s.positive("timeout_seconds", float, 30.0),
+    )
+
+
+def _imap(s: _Section, environ: Mapping[str, str],
+          oauth: OAuthSettings | None = None) -> ImapSettings:
     security = s.choice("security", SECURITY_MODES, "ssl")
     return ImapSettings(
         host=s.get("host", str),
         port=s.get("port", int, _default_port(security, 993, 143, 143)),
         security=security,
         username=s.get("username", str),
-        password=s.secret("password", environ) or "",
+        password=s.secret("password", environ, required=oauth is None) or "",
         folder=s.get("folder", str, "INBOX"),
         timeout_seconds=s.positive("timeout_seconds", float, 30.0),
         idle_renew_seconds=s.positive("idle_renew_seconds", float, 300.0),
@@ -242,10 +288,12 @@ def _imap(s: _Section, environ: Mapping[str, str]) -> ImapSettings:
         done_keyword=s.get("done_keyword", str, "$MailagentDone"),
         ca_file=s.get("ca_file", str, None),
         sent_folder=s.get("sent_folder", str, None),
+        oauth=oauth,
     )
 
 
-def _smtp(s: _Section, environ: Mapping[str, str]) -> SmtpSettings:
+def _smtp(s: _Section, environ: Mapping[str, str],
+          oauth: OAuthSettings | None = None) -> SmtpSettings:
     security = s.choice("security", SECURITY_MODES, "ssl")
     username = s.get("username", str, None)
     return SmtpSettings(
@@ -254,12 +302,14 @@ def _smtp(s: _Section, environ: Mapping[str, str]) -> SmtpSettings:
         security=security,
         from_address=s.get("from", str),
         username=username,
-        password=s.secret("password", environ, required=username is not None),
+        password=s.secret("password", environ,
+                          required=username is not None and oauth is None),
         timeout_seconds=s.positive("timeout_seconds", float, 30.0),
         ca_file=s.get("ca_file", str, None),
         max_attachment_bytes=s.positive("max_attachment_bytes", int, 15 * 1024 * 1024),
         save_copy=s.get("save_copy", bool, False),
         send_receipts=s.get("send_receipts", bool, False),
+        oauth=oauth if username is not None else None,
     )
 
 
@@ -319,7 +369,8 @@ def _schedules(s: _Section, base: Path) -> ScheduleSettings:
 
 def _model(s: _Section, environ: Mapping[str, str]) -> ModelSettings:
     key_env = s.get("api_key_env", str, "ANTHROPIC_API_KEY")
-    api_key = s.get("api_key", str, None) or environ.get(key_env) or None
+    api_key = s.get("api_key", str, None)
+    api_key = (s.resolve("api_key", api_key) if api_key else None) or environ.get(key_env) or None
     d = ModelSettings()
     return ModelSettings(
         name=s.get("name", str, d.name),
@@ -365,6 +416,10 @@ def model_access(environ: Mapping[str, str] | None = None) -> tuple[str | None, 
     ANTHROPIC_BASE_URL), for commands that write a config rather than read one."""
     environ = os.environ if environ is None else environ
     return environ.get("ANTHROPIC_API_KEY") or None, environ.get("ANTHROPIC_BASE_URL") or None
+def env_value(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """One environment variable (e.g. the one `mailagent init --password-env` names)."""
+    environ = os.environ if environ is None else environ
+    return environ.get(name) or None
 
 
 def find_config_path(given: str | None, environ: Mapping[str, str] | None = None) -> Path:
@@ -396,13 +451,14 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         root.get("data_dir", str, platformdirs.user_data_dir("mailagent")), base
     ).resolve()
     database_url = root.get("database_url", str, f"sqlite:///{data_dir / 'mailagent.db'}")
+    oauth = _oauth(root.section("oauth") if "oauth" in data else None, environ)
     return Settings(
         config_path=path.resolve(),
         data_dir=data_dir,
         policies_dir=_path(root.get("policies_dir", str, "policies"), base).resolve(),
         database_url=database_url,
-        imap=_imap(root.section("imap"), environ),
-        smtp=_smtp(root.section("smtp"), environ),
+        imap=_imap(root.section("imap"), environ, oauth),
+        smtp=_smtp(root.section("smtp"), environ, oauth),
         owner=_owner(root.section("owner"), environ),
         model=_model(root.section("model", required=False), environ),
         limits=_limits(root.section("limits", required=False)),
@@ -410,4 +466,5 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         schedules=_schedules(root.section("schedules", required=False), base),
         failpoint=environ.get(FAILPOINT_ENV) or None,
         service=_service(root.section("service", required=False)),
+        provider=root.choice("provider", tuple(PROVIDERS), None) if "provider" in data else None,
     )

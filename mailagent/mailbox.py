@@ -27,7 +27,7 @@ import imapclient
 from imapclient.exceptions import IMAPClientError
 from imapclient.exceptions import LoginError as ImapLoginError
 
-from mailagent import __version__
+from mailagent import __version__, oauth
 from mailagent.config import ImapSettings
 from mailagent.errors import (
     ConnectError,
@@ -116,7 +116,10 @@ class Mailbox:
                     raise ConnectError(f"IMAP server {s.host}:{s.port} does not offer STARTTLS: "
                                        "refusing to log in in clear; use imap.security = \"ssl\"")
                 client.starttls(_ssl_context(s.ca_file))
-            client.login(s.username, s.password)
+            if s.oauth is not None:
+                _oauth2_login(client, s)
+            else:
+                client.login(s.username, s.password)
         except ImapLoginError as exc:
             raise LoginError(f"IMAP login as {s.username} on {s.host} was refused: check "
                              "imap.username and the password") from exc
@@ -234,6 +237,18 @@ class Mailbox:
         untagged = self.client._imap.untagged_responses
         exists, recent = untagged.pop("EXISTS", None), untagged.pop("RECENT", None)
         return bool(exists or recent)
+
+
+def _oauth2_login(client: imapclient.IMAPClient, s: ImapSettings) -> None:
+    """AUTHENTICATE XOAUTH2 with a fresh access token; a refusal names what to do."""
+    assert s.oauth is not None
+    token = oauth.access_token(s.oauth, s.username)
+    try:
+        client.oauth2_login(s.username, token)
+    except ImapLoginError as exc:
+        raise LoginError(f"IMAP XOAUTH2 login as {s.username} on {s.host} was refused: the "
+                         "access token was not accepted; check imap.username, or run "
+                         "`mailagent init --oauth` again") from exc
 
 
 def _clock_jumped(wall_start: float, mono_start: float) -> bool:

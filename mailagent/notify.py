@@ -28,6 +28,7 @@ from typing import Any
 
 import aiosmtplib
 
+from mailagent import oauth
 from mailagent.config import SmtpSettings
 from mailagent.content import clean_header
 from mailagent.errors import MailagentError
@@ -140,12 +141,19 @@ async def _connect(settings: SmtpSettings) -> aiosmtplib.SMTP:
     where = f"{settings.host}:{settings.port}"
     try:
         await client.connect()
-        if settings.username is not None:
+        if settings.username is not None and settings.oauth is not None:
+            token = await asyncio.to_thread(oauth.access_token, settings.oauth, settings.username)
+            await client.auth_xoauth2(settings.username, token)
+        elif settings.username is not None:
             await client.login(settings.username, settings.password or "")
     except aiosmtplib.SMTPAuthenticationError as exc:
         client.close()
+        what = "run `mailagent init --oauth` again" if settings.oauth else "the password"
         raise SmtpError(f"SMTP login as {settings.username} on {where} was refused: check "
-                        "smtp.username and the password") from exc
+                        f"smtp.username and {what}") from exc
+    except oauth.OAuthError as exc:
+        client.close()
+        raise SmtpError(str(exc)) from exc
     except (aiosmtplib.SMTPException, OSError) as exc:
         client.close()
         raise SmtpError(f"cannot reach SMTP server {where} ({exc}): check smtp.host, "

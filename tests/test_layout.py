@@ -25,6 +25,9 @@ SEAMS = {
     "aiosmtpd": {"demo_mail.py"},
     "pymap": {"demo_mail.py"},
     "proxyprotocol": {"demo_mail.py"},
+    "keyring": {"keystore.py"},
+    "httpx": {"oauth.py"},
+    "rich": {"status_view.py"},
 }
 
 

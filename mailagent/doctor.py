@@ -1,0 +1,83 @@
+"""`mailagent check` as a doctor: what usually went wrong, said for the owner's provider.
+
+In: settings and the error a check raised. Out: `hint:` lines naming the provider's own page
+or setting (app passwords, IMAP switched off, an OAuth token revoked), and extra checks: the
+keyring, the OAuth token endpoint, and whether a service unit is installed. Reads files only.
+It must never print a secret.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from mailagent import keystore, oauth
+from mailagent.config import Settings
+from mailagent.errors import ConnectError, LoginError, MailagentError
+from mailagent.providers import PROVIDERS, provider_for_host
+
+OAUTH_EXPIRY = ("Google expires refresh tokens after 7 days while the OAuth consent screen is "
+                "in testing, and both Google and Microsoft revoke them after a password change "
+                "or when access is removed in the account's security page")
+
+
+def _is_refused(exc: MailagentError) -> bool:
+    return isinstance(exc, LoginError) or ("login" in str(exc) and "refused" in str(exc))
+
+
+def hints(settings: Settings, exc: MailagentError) -> list[str]:
+    """What to try for this error, for the provider the IMAP host belongs to."""
+    provider = (PROVIDERS.get(settings.provider or "") or provider_for_host(settings.imap.host)
+                or PROVIDERS["generic"])
+    if isinstance(exc, oauth.OAuthRevokedError) or "init --oauth" in str(exc):
+        return [f"sign in again with `mailagent init --oauth --provider {provider.key}`: "
+                f"{OAUTH_EXPIRY}"]
+    if isinstance(exc, oauth.OAuthError):
+        return ["the OAuth token endpoint could not be reached: check oauth.token_url and the "
+                "network; mailagent retries by itself when running"]
+    if _is_refused(exc):
+        if settings.imap.oauth is not None:
+            return ["the provider refused the access token: the OAuth client may lack the mail "
+                    "scope; run `mailagent init --oauth` again"]
+        return [provider.app_password, f"IMAP may be switched off: {provider.imap_setting}"]
+    if isinstance(exc, ConnectError) or str(exc).startswith(("cannot reach IMAP",
+                                                             "cannot reach SMTP")):
+        return ["check the host name and port; the usual pairs are 993 with security = "
+                "\"ssl\" and 143 with \"starttls\" (SMTP: 465 \"ssl\", 587 \"starttls\"); a "
+                "firewall or a network that blocks mail ports gives the same error"]
+    return []
+
+
+def check_keyring(settings: Settings) -> str:
+    """Which keyring backend holds the secrets, or that none is usable (then say so)."""
+    if keystore.is_available():
+        return f"keyring: {keystore.backend_name()}"
+    return "keyring: none usable (secrets must come from password_env or the config)"
+
+
+def check_oauth(settings: Settings) -> str:
+    """Trade the refresh token for an access token now, so a revoked one shows here."""
+    if settings.imap.oauth is None:
+        return "login: password"
+    token_url = settings.imap.oauth.token_url
+    oauth.access_token(settings.imap.oauth, settings.imap.username)
+    return f"OAuth2: access token from {token_url} (refreshed before it expires)"
+
+
+def unit_files(home: Path | None = None) -> list[Path]:
+    """Service definitions for mailagent: systemd user units and launchd agents."""
+    home = Path.home() if home is None else home
+    places = [(home / ".config" / "systemd" / "user", "mailagent*.service"),
+              (Path("/etc/systemd/system"), "mailagent*.service"),
+              (home / "Library" / "LaunchAgents", "*mailagent*.plist")]
+    return sorted(f for folder, pattern in places if folder.is_dir()
+                  for f in folder.glob(pattern))
+
+
+def check_service(settings: Settings) -> str:
+    units = unit_files()
+    if not units:
+        return "service: not installed (to run in the background: `mailagent service install`)"
+    ages = ", ".join(f"{u} (written {time.strftime('%Y-%m-%d', time.localtime(u.stat().st_mtime))})"
+                     for u in units)
+    return f"service: unit installed: {ages}"

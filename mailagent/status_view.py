@@ -1,0 +1,152 @@
+"""`mailagent status` in three forms: rich tables on a terminal, plain lines, and JSON.
+
+In: an open `Store`. Out: text on stdout. The JSON keys are a stable interface for scripts:
+`conversations`, `tasks`, `schedules`, `approvals`, `outbox`, `commands`, `refusals`, each a
+list of objects, times in ISO 8601 UTC. Plain lines (the form when stdout is not a terminal)
+keep the wording scripts already grep for. Reads only; never shows a mail body or a secret.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from mailagent.scheduler import schedule_lines
+from mailagent.store import Store
+from mailagent.store.views import (
+    ApprovalView,
+    AuditView,
+    CommandView,
+    ConversationView,
+    OutboxView,
+    ScheduleView,
+    TaskView,
+)
+from mailagent.when import local_text
+
+OUTBOX_STATES = ["queued", "sending", "failed", "unknown"]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    conversations: list[ConversationView]
+    tasks: list[TaskView]
+    schedules: list[tuple[ScheduleView, str]]
+    approvals: list[ApprovalView]
+    outbox: list[OutboxView]
+    commands: list[CommandView]
+    refusals: list[AuditView]
+
+
+def take_snapshot(store: Store) -> Snapshot:
+    return Snapshot(
+        conversations=store.conversations() or [], tasks=store.tasks(),
+        schedules=list(zip(store.schedules(), schedule_lines(store), strict=True)),
+        approvals=store.approvals(), outbox=store.outbox(OUTBOX_STATES),
+        commands=[c for c in store.commands() if c.state == "pending"],
+        refusals=[e for e in store.audit_events("intake.", limit=10)
+                  if e.kind != "intake.duplicate"])
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
+def as_json(snap: Snapshot) -> dict[str, list[dict[str, Any]]]:
+    """The stable JSON form (see the module docstring)."""
+    return {
+        "conversations": [{"name": c.name, "task_counts": dict(sorted(c.task_counts.items()))}
+                          for c in snap.conversations],
+        "tasks": [{"task_id": t.task_id, "conversation": t.conversation_name, "state": t.state,
+                   "subject": t.subject, "owner": t.owner_address,
+                   "created_at": _iso(t.created_at), "reason": t.reason} for t in snap.tasks],
+        "schedules": [{"schedule_id": s.schedule_id, "conversation": s.conversation_name,
+                       "when": s.when_text, "timezone": s.timezone, "state": s.state,
+                       "reason": s.reason, "next_run_at": _iso(s.next_run_at),
+                       "task": s.task_text, "text": line} for s, line in snap.schedules],
+        "approvals": [{"task_id": a.task_id, "operation": a.operation,
+                       "expires_at": _iso(a.expires_at)} for a in snap.approvals],
+        "outbox": [{"state": m.state, "kind": m.kind, "recipient": m.recipient,
+                    "subject": m.subject, "attempts": m.attempts, "last_error": m.last_error}
+                   for m in snap.outbox],
+        "commands": [{"command_id": c.command_id, "name": c.name, "argument": c.argument,
+                      "conversation": c.conversation_name} for c in snap.commands],
+        "refusals": [{"at": _iso(e.at), "kind": e.kind, "reason": e.reason}
+                     for e in snap.refusals],
+    }
+
+
+def print_json(snap: Snapshot) -> None:
+    print(json.dumps(as_json(snap), indent=2, ensure_ascii=False))
+
+
+def plain_lines(snap: Snapshot) -> list[str]:
+    """One fact per line, under a heading per kind."""
+    lines = ["Conversations:"]
+    for c in snap.conversations:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(c.task_counts.items()))
+        lines.append(f"  {c.name}: {counts or 'no tasks'}")
+    lines.append("Tasks:")
+    lines += [f"  #{t.task_id} [{t.conversation_name}] {t.state}: {t.subject[:60]}"
+              f" (from {t.owner_address}, {t.created_at:%Y-%m-%d %H:%M})" for t in snap.tasks]
+    lines.append("Schedules:")
+    lines += [f"  {line}" for _, line in snap.schedules]
+    lines.append("Waiting for your approval:")
+    lines += [f"  task #{a.task_id}: {a.operation} (until {a.expires_at:%Y-%m-%d %H:%M} UTC)"
+              for a in snap.approvals]
+    lines.append("Outbox:")
+    for m in snap.outbox:
+        error = f": {m.last_error}" if m.last_error else ""
+        lines.append(f"  {m.state} {m.kind} to {m.recipient}: {m.subject[:50]}{error}")
+    lines.append("Commands waiting:")
+    lines += [f"  #{c.command_id} {c.name} {c.argument}".rstrip() for c in snap.commands]
+    lines.append("Recent refusals:")
+    lines += [f"  {e.at:%Y-%m-%d %H:%M} {e.kind}: {e.reason}" for e in snap.refusals]
+    return lines
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title, title_justify="left", expand=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))  # Text: mail subjects are not markup
+    if not rows:
+        table.add_row(*(["(none)"] + [""] * (len(columns) - 1)))
+    return table
+
+
+def _schedule_state(s: ScheduleView) -> str:
+    if s.state != "active":
+        return f"{s.state} ({s.reason})"
+    return f"active, next run {local_text(s.next_run_at, ZoneInfo(s.timezone))}"
+
+
+def print_rich(snap: Snapshot, console: Console | None = None) -> None:
+    """Tables for a person at a terminal."""
+    console = console or Console()
+    console.print(_table("Conversations", ["conversation", "tasks"], [
+        [c.name, ", ".join(f"{n} {s}" for s, n in sorted(c.task_counts.items())) or "no tasks"]
+        for c in snap.conversations]))
+    console.print(_table("Tasks", ["#", "conversation", "state", "subject", "from", "created"], [
+        [str(t.task_id), t.conversation_name, t.state, t.subject[:60], t.owner_address,
+         f"{t.created_at:%Y-%m-%d %H:%M}"] for t in snap.tasks]))
+    console.print(_table("Schedules", ["#", "conversation", "when", "state", "task"], [
+        [str(s.schedule_id), s.conversation_name, f"{s.when_text} ({s.timezone})",
+         _schedule_state(s), s.task_text] for s, _ in snap.schedules]))
+    console.print(_table("Waiting for your approval", ["task", "operation", "until (UTC)"], [
+        [f"#{a.task_id}", a.operation, f"{a.expires_at:%Y-%m-%d %H:%M}"]
+        for a in snap.approvals]))
+    console.print(_table("Outbox", ["state", "kind", "to", "subject", "error"], [
+        [m.state, m.kind, m.recipient, m.subject[:50], m.last_error] for m in snap.outbox]))
+    console.print(_table("Commands waiting", ["#", "command", "argument"], [
+        [str(c.command_id), c.name, c.argument] for c in snap.commands]))
+    console.print(_table("Recent refusals", ["when", "kind", "reason"], [
+        [f"{e.at:%Y-%m-%d %H:%M}", e.kind, e.reason] for e in snap.refusals]))

@@ -1,0 +1,96 @@
+"""`mailagent status` for scripts (`--json`, stable keys) and for people (tables on a terminal)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.config import write_config
+from tests.support.dovecot import Dovecot
+from tests.support.mail import owner_mail
+from tests.support.model_server import ModelServer
+from tests.support.service import ServiceProcess, wait_until
+
+KEYS = {"conversations", "tasks", "schedules", "approvals", "outbox", "commands", "refusals"}
+
+
+@pytest.fixture
+def served(tmp_path: Path, dovecot: Dovecot, model_server: ModelServer
+           ) -> Iterator[ServiceProcess]:
+    """A service that has done one owner task and refused one stranger's mail, then stopped."""
+    service = ServiceProcess(write_config(tmp_path, dovecot.imap_port, 1,
+                                          model_url=model_server.base_url))
+    dovecot.append(owner_mail("[home] fix the boiler schedule"))
+    dovecot.append(owner_mail("hi", sender="Stranger <stranger@example.net>"))
+    service.start()
+    try:
+        store = service.store()
+        wait_until(lambda: len(store.raw_outcomes()) == 2
+                   and [t.state for t in store.tasks()] == ["done"], 20, "intake and the task")
+    finally:
+        service.stop()
+    yield service
+
+
+def test_status_json_has_the_stable_keys(served: ServiceProcess) -> None:
+    result = subprocess.run([sys.executable, "-m", "mailagent", "status", "--json", "--config",
+                             str(served.config_path)], capture_output=True, text=True,
+                            env=served.env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert set(data) == KEYS
+    assert data["conversations"] == [{"name": "home", "task_counts": {"done": 1}}]
+    [task] = data["tasks"]
+    assert set(task) == {"task_id", "conversation", "state", "subject", "owner", "created_at",
+                         "reason"}
+    assert (task["conversation"], task["state"], task["subject"], task["owner"]) == \
+        ("home", "done", "[home] fix the boiler schedule", "owner@example.com")
+    assert task["created_at"].startswith("20")
+    refusals = [(r["kind"], r["reason"]) for r in data["refusals"]]
+    assert ("intake.unauthenticated", "sender is not an owner address") in refusals
+    assert data["schedules"] == [] and data["approvals"] == [] and data["commands"] == []
+
+
+def read_terminal(command: list[str], env: dict[str, str]) -> str:
+    """Run `command` with its stdout on a pseudo-terminal, as in a person's shell."""
+    master, slave = pty.openpty()
+    process = subprocess.Popen(command, stdout=slave, stderr=subprocess.DEVNULL, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert process.wait(60) == 0
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def test_status_on_a_terminal_is_tables_with_the_same_facts(served: ServiceProcess) -> None:
+    env = {**served.env, "COLUMNS": "160", "NO_COLOR": "1", "TERM": "xterm"}
+    text = read_terminal([sys.executable, "-m", "mailagent", "status", "--config",
+                          str(served.config_path)], env)
+    for title in ("Conversations", "Tasks", "Schedules", "Waiting for your approval", "Outbox",
+                  "Commands waiting", "Recent refusals"):
+        assert title in text
+    assert "│" in text or "┃" in text  # drawn as tables, not lines
+    rows = [line for line in text.splitlines() if "home" in line]
+    assert any("1 done" in row for row in rows)
+    assert any("[home] fix the boiler schedule" in row and "owner@example.com" in row
+               for row in rows)
+    assert "intake.unauthenticated" in text and "sender is not an owner address" in text
