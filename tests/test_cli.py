@@ -160,12 +160,12 @@ def test_status_lists_conversations_tasks_and_refusals(tmp_path: Path, dovecot: 
                                           model_url=model_server.base_url))
     dovecot.append(owner_mail("[home] fix the boiler schedule"))
     dovecot.append(owner_mail("hi", sender="Stranger <stranger@example.net>"))
-    service.start()
+    service.start().wait_connected()
     try:
         store = service.store()
         wait_until(lambda: len(store.raw_outcomes()) == 2
                    and all(s == "processed" for _, s, _, _ in store.raw_outcomes())
-                   and [t.state for t in store.tasks()] == ["done"], 10, "intake and the task")
+                   and [t.state for t in store.tasks()] == ["done"], 20, "intake and the task")
     finally:
         service.stop()
     result = mailagent("status", "--config", str(service.config_path))
