@@ -92,6 +92,24 @@ def _check_commands(settings: Settings) -> str:
                          f"{sandbox.detail}")
 
 
+def _check_connectors(settings: Settings) -> str:
+    """Each MCP server of the policy: started once, its tools listed with their decisions."""
+    try:
+        rules = load_policy(settings.policies_dir).mcp
+    except PolicyError:
+        return "MCP servers: checked once the policy error above is fixed"
+    if not rules:
+        return "MCP servers: none (no [mcp.<server>] table in the policies)"
+    from mailagent.connectors import check_servers  # the MCP SDK takes seconds to import
+
+    lines, errors = check_servers(rules)
+    if errors:
+        for line in lines:
+            print(f"ok: {line}" if not line.startswith(" ") else line)
+        raise MailagentError("\nerror: ".join(errors))
+    return "\n".join(lines)
+
+
 def _check_templates(settings: Settings) -> str:
     names = [n for n in template_names() if n.endswith(".j2")]
     for name in names:
@@ -121,7 +139,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"ok: config {settings.config_path}")
     checks: list[Callable[[Settings], str]] = [
         _check_policies, _check_commands, _check_templates, _check_schedules, _check_store,
-        _check_imap, _check_smtp, _check_model]
+        _check_connectors, _check_imap, _check_smtp, _check_model]
     failures = 0
     for check in checks:
         try:
@@ -161,6 +179,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         for command in store.commands():
             if command.state == "pending":
                 print(f"  #{command.command_id} {command.name} {command.argument}".rstrip())
+        print("Connectors (MCP):")
+        latest: dict[str, str] = {}
+        for event in store.audit_events("mcp.server", limit=200):
+            latest.setdefault(str(event.detail.get("server")),
+                              f"{event.reason} ({event.at:%Y-%m-%d %H:%M} UTC)")
+        for _server, line in sorted(latest.items()):
+            print(f"  {line}")
         print("Recent refusals:")
         for event in store.audit_events("intake.", limit=10):
             if event.kind != "intake.duplicate":
