@@ -34,8 +34,8 @@ from mailagent.tools.files import ToolError
 
 log = logging.getLogger(__name__)
 
-HEALTH_SECONDS = 5.0  # how often an idle server is pinged, to notice one that died
-PING_TIMEOUT = 5.0
+HEALTH_SECONDS = 5.0  # how often an idle server's tools are listed, to notice one that died
+PING_TIMEOUT = 5.0  # (the protocol's ping is gone from its 2026 revision; listing works in all)
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 300.0
 STABLE_SECONDS = 60.0  # a server that ran this long starts its backoff afresh after a stop
@@ -84,7 +84,7 @@ async def list_all_tools(client: Client) -> dict[str, Tool]:
     tools: dict[str, Tool] = {}
     cursor: str | None = None
     for _ in range(50):  # a server that pages forever is cut off, not waited for
-        page = await client.list_tools(cursor=cursor)
+        page = await client.list_tools(cursor=cursor, cache_mode="bypass")
         tools.update((tool.name, tool) for tool in page.tools)
         cursor = page.next_cursor
         if not cursor:
@@ -134,8 +134,8 @@ class Connectors:
         start find their tools; a server slower than `timeout` is not waited for."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.stopping.is_set() or self.loop is not None and all(
-                    s.state != "starting" for s in self.servers.values()):
+            if self.stopping.is_set() or (self.loop is not None and all(
+                    s.state != "starting" for s in self.servers.values())):
                 return
             await asyncio.sleep(0.1)
 
@@ -210,8 +210,9 @@ class Connectors:
                 await asyncio.wait_for(server.dead.wait(), HEALTH_SECONDS)
             if server.dead.is_set():
                 return server.error or "it stopped answering"
-            try:
-                await asyncio.wait_for(client.send_ping(), PING_TIMEOUT)
+            try:  # also picks up tools the server added or dropped
+                async with asyncio.timeout(PING_TIMEOUT):
+                    server.tools = await list_all_tools(client)
             except Exception as exc:
                 return f"it stopped answering ({describe_error(exc)})"
 
@@ -283,7 +284,8 @@ class Connectors:
     @staticmethod
     async def answers(client: Client) -> bool:
         try:
-            await asyncio.wait_for(client.send_ping(), PING_TIMEOUT)
+            async with asyncio.timeout(PING_TIMEOUT):
+                await client.list_tools(cache_mode="bypass")
         except Exception:
             return False
         return True
