@@ -231,10 +231,10 @@ def _tools(server: str, table: object, fail: Any) -> tuple[tuple[str, Verdict], 
     for tool, verdict in table.items():
         if not TOOL_NAME.match(tool) or len(exposed_name(server, tool)) > MAX_EXPOSED_NAME:
             raise fail(f"tool name {tool!r} must be letters, digits, '_' and '-', and "
-                       f"mcp__{server}__{tool} at most {MAX_EXPOSED_NAME} characters", "tools")
+                       f"mcp__{server}__{tool} at most {MAX_EXPOSED_NAME} characters", tool)
         if verdict not in VERDICTS:
             raise fail(f'tools.{tool} = {verdict!r} is not one of "allow" | "ask" | "deny"',
-                       "tools")
+                       tool)
         pairs.append((tool, verdict))
     return tuple(pairs)
 
