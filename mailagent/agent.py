@@ -20,13 +20,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anthropic
+from anthropic import beta_tool
 
 from mailagent.config import AgentSettings, ModelSettings
 from mailagent.content import fence
 from mailagent.errors import ModelError
 from mailagent.failpoints import failpoint
 from mailagent.store import HistoryItem, Store, TaskWork, Usage
-from mailagent.tools import as_tool
 from mailagent.tools.files import Judged, ToolError
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,10 @@ def estimate_tokens(value: Any) -> int:
 
 
 def tool_definitions(tools: dict[str, Callable[..., str]]) -> list[dict[str, Any]]:
-    """Schemas from the tools' signatures and docstrings, in a stable order, last one cached."""
-    definitions = [dict(as_tool(tools[name]).to_dict()) for name in sorted(tools)]
+    """Schemas from the tools' signatures and docstrings (or the `tool_spec` an MCP tool
+    carries), in a stable order, last one cached."""
+    definitions = [dict(beta_tool(tools[name], **getattr(tools[name], "tool_spec", {}))
+                        .to_dict()) for name in sorted(tools)]
     if definitions:
         definitions[-1]["cache_control"] = {"type": "ephemeral"}
     return definitions
@@ -351,7 +353,8 @@ class Agent:
         def call() -> str:
             ctx.set_approved(approved)
             try:
-                return str(as_tool(function).call(tool_input))
+                spec = getattr(function, "tool_spec", {})  # MCP tools: the server's schema
+                return str(beta_tool(function, **spec).call(tool_input))
             finally:
                 ctx.set_approved(False)
 

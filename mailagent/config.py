@@ -348,6 +348,11 @@ def _path(value: str, base: Path) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
+def environment() -> Mapping[str, str]:
+    """mailagent's own environment, where secrets given by reference (`env:NAME`) are read."""
+    return os.environ
+
+
 def find_config_path(given: str | None, environ: Mapping[str, str] | None = None) -> Path:
     """The config path from the command line, else $MAILAGENT_CONFIG, else the user's config dir."""
     environ = os.environ if environ is None else environ

@@ -13,7 +13,6 @@ let a tool name be read two ways (server names hold no `__`, the separator of ex
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -277,13 +276,10 @@ def _value(value: str, where: str, environ: Mapping[str, str]) -> str:
     return environ[name]
 
 
-def server_env(rule: McpServerRule, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+def server_env(rule: McpServerRule, environ: Mapping[str, str]) -> dict[str, str]:
     """The extra environment of a stdio server (the SDK adds only PATH, HOME and the like)."""
-    environ = os.environ if environ is None else environ
     return {k: _value(v, f"[mcp.{rule.name}] env.{k}", environ) for k, v in rule.env}
 
 
-def server_headers(rule: McpServerRule,
-                   environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    environ = os.environ if environ is None else environ
+def server_headers(rule: McpServerRule, environ: Mapping[str, str]) -> dict[str, str]:
     return {k: _value(v, f"[mcp.{rule.name}] headers.{k}", environ) for k, v in rule.headers}

@@ -16,21 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx2
-from mcp import Client, StdioServerParameters
-from mcp.client.streamable_http import streamable_http_client
-from mcp.types import CallToolResult, Tool
-
+from mailagent.config import environment
 from mailagent.connector_rules import McpServerRule, exposed_name, server_env, server_headers
 from mailagent.errors import MailagentError
 from mailagent.tools.files import ToolError
+
+if TYPE_CHECKING:  # the SDK takes seconds to import: only where a server is configured
+    from mcp import Client
+    from mcp.types import CallToolResult, Tool
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,43 @@ BACKOFF_MAX = 300.0
 STABLE_SECONDS = 60.0  # a server that ran this long starts its backoff afresh after a stop
 MAIL_EVERY_SECONDS = 600.0  # at most one mail per server in this time
 SYNC_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Offered:
+    """A tool the model may be offered: the server's own name, description and schema."""
+
+    rule: McpServerRule
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a call gave: its text (only text is passed on) and whether the tool failed."""
+
+    text: str
+    is_error: bool
+
+
+def result_text(result: CallToolResult) -> str:
+    """Text blocks and text resources as they are; other content named, not passed on (the
+    anthropic SDK's MCP helpers convert the same way, but its images need not reach a mail)."""
+    from mcp.types import EmbeddedResource, TextContent, TextResourceContents
+
+    parts: list[str] = []
+    for block in result.content:
+        if isinstance(block, TextContent):
+            parts.append(block.text)
+        elif isinstance(block, EmbeddedResource) and isinstance(block.resource,
+                                                                TextResourceContents):
+            parts.append(block.resource.text)
+        else:
+            parts.append(f"[{block.type} content left out: only text is passed on]")
+    if not result.content and result.structured_content is not None:
+        parts.append(json.dumps(result.structured_content, ensure_ascii=False))
+    return "\n".join(parts)
 
 
 @dataclass
@@ -60,13 +98,17 @@ class Server:
 
 def make_client(rule: McpServerRule) -> Client:
     """An `mcp.Client` for the rule: a child process over stdio, or streamable HTTP."""
+    import httpx2
+    from mcp import Client, StdioServerParameters
+    from mcp.client.streamable_http import streamable_http_client
+
     if rule.command:
         cwd = os.path.expanduser(rule.cwd) if rule.cwd else None
         params = StdioServerParameters(command=rule.command, args=list(rule.args),
-                                       env=server_env(rule), cwd=cwd)
+                                       env=server_env(rule, environment()), cwd=cwd)
         return Client(params, read_timeout_seconds=rule.timeout_seconds)
     assert rule.url is not None
-    http = httpx2.AsyncClient(headers=server_headers(rule),
+    http = httpx2.AsyncClient(headers=server_headers(rule, environment()),
                               timeout=httpx2.Timeout(30.0, read=rule.timeout_seconds + 30))
     transport = streamable_http_client(rule.url, http_client=http)
     return Client(transport, read_timeout_seconds=rule.timeout_seconds)
@@ -236,7 +278,7 @@ class Connectors:
 
     # ------------------------------------------------------------ for tasks
 
-    def offered(self) -> list[tuple[McpServerRule, Tool]]:
+    def offered(self) -> list[Offered]:
         """Tools of running servers that the policy allows or asks for (never deny or
         unlisted ones: those are not offered, and refused if called anyway)."""
         found = []
@@ -245,11 +287,11 @@ class Connectors:
                 continue
             for name, tool in sorted(server.tools.items()):
                 if server.rule.verdict(name) in ("allow", "ask"):
-                    found.append((server.rule, tool))
+                    found.append(Offered(server.rule, name, tool.description or "",
+                                         dict(tool.input_schema)))
         return found
 
-    def call_from_thread(self, server: str, tool: str,
-                         arguments: dict[str, Any]) -> CallToolResult:
+    def call_from_thread(self, server: str, tool: str, arguments: dict[str, Any]) -> Outcome:
         """Run `call` on the service's loop from a worker thread and wait for it."""
         if self.loop is None:
             raise ToolError("MCP connectors are not running")
@@ -262,7 +304,7 @@ class Connectors:
             future.cancel()
             raise ToolError(f"MCP server {server} gave no answer in {wait:g} s") from None
 
-    async def call(self, name: str, tool: str, arguments: dict[str, Any]) -> CallToolResult:
+    async def call(self, name: str, tool: str, arguments: dict[str, Any]) -> Outcome:
         server = self.servers.get(name)
         if server is None or server.client is None or server.state != "running":
             why = f" ({server.error})" if server is not None and server.error else ""
@@ -270,8 +312,9 @@ class Connectors:
                             "it: try again later or do without it")
         client = server.client
         try:
-            return await asyncio.wait_for(client.call_tool(tool, arguments),
-                                          server.rule.timeout_seconds)
+            result = await asyncio.wait_for(client.call_tool(tool, arguments),
+                                            server.rule.timeout_seconds)
+            return Outcome(result_text(result), bool(result.is_error))
         except Exception as exc:
             reason = describe_error(exc)
         if not await self.answers(client):

@@ -22,6 +22,8 @@ SEAMS = {
     "pypdf": {"tools/documents.py"},
     "docx": {"tools/documents.py"},
     "openpyxl": {"tools/documents.py"},
+    "mcp": {"connectors.py"},
+    "httpx2": {"connectors.py"},
 }
 
 

@@ -1,10 +1,10 @@
 """MCP tools for one task: each offered tool of a running server as a tool the model can call.
 
 In: the service's `Connectors`, a `judge` (the policy decision for an exposed name, now) and an
-`audit` sink. Out: tools named `mcp__<server>__<tool>` (the anthropic SDK's `beta_tool`, with the
-server's own input schema), whose results are plain text: the agent fences every tool output as
-data, and here it is cut to the server's `max_output_chars` with a note saying so. Conversion of
-MCP content goes through the anthropic SDK's MCP helpers; only text reaches the model.
+`audit` sink. Out: functions named `mcp__<server>__<tool>` carrying a `tool_spec` (the server's
+description and input schema), which the agent turns into tool definitions. Results are plain
+text: the agent fences every tool output as data, and here it is cut to the server's
+`max_output_chars` with a note saying so.
 Side effects: the call on the server; one `mcp.call` audit event per call with its decision and
 outcome.
 It must never: run a call the policy does not allow at the moment it runs (an `ask` runs only
@@ -18,15 +18,10 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from anthropic import beta_tool
-from anthropic.lib.tools import BetaFunctionTool
-from anthropic.lib.tools.mcp import UnsupportedMCPValueError, mcp_content
-from mcp.types import CallToolResult, Tool
-
-from mailagent.connector_rules import McpServerRule, exposed_name
-from mailagent.connectors import Connectors
+from mailagent.connector_rules import exposed_name
+from mailagent.connectors import Connectors, Offered
 from mailagent.content import neutralise
 from mailagent.tools.files import Judged, ToolError
 
@@ -36,27 +31,6 @@ MAX_DESCRIPTION_CHARS = 1_000
 MAX_SCHEMA_CHARS = 20_000
 
 
-def result_text(result: CallToolResult) -> str:
-    """The text of a tool result; other content is named, not passed on."""
-    parts: list[str] = []
-    for block in result.content:
-        try:
-            converted = cast(dict[str, Any], mcp_content(block))
-        except UnsupportedMCPValueError as exc:
-            parts.append(f"[content left out: {exc}]")
-            continue
-        source = converted.get("source") or {}
-        if converted["type"] == "text":
-            parts.append(str(converted["text"]))
-        elif converted["type"] == "document" and source.get("type") == "text":
-            parts.append(str(source.get("data", "")))
-        else:
-            parts.append(f"[{converted['type']} content left out: only text is passed on]")
-    if not result.content and result.structured_content is not None:
-        parts.append(json.dumps(result.structured_content, ensure_ascii=False))
-    return "\n".join(parts)
-
-
 def capped(text: str, limit: int) -> tuple[str, bool]:
     if len(text) <= limit:
         return text, False
@@ -64,10 +38,10 @@ def capped(text: str, limit: int) -> tuple[str, bool]:
             "MCP tool's result was left out (max_output_chars in its [mcp] table)]"), True
 
 
-def describe(rule: McpServerRule, tool: Tool) -> str:
+def describe(tool: Offered) -> str:
     """The server's description, marked as the server's and bounded: it is not ours."""
-    text = neutralise(" ".join((tool.description or "").split()))[:MAX_DESCRIPTION_CHARS]
-    return f"[MCP server {rule.name}, tool {tool.name}] {text}".strip()
+    text = neutralise(" ".join(tool.description.split()))[:MAX_DESCRIPTION_CHARS]
+    return f"[MCP server {tool.rule.name}, tool {tool.name}] {text}".strip()
 
 
 @dataclass
@@ -77,25 +51,28 @@ class ConnectorTools:
     audit: Callable[[str, str, dict[str, Any]], None]
     approved: bool = False  # set by the agent while it runs a call the owner approved
 
-    def tools(self) -> dict[str, BetaFunctionTool[Any]]:
-        offered: dict[str, BetaFunctionTool[Any]] = {}
-        for rule, tool in self.connectors.offered():
-            schema = dict(tool.input_schema)
-            if len(json.dumps(schema)) > MAX_SCHEMA_CHARS:
+    def tools(self) -> dict[str, Callable[..., str]]:
+        offered: dict[str, Callable[..., str]] = {}
+        for tool in self.connectors.offered():
+            if len(json.dumps(tool.input_schema)) > MAX_SCHEMA_CHARS:
                 log.warning("MCP tool %s of %s not offered: its input schema is over %d "
-                            "characters", tool.name, rule.name, MAX_SCHEMA_CHARS)
+                            "characters", tool.name, tool.rule.name, MAX_SCHEMA_CHARS)
                 continue
-            name = exposed_name(rule.name, tool.name)
-            offered[name] = beta_tool(self.caller(rule.name, tool.name), name=name,
-                                      description=describe(rule, tool), input_schema=schema)
+            name = exposed_name(tool.rule.name, tool.name)
+            offered[name] = self.caller(tool, name)
         return offered
 
-    def caller(self, server: str, tool: str) -> Callable[..., str]:
+    def caller(self, tool: Offered, name: str) -> Callable[..., str]:
+        server, tool_name, limit = tool.rule.name, tool.name, tool.rule.max_output_chars
+
         def call(**arguments: Any) -> str:
-            return self.call(server, tool, arguments)
+            return self.call(server, tool_name, arguments, limit)
+        # What the agent builds the definition from, instead of a signature and docstring.
+        call.__dict__["tool_spec"] = {"name": name, "description": describe(tool),
+                                      "input_schema": tool.input_schema}
         return call
 
-    def call(self, server: str, tool: str, arguments: dict[str, Any]) -> str:
+    def call(self, server: str, tool: str, arguments: dict[str, Any], limit: int) -> str:
         """Decide again, call, and record: the decision and the outcome of this call."""
         decision = self.judge(exposed_name(server, tool))
         detail: dict[str, Any] = {"server": server, "tool": tool, "rule": decision.rule,
@@ -112,9 +89,7 @@ class ConnectorTools:
             self.audit("mcp.call", f"{server}/{tool} failed: {exc}",
                        {**detail, "outcome": "failed"})
             raise
-        rule = self.connectors.servers.get(server)
-        limit = rule.rule.max_output_chars if rule is not None else 20_000
-        text, cut = capped(result_text(result), limit)
+        text, cut = capped(result.text, limit)
         outcome = "error" if result.is_error else "ok"
         self.audit("mcp.call", f"{server}/{tool} {outcome}" + (" (cut)" if cut else ""),
                    {**detail, "outcome": outcome, "chars": len(text), "cut": cut})
