@@ -71,8 +71,10 @@ def estimate_tokens(value: Any) -> int:
 
 
 def tool_definitions(tools: dict[str, Callable[..., str]]) -> list[dict[str, Any]]:
-    """Schemas from the tools' signatures and docstrings, in a stable order, last one cached."""
-    definitions = [dict(beta_tool(tools[name]).to_dict()) for name in sorted(tools)]
+    """Schemas from the tools' signatures and docstrings (or the `tool_spec` an MCP tool
+    carries), in a stable order, last one cached."""
+    definitions = [dict(beta_tool(tools[name], **getattr(tools[name], "tool_spec", {}))
+                        .to_dict()) for name in sorted(tools)]
     if definitions:
         definitions[-1]["cache_control"] = {"type": "ephemeral"}
     return definitions
@@ -351,7 +353,8 @@ class Agent:
         def call() -> str:
             ctx.set_approved(approved)
             try:
-                return str(beta_tool(function).call(tool_input))
+                spec = getattr(function, "tool_spec", {})  # MCP tools: the server's schema
+                return str(beta_tool(function, **spec).call(tool_input))
             finally:
                 ctx.set_approved(False)
 
@@ -384,7 +387,7 @@ class Agent:
         work = self.store.task_work(ctx.work.task_id)
         if work.tool_calls >= self.budgets.max_tool_calls:
             return f"fail:budget: the task made {work.tool_calls} tool calls (agent.max_tool_calls)"
-        if name not in ctx.tools:
+        if name not in ctx.tools and ctx.check(name, tool_input).verdict != "deny":
             return f"there is no tool named {name!r}"
         same = self.store.count_identical_calls(ctx.work.task_id, name, tool_input)
         if same >= 2 * self.budgets.max_identical_calls:

@@ -93,6 +93,24 @@ def _check_commands(settings: Settings) -> str:
                          f"{sandbox.detail}")
 
 
+def _check_connectors(settings: Settings) -> str:
+    """Each MCP server of the policy: started once, its tools listed with their decisions."""
+    try:
+        rules = load_policy(settings.policies_dir).mcp
+    except PolicyError:
+        return "MCP servers: checked once the policy error above is fixed"
+    if not rules:
+        return "MCP servers: none (no [mcp.<server>] table in the policies)"
+    from mailagent.connectors import check_servers  # the MCP SDK takes seconds to import
+
+    lines, errors = check_servers(rules)
+    if errors:
+        for line in lines:
+            print(f"ok: {line}" if not line.startswith(" ") else line)
+        raise MailagentError("\nerror: ".join(errors))
+    return "\n".join(lines)
+
+
 def _check_templates(settings: Settings) -> str:
     names = [n for n in template_names() if n.endswith(".j2")]
     for name in names:
@@ -122,8 +140,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"ok: config {settings.config_path}")
     checks: list[Callable[[Settings], str]] = [
         _check_policies, _check_commands, _check_templates, _check_schedules, _check_store,
-        doctor.check_keyring, doctor.check_oauth, _check_imap, _check_smtp, _check_model,
-        doctor.check_service]
+        _check_connectors, doctor.check_keyring, doctor.check_oauth, _check_imap, _check_smtp,
+        _check_model, doctor.check_service]
     failures = 0
     for check in checks:
         try:

@@ -416,10 +416,17 @@ def model_access(environ: Mapping[str, str] | None = None) -> tuple[str | None, 
     ANTHROPIC_BASE_URL), for commands that write a config rather than read one."""
     environ = os.environ if environ is None else environ
     return environ.get("ANTHROPIC_API_KEY") or None, environ.get("ANTHROPIC_BASE_URL") or None
+
+
 def env_value(name: str, environ: Mapping[str, str] | None = None) -> str | None:
     """One environment variable (e.g. the one `mailagent init --password-env` names)."""
     environ = os.environ if environ is None else environ
     return environ.get(name) or None
+
+
+def environment() -> Mapping[str, str]:
+    """mailagent's own environment, where secrets given by reference (`env:NAME`) are read."""
+    return os.environ
 
 
 def find_config_path(given: str | None, environ: Mapping[str, str] | None = None) -> Path:

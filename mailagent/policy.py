@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from mailagent.connector_rules import McpServerRule, parse_servers
 from mailagent.errors import PolicyError
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class Policy:
     folders: tuple[FolderRule, ...] = ()
     commands: CommandsRule | None = None
     files: tuple[str, ...] = ()  # the file names it was loaded from
+    mcp: tuple[McpServerRule, ...] = ()  # [mcp.<server>] tables: connectors and their tools
 
 
 @dataclass(frozen=True)
@@ -137,9 +139,16 @@ def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
     files = _policy_files(policies_dir)
     folders: list[FolderRule] = []
     commands: CommandsRule | None = None
+    servers: list[McpServerRule] = []
     for file in files:
         text = _read_policy_text(file)
-        file_folders, file_commands = _validate(_parse_toml(text, file), text, file, home)
+        document = _parse_toml(text, file)
+        file_folders, file_commands = _validate(document, text, file, home)
+        for server in parse_servers(document.get("mcp"), text, file):
+            if any(other.name == server.name for other in servers):
+                raise PolicyError(f"{file} line {server.source.rpartition(':')[2]}: a second "
+                                  f"[mcp.{server.name}] table; keep only one")
+            servers.append(server)
         for rule in file_folders:
             _refuse_duplicate(rule, folders, file, home)
             folders.append(rule)
@@ -149,7 +158,7 @@ def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
                 f"table (the first is at {commands.source}); keep only one"
             )
         commands = commands or file_commands
-    return Policy(tuple(folders), commands, tuple(file.name for file in files))
+    return Policy(tuple(folders), commands, tuple(file.name for file in files), tuple(servers))
 
 
 def _is_policy_name(name: str) -> bool:
@@ -241,10 +250,11 @@ def _validate(
     document: dict[str, Any], text: str, file: Path, home: Path
 ) -> tuple[list[FolderRule], CommandsRule | None]:
     for key in document:
-        if key not in ("folders", "commands"):
+        if key not in ("folders", "commands", "mcp"):
             raise _Location(file, text, _top_level_line(text, key)).error(
-                f"unknown table or key {key!r}; a policy file holds only [[folders]] and "
-                "[commands] (check the spelling: a misspelt table would drop its rule)"
+                f"unknown table or key {key!r}; a policy file holds only [[folders]], "
+                "[commands] and [mcp.<server>] (check the spelling: a misspelt table would "
+                "drop its rule)"
             )
     entries = document.get("folders", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):

@@ -22,6 +22,7 @@ import filelock
 
 from mailagent.agent import Agent
 from mailagent.config import Settings
+from mailagent.connectors import Connectors
 from mailagent.errors import AlreadyRunningError, MailagentError
 from mailagent.failpoints import failpoint
 from mailagent.intake import Inbound, IntakeRules, Rejection, content_key, read_inbound
@@ -92,8 +93,12 @@ class Service:
             log.warning("no sandbox for run_command: %s", sandbox.detail)
         scheduler = Scheduler(self.settings.schedules, self.settings.owner.timezone, self.store,
                               owner_address=self.settings.owner.addresses[0])
+        connectors = Connectors(lambda: worker.policies.current().mcp,
+                                lambda subject, body: worker.tell_owner(subject, body),
+                                lambda kind, reason, detail: self.store.audit(
+                                    kind, reason, detail=detail))
         worker = Worker(self.settings, self.store, agent, on_mail=wake_postman,
-                        schedules=scheduler, sandbox=sandbox)
+                        schedules=scheduler, sandbox=sandbox, connectors=connectors)
         self.on_mail = wake_postman
         keep_awake = KeepAwake(self.settings.service.keep_awake)
         worker.on_busy = keep_awake.set_busy
@@ -103,6 +108,7 @@ class Service:
 
         self.on_new_task = scheduler.on_new_task = wake_worker
         scheduler.tell_owner = worker.tell_owner
+        connecting = asyncio.create_task(connectors.run(stop))
         working = asyncio.create_task(worker.run(stop))
         scheduling = asyncio.create_task(scheduler.run(stop))
         posting = asyncio.create_task(postman.run(stop))
@@ -122,6 +128,7 @@ class Service:
         await working
         await scheduling
         await posting
+        await connecting
         await agent.close()
         keep_awake.release()
         stopped.cancel()

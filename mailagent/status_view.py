@@ -1,7 +1,8 @@
 """`mailagent status` in three forms: rich tables on a terminal, plain lines, and JSON.
 
 In: an open `Store`. Out: text on stdout. The JSON keys are a stable interface for scripts:
-`conversations`, `tasks`, `schedules`, `approvals`, `outbox`, `commands`, `refusals`, each a
+`conversations`, `tasks`, `schedules`, `approvals`, `outbox`, `commands`, `connectors`,
+`refusals`, each a
 list of objects, times in ISO 8601 UTC. Plain lines (the form when stdout is not a terminal)
 keep the wording scripts already grep for. Reads only; never shows a mail body or a secret.
 """
@@ -42,6 +43,7 @@ class Snapshot:
     approvals: list[ApprovalView]
     outbox: list[OutboxView]
     commands: list[CommandView]
+    connectors: list[AuditView]  # the latest event of each MCP server
     refusals: list[AuditView]
 
 
@@ -51,8 +53,16 @@ def take_snapshot(store: Store) -> Snapshot:
         schedules=list(zip(store.schedules(), schedule_lines(store), strict=True)),
         approvals=store.approvals(), outbox=store.outbox(OUTBOX_STATES),
         commands=[c for c in store.commands() if c.state == "pending"],
+        connectors=_latest_per_server(store.audit_events("mcp.server", limit=200)),
         refusals=[e for e in store.audit_events("intake.", limit=10)
                   if e.kind != "intake.duplicate"])
+
+
+def _latest_per_server(events: list[AuditView]) -> list[AuditView]:
+    latest: dict[str, AuditView] = {}
+    for event in events:  # newest first
+        latest.setdefault(str(event.detail.get("server")), event)
+    return [latest[name] for name in sorted(latest)]
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -78,6 +88,8 @@ def as_json(snap: Snapshot) -> dict[str, list[dict[str, Any]]]:
                    for m in snap.outbox],
         "commands": [{"command_id": c.command_id, "name": c.name, "argument": c.argument,
                       "conversation": c.conversation_name} for c in snap.commands],
+        "connectors": [{"server": e.detail.get("server"), "at": _iso(e.at), "state": e.reason}
+                       for e in snap.connectors],
         "refusals": [{"at": _iso(e.at), "kind": e.kind, "reason": e.reason}
                      for e in snap.refusals],
     }
@@ -107,6 +119,8 @@ def plain_lines(snap: Snapshot) -> list[str]:
         lines.append(f"  {m.state} {m.kind} to {m.recipient}: {m.subject[:50]}{error}")
     lines.append("Commands waiting:")
     lines += [f"  #{c.command_id} {c.name} {c.argument}".rstrip() for c in snap.commands]
+    lines.append("Connectors (MCP):")
+    lines += [f"  {e.reason} ({e.at:%Y-%m-%d %H:%M} UTC)" for e in snap.connectors]
     lines.append("Recent refusals:")
     lines += [f"  {e.at:%Y-%m-%d %H:%M} {e.kind}: {e.reason}" for e in snap.refusals]
     return lines
@@ -148,5 +162,8 @@ def print_rich(snap: Snapshot, console: Console | None = None) -> None:
         [m.state, m.kind, m.recipient, m.subject[:50], m.last_error] for m in snap.outbox]))
     console.print(_table("Commands waiting", ["#", "command", "argument"], [
         [str(c.command_id), c.name, c.argument] for c in snap.commands]))
+    console.print(_table("Connectors (MCP)", ["server", "state", "since (UTC)"], [
+        [str(e.detail.get("server")), e.reason, f"{e.at:%Y-%m-%d %H:%M}"]
+        for e in snap.connectors]))
     console.print(_table("Recent refusals", ["when", "kind", "reason"], [
         [f"{e.at:%Y-%m-%d %H:%M}", e.kind, e.reason] for e in snap.refusals]))

@@ -24,6 +24,9 @@ from typing import Any
 from mailagent.agent import Agent, Outcome, TaskContext
 from mailagent.commands import NOT_IN_THREAD, answer
 from mailagent.config import Settings
+from mailagent.connector_rules import PREFIX as MCP_PREFIX
+from mailagent.connector_rules import decide_mcp, split_name
+from mailagent.connectors import Connectors
 from mailagent.errors import ModelError, PolicyError
 from mailagent.notify import compose
 from mailagent.policy import (
@@ -49,6 +52,7 @@ from mailagent.store import (
     TaskWork,
 )
 from mailagent.tools.command import CommandTools
+from mailagent.tools.connector import ConnectorTools
 from mailagent.tools.files import FileTools, ToolError
 from mailagent.tools.memory import MemoryTools
 from mailagent.tools.schedule import ScheduleTools
@@ -88,6 +92,9 @@ def operation_digest(decision: Decision, name: str, tool_input: dict[str, Any]) 
 
 
 def describe_operation(name: str, tool_input: dict[str, Any], decision: Decision) -> str:
+    if (parts := split_name(name)) is not None:  # the exact arguments: what the digest binds
+        return (f"call the tool {parts[1]} of the MCP server {parts[0]} with "
+                f"{json.dumps(tool_input, ensure_ascii=False, sort_keys=True)[:2000]}")
     where = str(decision.path) if decision.path else str(tool_input.get("path", ""))
     if name == "delete_file":
         return f"delete {where}"
@@ -122,6 +129,9 @@ def check_call(policy: Policy, scope: Scope, name: str, tool_input: dict[str, An
     try:
         if name == "remember":
             return Decision("allow", "memory", "notes are always allowed", None)
+        if name.startswith(MCP_PREFIX):
+            mcp = decide_mcp(policy.mcp, name)
+            return Decision(mcp.verdict, mcp.rule, mcp.reason, None)
         if name == "run_command":
             cwd = tool_input.get("cwd")
             if cwd and (where := decide(policy, "list", str(cwd), scope)).verdict != "allow":
@@ -156,8 +166,10 @@ class Worker:
     def __init__(self, settings: Settings, store: Store, agent: Agent,
                  home: Path | None = None, on_mail: Callable[[], None] = lambda: None,
                  schedules: Scheduler | None = None,
-                 sandbox: SandboxInfo | None = None) -> None:
+                 sandbox: SandboxInfo | None = None,
+                 connectors: Connectors | None = None) -> None:
         self.settings, self.store, self.agent = settings, store, agent
+        self.connectors = connectors
         self.schedules = schedules
         self.home = home or Path.home()
         self.sandbox = sandbox or SandboxInfo("none", detail="not looked for")
@@ -196,6 +208,8 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         for task_id in self.store.requeue_interrupted():
             log.info("task resumed after restart task_id=%s", task_id)
+        if self.connectors is not None:  # tasks waiting since before the start need their tools
+            await self.connectors.started(timeout=60)
         while not stop.is_set():
             self.answer_commands()
             self.start_claimed()
@@ -502,9 +516,14 @@ class Worker:
         if self.offers_commands(policy):
             tools["run_command"] = self.command_tools(work, scope).run_command
         sandboxed = self.sandbox.available
+        connector = self.connector_tools(work, scope)
+        if connector is not None:
+            tools.update(connector.tools())
 
         def approve(flag: bool) -> None:
             files.approved = flag
+            if connector is not None:
+                connector.approved = flag
 
         return TaskContext(
             work=work, system=self.system_prompt(work, scope, policy), tools=tools,
@@ -515,6 +534,17 @@ class Worker:
             digest=lambda name, tool_input: operation_digest(
                 check_call(self.policies.current(), scope, name, tool_input), name, tool_input),
         )
+
+    def connector_tools(self, work: TaskWork, scope: Scope) -> ConnectorTools | None:
+        """The MCP tools of this task: decided again, by the policy in force, at each call."""
+        if self.connectors is None:
+            return None
+        return ConnectorTools(
+            self.connectors,
+            judge=lambda name: check_call(self.policies.current(), scope, name, {}),
+            audit=lambda kind, reason, detail: self.store.audit(kind, reason,
+                                                                task_id=work.task_id,
+                                                                detail=detail))
 
     def offers_commands(self, policy: Policy) -> bool:
         rule = policy.commands

@@ -28,6 +28,8 @@ SEAMS = {
     "keyring": {"keystore.py"},
     "httpx": {"oauth.py"},
     "rich": {"status_view.py"},
+    "mcp": {"connectors.py"},
+    "httpx2": {"connectors.py"},
 }
 
 

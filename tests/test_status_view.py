@@ -19,7 +19,8 @@ from tests.support.mail import owner_mail
 from tests.support.model_server import ModelServer
 from tests.support.service import ServiceProcess, wait_until
 
-KEYS = {"conversations", "tasks", "schedules", "approvals", "outbox", "commands", "refusals"}
+KEYS = {"conversations", "tasks", "schedules", "approvals", "outbox", "commands", "connectors",
+        "refusals"}
 
 
 @pytest.fixture
