@@ -55,7 +55,9 @@ def done_and_sent(service: ServiceProcess, timeout: float = 30.0) -> None:
     try:
         wait_until(lambda: [t.state for t in store.tasks()] == ["done"]
                    and [m.state for m in store.outbox()] == ["sent"], timeout,
-                   f"one task done and its reply sent; log:\n{service.log()}")
+                   "one task done and its reply sent")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; log:\n{service.log()}") from None
     finally:
         store.close()
 
@@ -144,7 +146,8 @@ def test_a_wake_from_sleep_reconnects_at_once_and_catches_up_by_uid(
                         "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
     try:
         service.start().wait_connected()
-        time.sleep(1.0)  # in IDLE now
+        wait_until(lambda: b"IDLE\r\n" in imap_proxy.from_clients, 10, "the IDLE command")
+        time.sleep(0.5)
         assert service.process is not None
         os.kill(service.process.pid, signal.SIGSTOP)
         imap_proxy.go_silent()

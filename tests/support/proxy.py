@@ -15,6 +15,7 @@ Each fault fires once (on one connection) unless it says otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import struct
@@ -25,10 +26,8 @@ END_OF_DATA = b"\r\n.\r\n"
 
 def _reset(sock: socket.socket) -> None:
     """Close with RST instead of FIN (SO_LINGER with a zero timeout)."""
-    try:
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
     sock.close()
 
 
@@ -50,6 +49,7 @@ class FaultProxy:
         self.links: list[_Link] = []
         self.accepted = 0
         self.faults_fired: list[str] = []
+        self.from_clients = bytearray()  # everything the clients sent, to see where they are
         self.closing = threading.Event()
         self.refusing = threading.Event()
         self.lock = threading.Lock()
@@ -78,6 +78,7 @@ class FaultProxy:
 
     def cut(self) -> None:
         self.refusing.set()
+        self.faults_fired.append("cut")
         for link in list(self.links):
             link.reset.set()
 
@@ -117,7 +118,6 @@ class FaultProxy:
             while not self.closing.is_set():
                 readable, _, _ = select.select([link.client, link.upstream], [], [], 0.1)
                 if link.reset.is_set():
-                    self.faults_fired.append("reset")
                     _reset(link.client)
                     link.upstream.close()
                     return
@@ -150,6 +150,7 @@ class FaultProxy:
 
     def _to_server(self, link: _Link, data: bytes) -> None:
         with self.lock:
+            self.from_clients += data
             forward_end = self.stall
             seen = link.tail + data
             end = seen.find(END_OF_DATA) if forward_end is not None else -1
