@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mailagent import __version__
+from mailagent.canary import status_lines as canary_lines
 from mailagent.config import Settings, find_config_path, load_settings
 from mailagent.errors import ConfigError, MailagentError, PolicyError
 from mailagent.mailbox import Mailbox
@@ -161,6 +162,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         for command in store.commands():
             if command.state == "pending":
                 print(f"  #{command.command_id} {command.name} {command.argument}".rstrip())
+        for line in canary_lines(store):
+            print(line)
         print("Recent refusals:")
         for event in store.audit_events("intake.", limit=10):
             if event.kind != "intake.duplicate":

@@ -112,6 +112,15 @@ class ScheduleSettings:
 
 
 @dataclass(frozen=True)
+class CanarySettings:
+    """The liveness probe of the inbound path: a signed mail to ourselves, expected back."""
+
+    interval_minutes: float = 60.0  # 0 switches the probe off
+    timeout_minutes: float = 15.0  # a probe not back this long after it was sent: inbound broken
+    address: str | None = None  # where probes go; default the address in smtp.from
+
+
+@dataclass(frozen=True)
 class LimitSettings:
     """Resource limits on incoming mail (SECURITY.md R1) and the replay window (S2)."""
 
@@ -139,6 +148,7 @@ class Settings:
     agent: AgentSettings = AgentSettings()
     schedules: ScheduleSettings = ScheduleSettings()
     failpoint: str | None = None
+    canary: CanarySettings = CanarySettings()
 
     @property
     def workspaces_dir(self) -> Path:
@@ -309,6 +319,17 @@ def _schedules(s: _Section, base: Path) -> ScheduleSettings:
     )
 
 
+def _canary(s: _Section) -> CanarySettings:
+    d = CanarySettings()
+    interval = s.get("interval_minutes", float, d.interval_minutes)
+    if interval < 0:
+        raise s._fail("interval_minutes", f"must be 0 (off) or more, not {interval!r}",
+                      "fix its value")
+    return CanarySettings(interval_minutes=interval,
+                          timeout_minutes=s.positive("timeout_minutes", float, d.timeout_minutes),
+                          address=s.get("address", str, None))
+
+
 def _model(s: _Section, environ: Mapping[str, str]) -> ModelSettings:
     key_env = s.get("api_key_env", str, "ANTHROPIC_API_KEY")
     api_key = s.get("api_key", str, None) or environ.get(key_env) or None
@@ -390,4 +411,5 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         agent=_agent(root.section("agent", required=False)),
         schedules=_schedules(root.section("schedules", required=False), base),
         failpoint=environ.get(FAILPOINT_ENV) or None,
+        canary=_canary(root.section("canary", required=False)),
     )
