@@ -206,6 +206,7 @@ class Agent:
         self.store.add_usage(work.task_id, self.usage(message.usage))
         self.store.append_history(work.conversation_id, work.task_id, "assistant",
                                   content or [{"type": "text", "text": "(no answer)"}])
+        failpoint(self.failpoint_name, "after-model")  # the turn is committed, no tool ran yet
 
     async def request_compacting(self, **params: Any) -> Any:
         """A model turn that asks for server-side compaction where the endpoint takes it."""

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mailagent.canary import status_lines as canary_lines
 from mailagent.scheduler import Scheduler
 from mailagent.store import CommandWork, Store
 
@@ -102,6 +103,7 @@ def status_text(store: Store) -> str:
         on = sum(1 for v in live if v.state == "active")
         lines += ["", f"**Schedules**: {on} active, {len(live) - on} paused; reply "
                       "`schedules` for the list."]
+    lines += ["", *canary_lines(store)]
     trouble = store.outbox(["failed", "unknown"])
     if trouble:
         lines += ["", "**Mail that could not be sent**"]

@@ -137,6 +137,15 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True)
+class CanarySettings:
+    """The liveness probe of the inbound path: a signed mail to ourselves, expected back."""
+
+    interval_minutes: float = 60.0  # 0 switches the probe off
+    timeout_minutes: float = 15.0  # a probe not back this long after it was sent: inbound broken
+    address: str | None = None  # where probes go; default the address in smtp.from
+
+
+@dataclass(frozen=True)
 class LimitSettings:
     """Resource limits on incoming mail (SECURITY.md R1) and the replay window (S2)."""
 
@@ -166,6 +175,7 @@ class Settings:
     failpoint: str | None = None
     service: ServiceSettings = ServiceSettings()
     provider: str | None = None  # a key of providers.PROVIDERS: check's hints speak of it
+    canary: CanarySettings = CanarySettings()
 
     @property
     def workspaces_dir(self) -> Path:
@@ -367,6 +377,17 @@ def _schedules(s: _Section, base: Path) -> ScheduleSettings:
     )
 
 
+def _canary(s: _Section) -> CanarySettings:
+    d = CanarySettings()
+    interval = s.get("interval_minutes", float, d.interval_minutes)
+    if interval < 0:
+        raise s._fail("interval_minutes", f"must be 0 (off) or more, not {interval!r}",
+                      "fix its value")
+    return CanarySettings(interval_minutes=interval,
+                          timeout_minutes=s.positive("timeout_minutes", float, d.timeout_minutes),
+                          address=s.get("address", str, None))
+
+
 def _model(s: _Section, environ: Mapping[str, str]) -> ModelSettings:
     key_env = s.get("api_key_env", str, "ANTHROPIC_API_KEY")
     api_key = s.get("api_key", str, None)
@@ -474,4 +495,5 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         failpoint=environ.get(FAILPOINT_ENV) or None,
         service=_service(root.section("service", required=False)),
         provider=root.choice("provider", tuple(PROVIDERS), None) if "provider" in data else None,
+        canary=_canary(root.section("canary", required=False)),
     )

@@ -219,12 +219,19 @@ class Mailbox:
                     break  # readable but nothing parsed: the server closed; DONE will tell
                 if _clock_jumped(wall_start, deadline - seconds):
                     log.info("wall clock jumped (sleep?): reconnecting")
+                    self._abandon()  # a connection that slept is likely dead: no DONE on it
                     raise ConnectionLostError("woke from sleep")
         finally:
             if self.client is not None:
                 self._call("idle_done")  # also before LOGOUT at shutdown: no command in IDLE
         return news
 
+    def _abandon(self) -> None:
+        """Drop the connection without a word to the server, which may be gone."""
+        client, self.client = self.client, None
+        if client is not None:
+            with contextlib.suppress(OSError):
+                client.shutdown()
 
     def _announced_news(self) -> bool:
         """Whether a reply to one of our commands announced new mail since the last look.

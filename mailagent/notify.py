@@ -248,7 +248,9 @@ class Postman:
                                   retry_at=later)
 
     async def deliver(self, mail: OutboxView) -> None:
+        failpoint(self.failpoint_name, "after-queue")  # in the outbox, no attempt made yet
         self.store.set_mail_state(mail.outbox_id, "sending")
+        failpoint(self.failpoint_name, "before-smtp")  # marked sending, nothing handed over
         outcome, detail = await send(self.settings, mail)
         failpoint(self.failpoint_name, "after-smtp")  # sent, but not yet recorded
         log.info("mail %s message_id=%s task_id=%s %s", outcome, mail.message_id, mail.task_id,

@@ -21,6 +21,7 @@ from typing import Any
 import filelock
 
 from mailagent.agent import Agent
+from mailagent.canary import Canary
 from mailagent.config import Settings
 from mailagent.connectors import Connectors
 from mailagent.errors import AlreadyRunningError, MailagentError
@@ -67,6 +68,7 @@ class Service:
         self.watcher = Watcher(settings.imap, self, settings.limits.max_message_bytes,
                                settings.limits.max_age_days)
         self.stopping = threading.Event()
+        self.canary = Canary(settings, store)
         self.on_new_task: Callable[[], None] = lambda: None
         self.on_mail: Callable[[], None] = lambda: None
 
@@ -112,6 +114,8 @@ class Service:
         working = asyncio.create_task(worker.run(stop))
         scheduling = asyncio.create_task(scheduler.run(stop))
         posting = asyncio.create_task(postman.run(stop))
+        self.canary.tell_owner, self.canary.on_mail = worker.tell_owner, wake_postman
+        probing = asyncio.create_task(self.canary.run(stop))
         watching = asyncio.create_task(asyncio.to_thread(self.watch))
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -129,6 +133,7 @@ class Service:
         await scheduling
         await posting
         await connecting
+        await probing
         await agent.close()
         keep_awake.release()
         stopped.cancel()
@@ -218,6 +223,8 @@ class Service:
                                         f"gave up after {MAX_ATTEMPTS} attempts", {})
             return
         try:
+            if self.canary.take(raw_message_id, raw):
+                return  # our own liveness probe, back: recorded, never a task
             rules = IntakeRules(self.settings.owner, self.settings.limits, datetime.now(UTC),
                                 is_ours=self.store.is_our_message_id)
             outcome = read_inbound(raw, size, rules)

@@ -2,8 +2,8 @@
 
 In: an open `Store`. Out: text on stdout. The JSON keys are a stable interface for scripts:
 `conversations`, `tasks`, `schedules`, `approvals`, `outbox`, `commands`, `connectors`,
-`refusals`, each a
-list of objects, times in ISO 8601 UTC. Plain lines (the form when stdout is not a terminal)
+`refusals`, each a list of objects, and `inbound`, what the liveness probe last said; times in
+ISO 8601 UTC. Plain lines (the form when stdout is not a terminal)
 keep the wording scripts already grep for. Reads only; never shows a mail body or a secret.
 """
 
@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from mailagent.canary import status_lines as canary_lines
 from mailagent.scheduler import schedule_lines
 from mailagent.store import Store
 from mailagent.store.views import (
@@ -45,6 +46,7 @@ class Snapshot:
     commands: list[CommandView]
     connectors: list[AuditView]  # the latest event of each MCP server
     refusals: list[AuditView]
+    inbound: list[str]  # the liveness probe's verdict
 
 
 def take_snapshot(store: Store) -> Snapshot:
@@ -55,7 +57,8 @@ def take_snapshot(store: Store) -> Snapshot:
         commands=[c for c in store.commands() if c.state == "pending"],
         connectors=_latest_per_server(store.audit_events("mcp.server", limit=200)),
         refusals=[e for e in store.audit_events("intake.", limit=10)
-                  if e.kind != "intake.duplicate"])
+                  if e.kind != "intake.duplicate"],
+        inbound=canary_lines(store))
 
 
 def _latest_per_server(events: list[AuditView]) -> list[AuditView]:
@@ -69,7 +72,7 @@ def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at is not None else None
 
 
-def as_json(snap: Snapshot) -> dict[str, list[dict[str, Any]]]:
+def as_json(snap: Snapshot) -> dict[str, Any]:
     """The stable JSON form (see the module docstring)."""
     return {
         "conversations": [{"name": c.name, "task_counts": dict(sorted(c.task_counts.items()))}
@@ -92,6 +95,7 @@ def as_json(snap: Snapshot) -> dict[str, list[dict[str, Any]]]:
                        for e in snap.connectors],
         "refusals": [{"at": _iso(e.at), "kind": e.kind, "reason": e.reason}
                      for e in snap.refusals],
+        "inbound": " ".join(snap.inbound),
     }
 
 
@@ -121,6 +125,7 @@ def plain_lines(snap: Snapshot) -> list[str]:
     lines += [f"  #{c.command_id} {c.name} {c.argument}".rstrip() for c in snap.commands]
     lines.append("Connectors (MCP):")
     lines += [f"  {e.reason} ({e.at:%Y-%m-%d %H:%M} UTC)" for e in snap.connectors]
+    lines += snap.inbound
     lines.append("Recent refusals:")
     lines += [f"  {e.at:%Y-%m-%d %H:%M} {e.kind}: {e.reason}" for e in snap.refusals]
     return lines
@@ -165,5 +170,7 @@ def print_rich(snap: Snapshot, console: Console | None = None) -> None:
     console.print(_table("Connectors (MCP)", ["server", "state", "since (UTC)"], [
         [str(e.detail.get("server")), e.reason, f"{e.at:%Y-%m-%d %H:%M}"]
         for e in snap.connectors]))
+    for line in snap.inbound:
+        console.print(Text(line))
     console.print(_table("Recent refusals", ["when", "kind", "reason"], [
         [f"{e.at:%Y-%m-%d %H:%M}", e.kind, e.reason] for e in snap.refusals]))

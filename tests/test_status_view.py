@@ -20,7 +20,7 @@ from tests.support.model_server import ModelServer
 from tests.support.service import ServiceProcess, wait_until
 
 KEYS = {"conversations", "tasks", "schedules", "approvals", "outbox", "commands", "connectors",
-        "refusals"}
+        "refusals", "inbound"}
 
 
 @pytest.fixture

@@ -253,6 +253,17 @@ def _initial(connection: Connection) -> None:
     SQLModel.metadata.create_all(connection, tables=tables)
 
 
+class Probe(SQLModel, table=True):
+    """A liveness probe mailed to ourselves; `returned_at` is set once, when it comes back."""
+
+    probe_id: int | None = Field(default=None, primary_key=True)
+    nonce: str = Field(unique=True, index=True)
+    message_id: str = Field(unique=True)
+    queued_at: datetime = Field(index=True)
+    returned_at: datetime | None = None
+    raw_message_id: int | None = None
+
+
 def _add_columns(connection: Connection, table: str, columns: dict[str, str]) -> None:
     existing = {c["name"] for c in inspect(connection).get_columns(table)}
     for name, ddl in columns.items():
@@ -292,6 +303,10 @@ def _schedules(connection: Connection) -> None:
     SQLModel.metadata.create_all(connection, tables=[SQLModel.metadata.tables["schedule"]])
 
 
+def _probes(connection: Connection) -> None:
+    SQLModel.metadata.create_all(connection, tables=[SQLModel.metadata.tables["probe"]])
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_agent", _agent),
@@ -299,5 +314,6 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0004_approvals", _approvals),
     ("0005_budget_steps", _budget_steps),
     ("0006_schedules", _schedules),
+    ("0007_probes", _probes),
 ]
 
