@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="a few mails per scenario: checks the suite works, measures little")
     parser.add_argument("--json", type=Path, default=Path("bench.json"),
                         help="where to write the figures (default: bench.json here)")
+    parser.add_argument("--only", choices=sorted(SCENARIOS), action="append",
+                        help="only this scenario (repeatable): raw figures, no JSON")
     args = parser.parse_args(argv)
-    # aiosmtpd warns on every login about its own API; it says nothing about mailagent.
-    warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
     sizes = scenarios.QUICK if args.quick else scenarios.Sizes()
     figures: dict[str, Any] = {}
     details: dict[str, Any] = {}
     for name, run in SCENARIOS.items():
+        if args.only and name not in args.only:
+            continue
         print(f"running {name}...", file=sys.stderr, flush=True)
         result = run(sizes)
         details[name] = result.pop("samples_ms", None)
         figures.update(result)
+    if args.only:
+        print("\n".join(f"{key}: {value}" for key, value in figures.items()))
+        return 0
     print(report.table(figures))
     report.write(args.json, figures, details, args.quick)
     print(f"\nwritten to {args.json}", file=sys.stderr)
