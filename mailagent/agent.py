@@ -70,9 +70,21 @@ def estimate_tokens(value: Any) -> int:
     return len(json.dumps(value, ensure_ascii=False)) // CHARS_PER_TOKEN + 1
 
 
+_DEFINITIONS: dict[tuple[object, str], dict[str, Any]] = {}
+
+
+def tool_definition(name: str, function: Callable[..., str]) -> dict[str, Any]:
+    """A tool's schema, built once per function: building it from the signature takes tens of
+    milliseconds, and every task of every conversation offers the same tools."""
+    key = (getattr(function, "__func__", function), name)
+    if key not in _DEFINITIONS:
+        _DEFINITIONS[key] = dict(beta_tool(function).to_dict())
+    return json.loads(json.dumps(_DEFINITIONS[key]))
+
+
 def tool_definitions(tools: dict[str, Callable[..., str]]) -> list[dict[str, Any]]:
     """Schemas from the tools' signatures and docstrings, in a stable order, last one cached."""
-    definitions = [dict(beta_tool(tools[name]).to_dict()) for name in sorted(tools)]
+    definitions = [tool_definition(name, tools[name]) for name in sorted(tools)]
     if definitions:
         definitions[-1]["cache_control"] = {"type": "ephemeral"}
     return definitions
