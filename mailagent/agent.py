@@ -79,7 +79,8 @@ def tool_definition(name: str, function: Callable[..., str]) -> dict[str, Any]:
     key = (getattr(function, "__func__", function), name)
     if key not in _DEFINITIONS:
         _DEFINITIONS[key] = dict(beta_tool(function).to_dict())
-    return json.loads(json.dumps(_DEFINITIONS[key]))
+    copy: dict[str, Any] = json.loads(json.dumps(_DEFINITIONS[key]))
+    return copy
 
 
 def tool_definitions(tools: dict[str, Callable[..., str]]) -> list[dict[str, Any]]:
