@@ -28,6 +28,7 @@ from mailagent.errors import ModelError
 from mailagent.failpoints import failpoint
 from mailagent.store import HistoryItem, Store, TaskWork, Usage
 from mailagent.tools.files import Judged, ToolError
+from mailagent.transcript import render_transcript
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,25 @@ def estimate_tokens(value: Any) -> int:
     return len(json.dumps(value, ensure_ascii=False)) // CHARS_PER_TOKEN + 1
 
 
+_DEFINITIONS: dict[tuple[object, str], dict[str, Any]] = {}
+
+
+def tool_definition(name: str, function: Callable[..., str]) -> dict[str, Any]:
+    """A tool's schema, built once per function: building it from the signature takes tens of
+    milliseconds, and every task of every conversation offers the same tools."""
+    spec = getattr(function, "tool_spec", None)
+    if spec is not None:  # an MCP tool: its schema comes from its server, made per connection
+        return dict(beta_tool(function, **spec).to_dict())
+    key = (getattr(function, "__func__", function), name)
+    if key not in _DEFINITIONS:
+        _DEFINITIONS[key] = dict(beta_tool(function).to_dict())
+    return dict(json.loads(json.dumps(_DEFINITIONS[key])))
+
+
 def tool_definitions(tools: dict[str, Callable[..., str]]) -> list[dict[str, Any]]:
     """Schemas from the tools' signatures and docstrings (or the `tool_spec` an MCP tool
     carries), in a stable order, last one cached."""
-    definitions = [dict(beta_tool(tools[name], **getattr(tools[name], "tool_spec", {}))
-                        .to_dict()) for name in sorted(tools)]
+    definitions = [tool_definition(name, tools[name]) for name in sorted(tools)]
     if definitions:
         definitions[-1]["cache_control"] = {"type": "ephemeral"}
     return definitions
@@ -165,15 +180,17 @@ class Agent:
     # ------------------------------------------------------------ the loop
 
     async def work(self, ctx: TaskContext) -> Outcome:
-        """Run one task from wherever its history stands until it ends or has to wait."""
+        """Run one task from wherever its history stands until it ends or has to wait. The
+        history is read once, then extended with what the task appends (read again only after
+        a compaction): parsing a long conversation at every step made a backlog crawl."""
         work = ctx.work
-        if not any(item.task_id == work.task_id for item in self.store.history(
-                work.conversation_id)):
-            self.store.append_history(work.conversation_id, work.task_id, "user",
-                                      [{"type": "text", "text": task_message(work, ctx.nonce)}])
+        cid = work.conversation_id
+        items = self.store.history(cid)
+        if not any(item.task_id == work.task_id for item in items):
+            items.append(self.append(cid, work.task_id, "user",
+                                     [{"type": "text", "text": task_message(work, ctx.nonce)}]))
         tools = tool_definitions(ctx.tools)
         while True:
-            items = self.store.history(work.conversation_id)
             last = items[-1]
             if last.role == "assistant" and last.task_id == work.task_id:
                 calls = _tool_uses(last.content)
@@ -182,19 +199,24 @@ class Agent:
                 results = await self.run_tools(ctx, calls)
                 if isinstance(results, Outcome):
                     return results
-                self.store.append_history(work.conversation_id, work.task_id, "user", results)
+                items.append(self.append(cid, work.task_id, "user", results))
                 continue
             refusal = self.over_budget(work.task_id)
             if refusal:
                 # A task's own budget pauses it (the owner may grant more); the daily cap ends it.
                 state = "failed" if "daily_cost_usd" in refusal else "paused"
-                return Outcome(state, refusal, self.partial_text(work.conversation_id,
-                                                                 work.task_id))
-            messages = await self.fit_context(ctx, tools, items)
-            await self.turn(ctx, tools, messages)
+                return Outcome(state, refusal, self.partial_text(cid, work.task_id))
+            messages, compacted = await self.fit_context(ctx, tools, items)
+            if compacted:
+                items = self.store.history(cid)
+            items.append(await self.turn(ctx, tools, messages))
+
+    def append(self, cid: int, task_id: int, role: str, content: list[Any]) -> HistoryItem:
+        return HistoryItem(self.store.append_history(cid, task_id, role, content), task_id,
+                           role, "message", content)
 
     async def turn(self, ctx: TaskContext, tools: list[dict[str, Any]],
-                   messages: list[dict[str, Any]]) -> None:
+                   messages: list[dict[str, Any]]) -> HistoryItem:
         """One model request; its answer and usage are committed before anything acts on it."""
         work = ctx.work
         system = [{"type": "text", "text": ctx.system, "cache_control": {"type": "ephemeral"}}]
@@ -204,9 +226,10 @@ class Agent:
         if message.stop_reason == "max_tokens" and not _tool_uses(content):
             content.append({"type": "text", "text": "[the answer was cut at the output limit]"})
         self.store.add_usage(work.task_id, self.usage(message.usage))
-        self.store.append_history(work.conversation_id, work.task_id, "assistant",
-                                  content or [{"type": "text", "text": "(no answer)"}])
+        item = self.append(work.conversation_id, work.task_id, "assistant",
+                           content or [{"type": "text", "text": "(no answer)"}])
         failpoint(self.failpoint_name, "after-model")  # the turn is committed, no tool ran yet
+        return item
 
     async def request_compacting(self, **params: Any) -> Any:
         """A model turn that asks for server-side compaction where the endpoint takes it."""
@@ -401,24 +424,27 @@ class Agent:
     # ------------------------------------------------------------ bounded context
 
     async def fit_context(self, ctx: TaskContext, tools: list[dict[str, Any]],
-                          items: list[HistoryItem]) -> list[dict[str, Any]]:
-        """The messages of the next request, compacted until they fit the context budget."""
+                          items: list[HistoryItem]) -> tuple[list[dict[str, Any]], bool]:
+        """The messages of the next request, compacted until they fit the context budget, and
+        whether the stored history was compacted on the way."""
         budget = self.model.max_context_tokens
         fixed = estimate_tokens([ctx.system, tools])
+        compacted = False
         for _ in range(5):
             messages = to_messages(items, ctx.nonce)
             if fixed + estimate_tokens(messages) <= budget * COMPACT_AT:
-                return messages
+                return messages, compacted
             cut = self.cut_point(items, int(budget * KEEP_AFTER_COMPACTION))
             if cut is None:
                 break
             await self.compact(ctx, items[:cut], items[cut].entry_id)
+            compacted = True
             items = self.store.history(ctx.work.conversation_id)
         messages = to_messages(items, ctx.nonce)
         if fixed + estimate_tokens(messages) > budget - self.model.max_output_tokens // 4:
             raise ModelError(f"the conversation cannot be made to fit model.max_context_tokens "
                              f"({budget}); raise it or start a new conversation")
-        return messages
+        return messages, compacted
 
     @staticmethod
     def cut_point(items: list[HistoryItem], keep_tokens: int) -> int | None:
@@ -453,24 +479,6 @@ class Agent:
         self.store.insert_summary(ctx.work.conversation_id, summary, keep_from)
         log.info("compacted conversation=%s task_id=%s entries=%d",
                  ctx.work.conversation_name, ctx.work.task_id, len(old))
-
-
-def render_transcript(items: list[HistoryItem]) -> str:
-    """History as plain text for the summariser; tool output shortened."""
-    lines = []
-    for item in items:
-        if item.kind == "summary":
-            lines.append(f"[earlier summary]\n{item.content}")
-            continue
-        for block in item.content:
-            kind = block.get("type")
-            if kind == "text":
-                lines.append(f"[{item.role}] {block['text']}")
-            elif kind == "tool_use":
-                lines.append(f"[tool call] {block['name']} {json.dumps(block.get('input'))[:500]}")
-            elif kind == "tool_result":
-                lines.append(f"[tool result] {str(block.get('content'))[:1000]}")
-    return "\n".join(lines)
 
 
 async def check_model(model: ModelSettings) -> str:

@@ -104,7 +104,7 @@ class ModelSettings:
 class AgentSettings:
     """Concurrency and the budgets of one task (SECURITY.md R1)."""
 
-    max_concurrent_tasks: int = 4
+    max_concurrent_tasks: int = 8
     max_turns: int = 40
     max_tool_calls: int = 100
     max_identical_calls: int = 3

@@ -17,6 +17,7 @@ import logging
 import mimetypes
 import random
 import ssl
+import time
 import zipfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -170,32 +171,71 @@ async def check_smtp(settings: SmtpSettings) -> None:
         client.close()
 
 
-async def send(settings: SmtpSettings, mail: OutboxView) -> tuple[str, str]:
-    """Hand one mail to SMTP: (outcome, detail). Before DATA a failure is retried; after it,
-    a broken connection leaves the outcome unknown."""
-    sender = parseaddr(settings.from_address)[1]
-    try:
-        client = await _connect(settings)
-    except SmtpError as exc:
-        permanent = "refused" in str(exc)
-        return (SendOutcome.FAILED if permanent else SendOutcome.RETRY), str(exc)
-    try:
-        await client.sendmail(sender, [mail.recipient], mail.raw)
-    except aiosmtplib.SMTPRecipientsRefused as exc:
-        codes = [r.code for r in exc.recipients]
-        transient = all(400 <= c < 500 for c in codes)
-        return (SendOutcome.RETRY if transient else SendOutcome.FAILED), str(exc)
-    except aiosmtplib.SMTPResponseException as exc:
-        return (SendOutcome.RETRY if 400 <= exc.code < 500 else SendOutcome.FAILED), \
-            f"{exc.code} {exc.message}"
-    except (aiosmtplib.SMTPException, OSError) as exc:
-        return SendOutcome.UNKNOWN, f"connection lost while sending: {exc}"
-    finally:
+class Courier:
+    """One SMTP connection, kept while replies keep coming: a backlog sends hundreds of them,
+    and a connection with its greeting, TLS and login per mail would cost more than the mail.
+
+    A kept connection is checked with NOOP before it is used again, so that a server that
+    dropped it meanwhile costs a reconnect, never a mail with an unknown outcome. It is closed
+    after `KEEP_SECONDS` without mail, and after any failure.
+    """
+
+    KEEP_SECONDS = 10.0
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self.settings = settings
+        self.client: aiosmtplib.SMTP | None = None
+        self.used_at = 0.0
+
+    async def send(self, mail: OutboxView) -> tuple[str, str]:
+        """Hand one mail to SMTP: (outcome, detail). Before DATA a failure is retried; after
+        it, a broken connection leaves the outcome unknown."""
+        sender = parseaddr(self.settings.from_address)[1]
+        try:
+            client = await self.connection()
+        except SmtpError as exc:
+            permanent = "refused" in str(exc)
+            return (SendOutcome.FAILED if permanent else SendOutcome.RETRY), str(exc)
+        try:
+            await client.sendmail(sender, [mail.recipient], mail.raw)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            await self.close()
+            codes = [r.code for r in exc.recipients]
+            transient = all(400 <= c < 500 for c in codes)
+            return (SendOutcome.RETRY if transient else SendOutcome.FAILED), str(exc)
+        except aiosmtplib.SMTPResponseException as exc:
+            await self.close()
+            return (SendOutcome.RETRY if 400 <= exc.code < 500 else SendOutcome.FAILED), \
+                f"{exc.code} {exc.message}"
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            await self.close()
+            return SendOutcome.UNKNOWN, f"connection lost while sending: {exc}"
+        self.used_at = time.monotonic()
+        return SendOutcome.SENT, ""
+
+    async def connection(self) -> aiosmtplib.SMTP:
+        if self.client is not None:
+            try:
+                await self.client.noop()
+                return self.client
+            except (aiosmtplib.SMTPException, OSError):
+                self.client.close()
+                self.client = None
+        self.client = await _connect(self.settings)
+        return self.client
+
+    async def close_if_idle(self) -> None:
+        if self.client is not None and time.monotonic() - self.used_at > self.KEEP_SECONDS:
+            await self.close()
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is None:
+            return
         try:
             await client.quit()
         except (aiosmtplib.SMTPException, OSError):
             client.close()
-    return SendOutcome.SENT, ""
 
 
 def retry_delay(attempts: int) -> float:
@@ -214,19 +254,22 @@ class Postman:
         self.find_in_sent, self.save_to_sent = find_in_sent, save_to_sent
         self.failpoint_name = failpoint_name
         self.wake = asyncio.Event()
+        self.courier = Courier(settings)
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.reconcile()
         while not stop.is_set():
+            self.wake.clear()  # before looking: a mail queued while sending wakes the next look
             for mail in self.store.due_mail(datetime.now(UTC)):
                 if stop.is_set():
                     break
                 await self.deliver(mail)
-            self.wake.clear()
+            await self.courier.close_if_idle()
             waits = [asyncio.create_task(self.wake.wait()), asyncio.create_task(stop.wait())]
             await asyncio.wait(waits, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waits:
                 waiter.cancel()
+        await self.courier.close()
 
     async def reconcile(self) -> None:
         """Mail left `sending` by a crash has an unknown outcome: settle each one."""
@@ -251,7 +294,7 @@ class Postman:
         failpoint(self.failpoint_name, "after-queue")  # in the outbox, no attempt made yet
         self.store.set_mail_state(mail.outbox_id, "sending")
         failpoint(self.failpoint_name, "before-smtp")  # marked sending, nothing handed over
-        outcome, detail = await send(self.settings, mail)
+        outcome, detail = await self.courier.send(mail)
         failpoint(self.failpoint_name, "after-smtp")  # sent, but not yet recorded
         log.info("mail %s message_id=%s task_id=%s %s", outcome, mail.message_id, mail.task_id,
                  detail)
