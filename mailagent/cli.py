@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mailagent import __version__, doctor, init_wizard, status_view
+from mailagent import __version__, doctor, init_wizard, install, status_view
 from mailagent.config import Settings, find_config_path, load_settings
 from mailagent.demo import add_demo_parser
 from mailagent.errors import ConfigError, MailagentError, PolicyError
@@ -179,10 +179,21 @@ def cmd_init(args: argparse.Namespace) -> int:
     if not args.no_check:
         print(f"\nChecking {path}:")
         result = cmd_check(argparse.Namespace(config=str(path)))
+    if result == 0 and _wants_service(args):
+        print()
+        install.install(install.unit_for(install.current_platform(), path.absolute()), print)
+        return 0
     print("\nTo run mailagent in the background, install the service:\n"
           f"  mailagent service install --config {path}\n"
           f"or run it in the foreground:\n  mailagent run --config {path}")
     return result
+
+
+def _wants_service(args: argparse.Namespace) -> bool:
+    if args.install_service or args.non_interactive:
+        return bool(args.install_service)
+    return init_wizard.Asker(True).yes("\nInstall mailagent as a service of this computer now?",
+                                       False)
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--non-interactive", action="store_true", help="ask nothing; every answer from flags")
     add("--force", action="store_true", help="replace an existing config file")
     add("--no-check", action="store_true", help="write the config without running check")
+    add("--install-service", action="store_true", help="when check passes, install mailagent "
+        "as a service of this computer (interactively: asked)")
     add("--provider", choices=list(PROVIDERS), help="preset for servers and verification")
     add("--email", help="the agent's mail address")
     add("--username", help="login name (default: the address)")

@@ -14,7 +14,7 @@ from mailagent.providers import PROVIDERS
 from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
 from tests.support.model_server import ModelServer
-from tests.support.setup_cli import PASSWORD, keyring_env, keyring_get, run
+from tests.support.setup_cli import PASSWORD, fake_home, keyring_env, keyring_get, run
 from tests.support.smtp import SmtpServer
 
 
@@ -98,6 +98,7 @@ def test_init_asks_its_questions_on_stdin(tmp_path: Path, dovecot: Dovecot,
         "authentication-results",  # instead of the suggested dkim
         "mx.example.com",
         str(projects), "write",
+        "n",  # install the service now? not here
     ]
     result = run(env, "init", "--config", str(config), "--data-dir", str(tmp_path / "data"),
                  "--model", "claude-test-model", "--model-base-url", model_server.base_url,
@@ -106,6 +107,8 @@ def test_init_asks_its_questions_on_stdin(tmp_path: Path, dovecot: Dovecot,
     assert "Provider: Fastmail" in result.stdout
     assert "Servers: IMAP imap.fastmail.com:993 (ssl)" in result.stdout
     assert "Manage app passwords" in result.stdout
+    assert "Install mailagent as a service of this computer now?" in result.stdout
+    assert "mailagent service install --config" in result.stdout  # declined: the command shown
     assert "ok: IMAP login as agent@example.com on 127.0.0.1" in result.stdout
     assert PASSWORD not in result.stdout + result.stderr
     text = config.read_text()
@@ -198,3 +201,38 @@ def test_check_says_where_the_service_unit_is(tmp_path: Path) -> None:
                  "--config", str(config))
     [line] = [x for x in result.stdout.splitlines() if x.startswith("ok: service:")]
     assert line.startswith(f"ok: service: unit installed: {unit} (written 20")
+
+
+def test_init_installs_the_service_once_check_passes(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer,
+        model_server: ModelServer) -> None:
+    home_env, systemctl_log = fake_home(tmp_path)
+    env = keyring_env(tmp_path, **{k: home_env[k] for k in ("HOME", "XDG_CONFIG_HOME", "PATH")})
+    config = tmp_path / "mailagent.toml"
+    result = run(env, "init", "--non-interactive", "--install-service", "--config", str(config),
+                 "--provider", "generic", "--email", "agent@example.com",
+                 "--owner", "owner@example.com", "--password-env", "TEST_AGENT_PASSWORD",
+                 *server_flags(dovecot, smtp_server, model_server, tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    unit = tmp_path / "xdg" / "systemd" / "user" / "mailagent.service"
+    assert f"wrote {unit}" in result.stdout
+    exec_start = next(line for line in unit.read_text().splitlines()
+                      if line.startswith("ExecStart="))
+    assert '"-m" "mailagent" "run" "--config"' in exec_start and str(config) in exec_start
+    assert "--user enable --now mailagent.service" in systemctl_log.read_text()
+
+
+def test_init_does_not_install_a_service_whose_check_failed(tmp_path: Path) -> None:
+    home_env, systemctl_log = fake_home(tmp_path)
+    env = keyring_env(tmp_path, **{k: home_env[k] for k in ("HOME", "XDG_CONFIG_HOME", "PATH")})
+    result = run(env, "init", "--non-interactive", "--install-service",
+                 "--config", str(tmp_path / "mailagent.toml"), "--provider", "generic",
+                 "--email", "agent@example.com", "--owner", "owner@example.com",
+                 "--password-env", "TEST_AGENT_PASSWORD", "--imap-host", "127.0.0.1",
+                 "--imap-port", "1", "--imap-security", "none", "--smtp-host", "127.0.0.1",
+                 "--smtp-port", "1", "--smtp-security", "none",
+                 "--data-dir", str(tmp_path / "data"), "--model-base-url", "http://127.0.0.1:1")
+    assert result.returncode == 1
+    assert "error: cannot reach IMAP server 127.0.0.1:1" in result.stdout
+    assert not (tmp_path / "xdg" / "systemd").exists()
+    assert not systemctl_log.exists()

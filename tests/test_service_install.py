@@ -16,14 +16,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from tests.support.config import write_config
+from tests.support.setup_cli import fake_home
 
 TASK_NS = "{http://schemas.microsoft.com/windows/2004/02/mit/task}"
-
-FAKE_SYSTEMCTL = """#!/bin/sh
-echo "$*" >> "{log}"
-if [ "$2" = "is-active" ]; then echo active; fi
-"""
-
 
 def mailagent(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "mailagent", *args], capture_output=True,
@@ -105,19 +100,6 @@ def test_the_windows_task_parses_with_the_right_command(tmp_path: Path) -> None:
     assert task.find(f"{TASK_NS}Triggers/{TASK_NS}LogonTrigger") is not None
     assert task.findtext(f"{TASK_NS}Settings/{TASK_NS}RestartOnFailure/{TASK_NS}Count") == "999"
     assert "schtasks /Create /TN mailagent /XML" in result.stderr
-
-
-def fake_home(tmp_path: Path) -> tuple[dict[str, str], Path]:
-    """An environment whose HOME and XDG dirs are temporary, with a recording systemctl."""
-    bin_dir, log = tmp_path / "bin", tmp_path / "systemctl.log"
-    bin_dir.mkdir()
-    (bin_dir / "systemctl").write_text(FAKE_SYSTEMCTL.format(log=log))
-    (bin_dir / "systemctl").chmod(0o755)
-    env = {**os.environ, "HOME": str(tmp_path / "home"), "TEST_IMAP_PASSWORD": "x",
-           "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MAILAGENT_CONFIG", None)
-    return env, log
 
 
 def test_install_writes_the_unit_where_systemd_looks_then_status_and_uninstall(

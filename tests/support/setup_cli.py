@@ -29,3 +29,22 @@ def keyring_get(env: dict[str, str], service: str, user: str) -> str:
     result = subprocess.run([sys.executable, "-m", "keyring", "get", service, user],
                             capture_output=True, text=True, env=env, timeout=60)
     return result.stdout.strip()
+
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+echo "$*" >> "{log}"
+if [ "$2" = "is-active" ]; then echo active; fi
+"""
+
+
+def fake_home(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """An environment whose HOME and XDG dirs are temporary, with a recording systemctl."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "systemctl.log"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(FAKE_SYSTEMCTL.format(log=log))
+    (bin_dir / "systemctl").chmod(0o755)
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "TEST_IMAP_PASSWORD": "x",
+           "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MAILAGENT_CONFIG", None)
+    return env, log
