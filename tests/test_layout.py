@@ -22,6 +22,7 @@ SEAMS = {
     "pypdf": {"tools/documents.py"},
     "docx": {"tools/documents.py"},
     "openpyxl": {"tools/documents.py"},
+    "regex": {"tools/files.py"},
 }
 
 
