@@ -372,19 +372,21 @@ def read_inbound(raw: bytes, size: int, rules: IntakeRules) -> Inbound | Rejecti
     """Decide what one stored mail is: an owner's message to act on, or a rejection.
 
     Sender checks come first and use the headers only, so that the owner can be told why a mail
-    of theirs was refused (too large, say), while a stranger never hears back.
+    of theirs was refused (too large, say), while a stranger never hears back. Headers over the
+    limit are judged on their first `max_header_bytes` only (the provider's Authentication-Results
+    is on top), so an owner hears of the limit and nothing parses more than that.
     """
     limited = check_header_limit(raw, rules.limits)
     if limited:
-        return limited
+        raw = header_block(raw)[: rules.limits.max_header_bytes]
     headers = parse_headers(raw)
     loop = loop_reason(headers, rules.is_ours)
     if loop:
         return Rejection("loop", loop)
     owner, how = authenticate_sender(raw, headers, rules)
     if owner is None:
-        return Rejection("unauthenticated", how)
-    checked = _check_owner_mail(raw, size, headers, rules)
+        return limited or Rejection("unauthenticated", how)
+    checked = limited or _check_owner_mail(raw, size, headers, rules)
     if isinstance(checked, Rejection):
         ids = message_ids(str(headers.get("Message-ID", "")))
         return replace(checked, tell_owner=True, owner_address=owner,
