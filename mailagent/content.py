@@ -151,7 +151,7 @@ def html_to_text(html: str) -> str:
 # letters from other scripts that look like those of "data" (Cyrillic a, Greek tau, ...).
 _ANGLES = "<\u2039\u2329\u27e8\u276e\u02c2\u3008\ufe64\uff1c\u1438\u227a\u2264\u29fc"
 _SLASHES = "/\u2215\u2044\uff0f\u29f8\u2571\\\\"
-_FENCE_LIKE = re.compile(f"[{_ANGLES}]\\s*[{_SLASHES}]?\\s*([^\\s=>\"'/]{{1,40}})")
+_FENCE_LIKE = re.compile(f"[{_ANGLES}]\\s*[{_SLASHES}]?\\s*([^\\s=>\"'/{_ANGLES}]{{1,40}})")
 _LOOK_ALIKES = str.maketrans({
     "\u0430": "a", "\u0410": "a", "\u03b1": "a", "\u0391": "a", "\u0251": "a", "\u1d00": "a",
     "\u0501": "d", "\u217e": "d", "\u13e7": "d", "\u1d05": "d", "\u0257": "d", "\u0256": "d",
