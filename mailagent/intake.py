@@ -352,7 +352,8 @@ def _walk(part: Message, parts: _Parts, depth: int, limit: int) -> None:
 
 def _check_parts(parts: _Parts, limits: LimitSettings) -> str | None:
     if parts.depth > limits.max_mime_depth:
-        return f"MIME nesting is {parts.depth} deep, over limits.max_mime_depth"
+        return (f"MIME nesting is more than {limits.max_mime_depth} levels deep "
+                "(limits.max_mime_depth)")
     if parts.count > limits.max_mime_parts:
         return f"message has {parts.count} MIME parts, over limits.max_mime_parts"
     if len(parts.attachments) > limits.max_attachments:
