@@ -46,6 +46,7 @@ class IntakeRules:
     limits: LimitSettings
     now: datetime
     is_ours: Callable[[str], bool] = lambda _message_id: False
+    mails_last_hour: Callable[[str], int] = lambda _address: 0  # accepted from this owner
     dnsfunc: Callable[..., bytes | None] | None = None
 
 
@@ -74,7 +75,7 @@ class Inbound:
 
 @dataclass(frozen=True)
 class Rejection:
-    kind: str  # limit | malformed | loop | unauthenticated | replay
+    kind: str  # limit | malformed | loop | unauthenticated | replay | rate
     reason: str
     tell_owner: bool = False  # only for mail that did come from the authenticated owner
     detail: dict[str, Any] = field(default_factory=dict)
@@ -387,6 +388,11 @@ def read_inbound(raw: bytes, size: int, rules: IntakeRules) -> Inbound | Rejecti
     owner, how = authenticate_sender(raw, headers, rules)
     if owner is None:
         return limited or Rejection("unauthenticated", how)
+    recent = rules.mails_last_hour(owner)
+    if recent >= rules.limits.max_mails_per_hour:
+        # Not answered: so many mails in an hour is most likely a loop with an auto-responder.
+        return Rejection("rate", f"{recent} mails from {owner} in the last hour, the limit is "
+                         f"{rules.limits.max_mails_per_hour} (limits.max_mails_per_hour)")
     checked = limited or _check_owner_mail(raw, size, headers, rules)
     if isinstance(checked, Rejection):
         ids = message_ids(str(headers.get("Message-ID", "")))

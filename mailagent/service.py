@@ -14,7 +14,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -207,8 +207,11 @@ class Service:
                                         f"gave up after {MAX_ATTEMPTS} attempts", {})
             return
         try:
-            rules = IntakeRules(self.settings.owner, self.settings.limits, datetime.now(UTC),
-                                is_ours=self.store.is_our_message_id)
+            now = datetime.now(UTC)
+            rules = IntakeRules(self.settings.owner, self.settings.limits, now,
+                                is_ours=self.store.is_our_message_id,
+                                mails_last_hour=lambda address: self.store.mails_from_since(
+                                    address, now - timedelta(hours=1)))
             outcome = read_inbound(raw, size, rules)
             if isinstance(outcome, Rejection):
                 self.reject(raw_message_id, outcome)

@@ -730,6 +730,17 @@ class Store(ScheduleStore):
             task.cost_usd += usage.cost_usd
             s.add(task)
 
+    def mails_from_since(self, owner_address: str, since: datetime) -> int:
+        """Tasks and commands that mail from this address made since `since` (schedules'
+        runs are not mail and do not count): the per-sender rate limit of SECURITY.md S4."""
+        with self.session() as s:
+            tasks = s.exec(select(func.count()).select_from(Task).where(
+                Task.owner_address == owner_address, col(Task.raw_message_id).is_not(None),
+                Task.created_at >= since)).one()
+            commands = s.exec(select(func.count()).select_from(Command).where(
+                Command.owner_address == owner_address, Command.created_at >= since)).one()
+            return int(tasks) + int(commands)
+
     def cost_since(self, since: datetime) -> float:
         with self.session() as s:
             total = s.exec(select(func.sum(Task.cost_usd)).where(Task.updated_at >= since)).one()
