@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
 
-from mailagent.config import OwnerSettings
+from mailagent.config import LimitSettings, OwnerSettings
 from mailagent.intake import content_key
 from mailagent.mailbox import Fetched
 from mailagent.service import Service
@@ -125,7 +125,8 @@ def format_table(rows: Sequence[Row]) -> str:
 
 def run_in_process(folder: Path, sent: Sequence[Input]) -> list[Row]:
     settings = settings_for_tests(folder, owner=OwnerSettings((OWNER,), "authentication-results",
-                                                              ("mx.example.com",)))
+                                                              ("mx.example.com",)),
+                                  limits=LimitSettings(max_mails_per_hour=10_000))
     store = Store.open(settings.database_url)
     service = Service(settings, store)
     for uid, item in enumerate(sent, start=1):

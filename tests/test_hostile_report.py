@@ -27,7 +27,8 @@ def test_every_hostile_input_gets_a_reported_outcome_and_the_service_still_works
     for item in sent:
         dovecot.append(item.raw)
     config = write_config(tmp_path, dovecot.imap_port, smtp_server.port,
-                          model_url=model_server.base_url)
+                          model_url=model_server.base_url,
+                          extra="[limits]\nmax_mails_per_hour = 10000\n")
     service = ServiceProcess(config).start()
     try:
         store = service.store()

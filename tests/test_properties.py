@@ -51,7 +51,8 @@ class Intake:
 def intake(tmp_path_factory: pytest.TempPathFactory) -> Intake:
     folder = tmp_path_factory.mktemp("intake")
     limits = LimitSettings(max_mime_parts=50, max_mime_depth=8, max_header_bytes=8192,
-                           max_attachments=5, max_attachment_bytes=20_000)
+                           max_attachments=5, max_attachment_bytes=20_000,
+                           max_mails_per_hour=100_000)
     config = settings_for_tests(folder, limits=limits)
     store = Store.open(config.database_url)
     return Intake(Service(config, store), store, itertools.count(1))
