@@ -79,11 +79,8 @@ def tool_definitions(tools: dict[str, Callable[..., str]]) -> list[dict[str, Any
 
 
 def task_message(work: TaskWork, nonce: str) -> str:
-    """The owner's words as the instruction; everything else of the mail as fenced data.
-
-    The subject is data too: a forward's subject is the stranger's ("Fwd: ..."), so it is fenced
-    like the forwarded text it came with.
-    """
+    """The owner's words as the instruction; everything else of the mail as fenced data, the
+    subject included (a forward's subject is the stranger's: "Fwd: ...")."""
     parts = [f"New task #{work.task_id} from the owner:",
              work.instruction or "(no typed text: the owner wrote only the mail subject below)"]
     data = work.data
