@@ -96,10 +96,13 @@ def tool_definitions(tools: dict[str, Callable[..., str]]) -> list[dict[str, Any
 
 
 def task_message(work: TaskWork, nonce: str) -> str:
-    """The owner's words as the instruction; everything else of the mail as fenced data."""
-    parts = [f"New task #{work.task_id} from the owner (mail subject: {work.subject!r}):",
-             work.instruction or "(no text: see the data below)"]
+    """The owner's words as the instruction; everything else of the mail as fenced data, the
+    subject included (a forward's subject is the stranger's: "Fwd: ...")."""
+    parts = [f"New task #{work.task_id} from the owner:",
+             work.instruction or "(no typed text: the owner wrote only the mail subject below)"]
     data = work.data
+    if work.subject:
+        parts.append(fence("mail-subject", work.subject, nonce))
     if data.get("quoted_text"):
         parts.append(fence("quoted-mail", data["quoted_text"], nonce))
     for forwarded in data.get("forwarded", []):
@@ -272,12 +275,14 @@ class Agent:
             raise ModelError(f"model request failed: {exc}") from exc
 
     def usage(self, usage: Any) -> Usage:
-        read = int(getattr(usage, "cache_read_input_tokens", 0) or 0)
-        write = int(getattr(usage, "cache_creation_input_tokens", 0) or 0)
+        # Counts below zero would buy budget back: an endpoint's figures count only upwards.
+        read = max(0, int(getattr(usage, "cache_read_input_tokens", 0) or 0))
+        write = max(0, int(getattr(usage, "cache_creation_input_tokens", 0) or 0))
+        tokens_in, tokens_out = max(0, usage.input_tokens), max(0, usage.output_tokens)
         price_in = self.model.input_usd_per_mtok / 1e6
-        cost = (usage.input_tokens * price_in + write * price_in * 1.25 + read * price_in * 0.1
-                + usage.output_tokens * self.model.output_usd_per_mtok / 1e6)
-        return Usage(usage.input_tokens, usage.output_tokens, read, write, cost)
+        cost = (tokens_in * price_in + write * price_in * 1.25 + read * price_in * 0.1
+                + tokens_out * self.model.output_usd_per_mtok / 1e6)
+        return Usage(tokens_in, tokens_out, read, write, cost)
 
     def partial_text(self, conversation_id: int, task_id: int) -> str:
         """The model's latest words in this task, to show what was done before it stopped."""
@@ -415,7 +420,8 @@ class Agent:
             return f"there is no tool named {name!r}"
         same = self.store.count_identical_calls(ctx.work.task_id, name, tool_input)
         if same >= 2 * self.budgets.max_identical_calls:
-            return f"fail:budget: the same {name} call was repeated {same} times"
+            return (f"fail:budget: the same {name} call was repeated {same} times "
+                    "(agent.max_identical_calls)")
         if same >= self.budgets.max_identical_calls:
             return (f"refused: this exact {name} call was already made {same} times "
                     "(agent.max_identical_calls); change approach or finish")

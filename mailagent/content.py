@@ -147,14 +147,37 @@ def html_to_text(html: str) -> str:
 
 # ---------------------------------------------------------------- data fences
 
-_FENCE_TAG = re.compile(r"<\s*/?\s*data\b", re.IGNORECASE)
+# A fence tag and what could pass for one: `<` or `/` look-alikes that NFKC does not fold, and
+# letters from other scripts that look like those of "data" (Cyrillic a, Greek tau, ...).
+_ANGLES = "<\u2039\u2329\u27e8\u276e\u02c2\u3008\ufe64\uff1c\u1438\u227a\u2264\u29fc"
+_SLASHES = "/\u2215\u2044\uff0f\u29f8\u2571\\\\"
+_FENCE_LIKE = re.compile(f"[{_ANGLES}]\\s*[{_SLASHES}]?\\s*([^\\s=>\"'/{_ANGLES}]{{1,40}})")
+_LOOK_ALIKES = str.maketrans({
+    "\u0430": "a", "\u0410": "a", "\u03b1": "a", "\u0391": "a", "\u0251": "a", "\u1d00": "a",
+    "\u0501": "d", "\u217e": "d", "\u13e7": "d", "\u1d05": "d", "\u0257": "d", "\u0256": "d",
+    "\u0442": "t", "\u0422": "t", "\u03c4": "t", "\u03a4": "t", "\u1d1b": "t", "\u01ad": "t",
+})
+
+
+def _skeleton(word: str) -> str:
+    """`word` as it looks: accents and other combining marks dropped, look-alikes mapped."""
+    bare = "".join(ch for ch in unicodedata.normalize("NFKD", word)
+                   if not unicodedata.combining(ch))
+    return bare.translate(_LOOK_ALIKES).casefold()
+
+
+def _defuse(match: re.Match[str]) -> str:
+    if not _skeleton(match.group(1)).startswith("data"):
+        return match.group(0)
+    return "[" + match.group(0)[1:]
 
 
 def neutralise(text: str) -> str:
     """Data made safe to fence: compatibility forms folded (fullwidth brackets become ASCII),
-    invisible characters removed, and anything that looks like a fence tag defused."""
+    invisible characters removed, and anything that looks like a fence tag defused, including
+    look-alikes from other scripts and brackets NFKC leaves alone."""
     text = strip_invisible(unicodedata.normalize("NFKC", text))
-    return _FENCE_TAG.sub(lambda m: m.group(0).replace("<", "[", 1), text)
+    return _FENCE_LIKE.sub(_defuse, text)
 
 
 def fence(kind: str, text: str, nonce: str, **labels: str | int) -> str:

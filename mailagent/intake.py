@@ -46,6 +46,7 @@ class IntakeRules:
     limits: LimitSettings
     now: datetime
     is_ours: Callable[[str], bool] = lambda _message_id: False
+    mails_last_hour: Callable[[str], int] = lambda _address: 0  # accepted from this owner
     dnsfunc: Callable[..., bytes | None] | None = None
 
 
@@ -74,7 +75,7 @@ class Inbound:
 
 @dataclass(frozen=True)
 class Rejection:
-    kind: str  # limit | malformed | loop | unauthenticated | replay
+    kind: str  # limit | malformed | loop | unauthenticated | replay | rate
     reason: str
     tell_owner: bool = False  # only for mail that did come from the authenticated owner
     detail: dict[str, Any] = field(default_factory=dict)
@@ -286,6 +287,17 @@ def replay_reason(headers: Message, rules: IntakeRules) -> str | None:
     return None
 
 
+def _sent_lately(headers: Message, now: datetime) -> bool:
+    """Whether the mail's Date is within the last hour (or unknown): only such mail can be part
+    of a loop running now. Older mail is a backlog (the computer slept), never rate-limited."""
+    try:
+        date = parsedate_to_datetime(str(headers.get("Date", "")))
+    except (TypeError, ValueError, IndexError):
+        return True
+    date = date if date.tzinfo else date.replace(tzinfo=UTC)
+    return date >= now - timedelta(hours=1)
+
+
 # ---------------------------------------------------------------- the MIME tree
 
 
@@ -352,7 +364,8 @@ def _walk(part: Message, parts: _Parts, depth: int, limit: int) -> None:
 
 def _check_parts(parts: _Parts, limits: LimitSettings) -> str | None:
     if parts.depth > limits.max_mime_depth:
-        return f"MIME nesting is {parts.depth} deep, over limits.max_mime_depth"
+        return (f"MIME nesting is more than {limits.max_mime_depth} levels deep "
+                "(limits.max_mime_depth)")
     if parts.count > limits.max_mime_parts:
         return f"message has {parts.count} MIME parts, over limits.max_mime_parts"
     if len(parts.attachments) > limits.max_attachments:
@@ -372,19 +385,26 @@ def read_inbound(raw: bytes, size: int, rules: IntakeRules) -> Inbound | Rejecti
     """Decide what one stored mail is: an owner's message to act on, or a rejection.
 
     Sender checks come first and use the headers only, so that the owner can be told why a mail
-    of theirs was refused (too large, say), while a stranger never hears back.
+    of theirs was refused (too large, say), while a stranger never hears back. Headers over the
+    limit are judged on their first `max_header_bytes` only (the provider's Authentication-Results
+    is on top), so an owner hears of the limit and nothing parses more than that.
     """
     limited = check_header_limit(raw, rules.limits)
     if limited:
-        return limited
+        raw = header_block(raw)[: rules.limits.max_header_bytes]
     headers = parse_headers(raw)
     loop = loop_reason(headers, rules.is_ours)
     if loop:
         return Rejection("loop", loop)
     owner, how = authenticate_sender(raw, headers, rules)
     if owner is None:
-        return Rejection("unauthenticated", how)
-    checked = _check_owner_mail(raw, size, headers, rules)
+        return limited or Rejection("unauthenticated", how)
+    recent = rules.mails_last_hour(owner) if _sent_lately(headers, rules.now) else 0
+    if recent >= rules.limits.max_mails_per_hour:
+        # Not answered: so many mails in an hour is most likely a loop with an auto-responder.
+        return Rejection("rate", f"{recent} mails from {owner} in the last hour, the limit is "
+                         f"{rules.limits.max_mails_per_hour} (limits.max_mails_per_hour)")
+    checked = limited or _check_owner_mail(raw, size, headers, rules)
     if isinstance(checked, Rejection):
         ids = message_ids(str(headers.get("Message-ID", "")))
         return replace(checked, tell_owner=True, owner_address=owner,

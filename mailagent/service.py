@@ -14,7 +14,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -225,8 +225,11 @@ class Service:
         try:
             if self.canary.take(raw_message_id, raw):
                 return  # our own liveness probe, back: recorded, never a task
-            rules = IntakeRules(self.settings.owner, self.settings.limits, datetime.now(UTC),
-                                is_ours=self.store.is_our_message_id)
+            now = datetime.now(UTC)
+            rules = IntakeRules(self.settings.owner, self.settings.limits, now,
+                                is_ours=self.store.is_our_message_id,
+                                mails_last_hour=lambda address: self.store.mails_from_since(
+                                    address, now - timedelta(hours=1)))
             outcome = read_inbound(raw, size, rules)
             if isinstance(outcome, Rejection):
                 self.reject(raw_message_id, outcome)
@@ -261,7 +264,7 @@ class Service:
                 name=destination.name, argument=destination.argument,
                 conversation_name=destination.conversation_name, task_id=destination.task_id,
                 owner_address=inbound.owner_address, subject=inbound.subject,
-                message_id=inbound.message_id, references=references,
+                message_id=inbound.message_id, references=references, sent_at=inbound.date,
             ), reason=f"command from {inbound.owner_address} ({inbound.authenticated_by})")
             log.info("command raw_message_id=%s command_id=%s name=%s", raw_message_id,
                      command_id, destination.name)
@@ -278,6 +281,7 @@ class Service:
             data={"quoted_text": inbound.quoted_text, "forwarded": list(inbound.forwarded),
                   "attachments": attachments, "continues_task_id": destination.continues_task_id,
                   "date": inbound.date.isoformat() if inbound.date else None},
+            sent_at=inbound.date,
         ), reason=f"task from {inbound.owner_address} ({inbound.authenticated_by})",
             receipt=receipt)
         log.info("task queued raw_message_id=%s task_id=%s conversation=%s", raw_message_id,

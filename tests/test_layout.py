@@ -31,6 +31,7 @@ SEAMS = {
     "rich": {"status_view.py"},
     "mcp": {"connectors.py"},
     "httpx2": {"connectors.py"},
+    "regex": {"tools/files.py"},
 }
 
 

@@ -297,6 +297,7 @@ class MailStore:
                 owner_address=new.owner_address, subject=new.subject, message_id=new.message_id,
                 references=" ".join(new.references), instruction=new.instruction,
                 data_json=json.dumps(new.data), created_at=now, updated_at=now,
+                sent_at=_utc(new.sent_at),
             )
             s.add(task)
             s.flush()
@@ -321,6 +322,7 @@ class MailStore:
                 task_id=new.task_id, name=new.name, argument=new.argument,
                 owner_address=new.owner_address, subject=new.subject, message_id=new.message_id,
                 references=" ".join(new.references), created_at=utcnow(),
+                sent_at=_utc(new.sent_at),
             )
             s.add(command)
             s.flush()
@@ -730,6 +732,20 @@ class Store(ScheduleStore):
             task.cost_usd += usage.cost_usd
             s.add(task)
 
+    def mails_from_since(self, owner_address: str, since: datetime) -> int:
+        """Tasks and commands made by mail from this address that was sent (by its Date) since
+        `since`: the per-sender rate limit of SECURITY.md S4. Counting by the Date, not by when
+        we took the mail, lets a backlog of mail written over a night of sleep through."""
+        since = _utc(since) or since
+        with self.session() as s:
+            tasks = s.exec(select(func.count()).select_from(Task).where(
+                Task.owner_address == owner_address, col(Task.raw_message_id).is_not(None),
+                func.coalesce(Task.sent_at, Task.created_at) >= since)).one()
+            commands = s.exec(select(func.count()).select_from(Command).where(
+                Command.owner_address == owner_address,
+                func.coalesce(Command.sent_at, Command.created_at) >= since)).one()
+            return int(tasks) + int(commands)
+
     def cost_since(self, since: datetime) -> float:
         with self.session() as s:
             total = s.exec(select(func.sum(Task.cost_usd)).where(Task.updated_at >= since)).one()
@@ -869,6 +885,13 @@ class Store(ScheduleStore):
             row.deleted_at = utcnow()
             s.add(row)
             return True
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """In UTC, as everything is stored (SQLite keeps no offset); a naive value is UTC already."""
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(UTC)
 
 
 def _aware(value: datetime) -> datetime:

@@ -83,6 +83,7 @@ class Task(SQLModel, table=True):
     reason: str | None = None
     created_at: datetime
     updated_at: datetime
+    sent_at: datetime | None = None  # the mail's Date: the per-sender rate limit counts by it
     not_before: datetime | None = None  # a task put back after overload waits until then
     turns: int = 0
     tool_calls: int = 0
@@ -153,6 +154,7 @@ class Command(SQLModel, table=True):
     references: str = ""
     state: str = Field(default="pending", index=True)  # pending -> done
     created_at: datetime
+    sent_at: datetime | None = None  # the mail's Date, as for a task
 
 
 class ThreadRef(SQLModel, table=True):
@@ -307,6 +309,11 @@ def _probes(connection: Connection) -> None:
     SQLModel.metadata.create_all(connection, tables=[SQLModel.metadata.tables["probe"]])
 
 
+def _sent_at(connection: Connection) -> None:
+    for table in ("task", "command"):
+        _add_columns(connection, table, {"sent_at": "TIMESTAMP"})
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_agent", _agent),
@@ -315,5 +322,6 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0005_budget_steps", _budget_steps),
     ("0006_schedules", _schedules),
     ("0007_probes", _probes),
+    ("0008_sent_at", _sent_at),
 ]
 

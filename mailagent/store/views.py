@@ -73,6 +73,7 @@ class NewTask:
     references: tuple[str, ...]
     instruction: str
     data: dict[str, Any]
+    sent_at: datetime | None = None  # the mail's Date header
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class NewCommand:
     subject: str
     message_id: str | None
     references: tuple[str, ...]
+    sent_at: datetime | None = None  # the mail's Date header
 
 
 

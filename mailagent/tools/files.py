@@ -12,14 +12,16 @@ and never read a FIFO or device.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+import regex
 
 from mailagent.tools import ToolError
 from mailagent.tools.documents import document_text
@@ -31,6 +33,13 @@ MAX_DOCUMENT_BYTES = 20 * 1024 * 1024  # a PDF or office file is read whole or n
 MAX_LIST_ENTRIES = 500
 MAX_SEARCH_FILES = 5000
 MAX_SEARCH_RESULTS = 200
+# The model writes the pattern, and file contents are hostile: a pattern such as `(a+)+$` takes
+# exponential time on some lines. `regex` matches without holding the GIL and stops at a timeout,
+# so one search can neither freeze the service nor run much past this many seconds in all (the
+# timeout is checked between steps of the matcher, whose length grows with the text: long lines
+# are searched in pieces of MAX_SEARCH_LINE_CHARS).
+MAX_SEARCH_SECONDS = 5.0
+MAX_SEARCH_LINE_CHARS = 1000
 
 
 class Judged(Protocol):
@@ -211,7 +220,9 @@ class FileTools:
     def search_files(self, pattern: str, path: str | None = None) -> str:
         """Search the text files under a folder for a regular expression (case-insensitive).
 
-        Returns `file:line: text` for each match, and files whose name matches.
+        Returns `file:line: text` for each match, and files whose name matches. Lines longer than
+        1000 characters are searched in pieces. A search stops after about 5 seconds in all (a
+        pattern that backtracks badly is cut off with an error).
 
         Args:
             pattern: a regular expression, or plain text.
@@ -219,30 +230,44 @@ class FileTools:
         """
         root = self._path("list", path or ".")
         try:
-            regex = re.compile(pattern, re.IGNORECASE)
-        except re.error:
-            regex = re.compile(re.escape(pattern), re.IGNORECASE)
+            compiled = regex.compile(pattern, regex.IGNORECASE)
+        except (regex.error, ValueError, OverflowError):
+            compiled = regex.compile(regex.escape(pattern), regex.IGNORECASE)
+        deadline = time.monotonic() + MAX_SEARCH_SECONDS
         results: list[str] = []
-        for count, file in enumerate(_walk_files(root)):
-            if count >= MAX_SEARCH_FILES or len(results) >= MAX_SEARCH_RESULTS:
-                results.append("[search stopped at its limit]")
-                break
-            results.extend(self._search_one(file, regex))
+        try:
+            for count, file in enumerate(_walk_files(root)):
+                if count >= MAX_SEARCH_FILES or len(results) >= MAX_SEARCH_RESULTS:
+                    results.append("[search stopped at its limit]")
+                    break
+                results.extend(self._search_one(file, compiled, deadline))
+        except TimeoutError:
+            raise ToolError(f"the search for {pattern[:100]!r} took longer than "
+                            f"{MAX_SEARCH_SECONDS:g} s and was stopped; use a simpler pattern "
+                            "or a smaller folder") from None
         return self._cap("\n".join(results[: MAX_SEARCH_RESULTS + 1]) or "no matches")
 
-    def _search_one(self, file: Path, regex: re.Pattern[str]) -> list[str]:
+    def _search_one(self, file: Path, compiled: Any, deadline: float) -> list[str]:
         decision = self.judge("read", str(file))
         if decision.verdict != "allow" or decision.path is None:
             return []
-        found = [f"{file}: (name matches)"] if regex.search(file.name) else []
+
+        def search(text: str) -> bool:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            return compiled.search(text, timeout=left) is not None
+
+        found = [f"{file}: (name matches)"] if search(file.name) else []
         try:
             data = self._read_bytes(decision.path)
         except ToolError:
             return found
         if b"\x00" in data[:8192]:
             return found
+        step = MAX_SEARCH_LINE_CHARS
         for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
-            if regex.search(line):
+            if any(search(line[at:at + step]) for at in range(0, max(len(line), 1), step)):
                 found.append(f"{file}:{number}: {line[:300]}")
         return found
 

@@ -114,6 +114,8 @@ def rig(*, model_extra: str = "", extra: str = "") -> Iterator[Rig]:
     dovecot = Dovecot.start()
     smtp = SmtpServer.start()
     model = ModelServer.start()
+    # Hundreds of mails from one address within minutes is what the rate limit stops as a loop.
+    extra = "[limits]\nmax_mails_per_hour = 100000\n" + extra
     config = write_config(folder, dovecot.imap_port, smtp.port, model_url=model.base_url,
                           model_extra=model_extra, extra=extra)
     setup = Rig(folder, dovecot, smtp, model, ServiceProcess(config))
