@@ -27,6 +27,7 @@ from mailagent.config import Settings
 from mailagent.connector_rules import PREFIX as MCP_PREFIX
 from mailagent.connector_rules import decide_mcp, split_name
 from mailagent.connectors import Connectors
+from mailagent.content import fence
 from mailagent.errors import ModelError, PolicyError
 from mailagent.notify import compose
 from mailagent.policy import (
@@ -525,11 +526,12 @@ class Worker:
             if connector is not None:
                 connector.approved = flag
 
+        nonce = conversation_nonce(self.settings.data_dir, work.conversation_id)
         return TaskContext(
-            work=work, system=self.system_prompt(work, scope, policy), tools=tools,
+            work=work, system=self.system_prompt(work, scope, policy, nonce), tools=tools,
             check=lambda name, tool_input: check_call(self.policies.current(), scope, name,
                                                       tool_input, sandboxed),
-            nonce=conversation_nonce(self.settings.data_dir, work.conversation_id),
+            nonce=nonce,
             set_approved=approve,
             digest=lambda name, tool_input: operation_digest(
                 check_call(self.policies.current(), scope, name, tool_input), name, tool_input),
@@ -567,13 +569,16 @@ class Worker:
             judge=lambda action, path: decide(self.policies.current(), action, path, scope),  # type: ignore[arg-type]
             remove_protected=lambda path: keep_in_trash(path, trash))
 
-    def system_prompt(self, work: TaskWork, scope: Scope, policy: Policy) -> str:
+    def system_prompt(self, work: TaskWork, scope: Scope, policy: Policy, nonce: str) -> str:
+        """The task's standing orders. Memory notes were written by the model (`remember`), which
+        may have been fooled when it wrote them, so they come fenced as data like any content."""
         folders = [{"path": str(f.path), "access": f.access, "delete": f.delete}
                    for f in policy.folders]
         commands = policy.commands if self.offers_commands(policy) else None
         return render("system.md.j2", today=datetime.now(UTC).date().isoformat(),
                       workspace=str(scope.workspace), folders=folders, commands=commands,
-                      memory=self.store.memory(work.conversation_id))
+                      memory=[fence("memory-note", note, nonce, number=number)
+                              for number, note in self.store.memory(work.conversation_id)])
 
 
 def command_view(policy: Policy, scope: Scope) -> View:
