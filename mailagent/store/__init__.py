@@ -888,10 +888,11 @@ class Store(ScheduleStore):
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    """In UTC, as everything is stored (SQLite keeps no offset); a naive value is UTC already."""
-    if value is None or value.tzinfo is None:
-        return value
-    return value.astimezone(UTC)
+    """In UTC, as everything is stored (SQLite keeps no offset); a naive value (a Date header
+    with the zone -0000) is taken as UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _aware(value: datetime) -> datetime:
