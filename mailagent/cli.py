@@ -20,7 +20,7 @@ from mailagent.errors import ConfigError, MailagentError, PolicyError
 from mailagent.install import add_service_parser
 from mailagent.mailbox import Mailbox
 from mailagent.notify import check_smtp
-from mailagent.policy import Scope, explain, load_policy, protected_paths
+from mailagent.policy import Policy, Scope, explain, load_policy, protected_paths
 from mailagent.render import render_sample, template_names
 from mailagent.sandbox import find_sandbox, process_limit_kind
 from mailagent.store import Store
@@ -69,12 +69,20 @@ def _check_policies(settings: Settings) -> str:
             f"from {len(policy.files)} file(s)")
 
 
+def _policy_if_valid(settings: Settings) -> Policy | None:
+    """The policy, or None when it does not load (the policy check has said why)."""
+    try:
+        return load_policy(settings.policies_dir)
+    except PolicyError:
+        return None
+
+
 def _check_commands(settings: Settings) -> str:
     """Whether run_command is offered, in which sandbox, and if not, why and how to fix it."""
-    try:
-        rule = load_policy(settings.policies_dir).commands
-    except PolicyError:
+    policy = _policy_if_valid(settings)
+    if policy is None:
         return "run_command: decided once the policy error above is fixed"
+    rule = policy.commands
     if rule is None:
         return "run_command: not offered (no [commands] table in the policies)"
     sandbox = find_sandbox()
@@ -95,10 +103,10 @@ def _check_commands(settings: Settings) -> str:
 
 def _check_connectors(settings: Settings) -> str:
     """Each MCP server of the policy: started once, its tools listed with their decisions."""
-    try:
-        rules = load_policy(settings.policies_dir).mcp
-    except PolicyError:
+    policy = _policy_if_valid(settings)
+    if policy is None:
         return "MCP servers: checked once the policy error above is fixed"
+    rules = policy.mcp
     if not rules:
         return "MCP servers: none (no [mcp.<server>] table in the policies)"
     from mailagent.connectors import check_servers  # the MCP SDK takes seconds to import

@@ -17,18 +17,18 @@ import jinja2
 from markdown_it import MarkdownIt
 
 
-def templates_dir() -> Path:
-    """templates/ of the source tree, or its copy inside an installed package."""
-    source = Path(__file__).resolve().parent.parent / "templates"
+def _shipped(folder: str) -> Path:
+    """`folder` of the source tree, or its copy inside an installed package."""
+    source = Path(__file__).resolve().parent.parent / folder
     if source.is_dir():
         return source
-    return Path(str(importlib.resources.files("mailagent.templates")))
+    return Path(str(importlib.resources.files(f"mailagent.{folder}")))
 
 
 @cache
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates_dir()),
+        loader=jinja2.FileSystemLoader(_shipped("templates")),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
@@ -40,19 +40,11 @@ def render(name: str, **values: Any) -> str:
     return _environment().get_template(name).render(**values)
 
 
-def deploy_dir() -> Path:
-    """deploy/ (service unit templates) of the source tree, or its copy in an installed package."""
-    source = Path(__file__).resolve().parent.parent / "deploy"
-    if source.is_dir():
-        return source
-    return Path(str(importlib.resources.files("mailagent.deploy")))
-
-
 @cache
 def _deploy_environment() -> jinja2.Environment:
     """XML (launchd plist, Windows task) is escaped: a path with `&` or `<` stays one string."""
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(deploy_dir()),
+        loader=jinja2.FileSystemLoader(_shipped("deploy")),
         undefined=jinja2.StrictUndefined,
         autoescape=jinja2.select_autoescape(["plist.j2", "xml.j2"]),
         keep_trailing_newline=True,

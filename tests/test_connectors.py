@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from email.message import EmailMessage
 from email.policy import default as default_policy
 from pathlib import Path
 
@@ -52,11 +51,7 @@ def ran(log: Path) -> list[str]:
 
 
 def body(mail: RecordedMail) -> str:
-    message = email.message_from_bytes(mail.raw, policy=default_policy)
-    assert isinstance(message, EmailMessage)
-    part = message.get_body(("plain",))
-    assert part is not None
-    return str(part.get_content())
+    return mail.text()
 
 
 def subject(mail: RecordedMail) -> str:

@@ -12,8 +12,6 @@ import email
 import json
 import os
 import time
-from email.message import EmailMessage
-from email.policy import default as default_policy
 from pathlib import Path
 
 import pytest
@@ -69,11 +67,7 @@ def start_service(tmp_path: Path, dovecot: Dovecot, smtp: SmtpServer, model: Mod
 
 
 def body(mail: RecordedMail) -> str:
-    message = email.message_from_bytes(mail.raw, policy=default_policy)
-    assert isinstance(message, EmailMessage)
-    part = message.get_body(("plain",))
-    assert part is not None
-    return str(part.get_content())
+    return mail.text()
 
 
 def replies_to(mails: list[RecordedMail], raw: bytes) -> list[str]:

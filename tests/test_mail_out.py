@@ -231,9 +231,7 @@ def approval_setup(tmp_path: Path, model_server: ModelServer, hours: float = 24)
 
 
 def body(mail: RecordedMail) -> str:
-    part = parsed(mail).get_body(("plain",))
-    assert part is not None
-    return str(part.get_content())
+    return mail.text()
 
 
 def test_approval_by_reply_deletes_into_the_trash_and_undo_brings_it_back(

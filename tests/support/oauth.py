@@ -239,12 +239,8 @@ class OAuthDovecot(Dovecot):
     @classmethod
     def start_with(cls, oauth: OAuthServer) -> OAuthDovecot:
         cls.introspection_url = f"{oauth.base_url}/introspect"
-        instance = cls(None)
-        try:
-            instance._spawn()
-        except BaseException:
-            instance.close()
-            raise
+        instance = cls.start()
+        assert isinstance(instance, OAuthDovecot)
         return instance
 
 

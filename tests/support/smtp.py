@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.policy import default as default_policy
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -45,6 +48,17 @@ class RecordedMail:
     raw: bytes
     login: str | None = field(default=None, compare=False)
     """The AUTH identity used for this message (``None`` without AUTH)."""
+
+    def message(self) -> EmailMessage:
+        message = email.message_from_bytes(self.raw, policy=default_policy)
+        assert isinstance(message, EmailMessage)
+        return message
+
+    def text(self) -> str:
+        """The plain-text body, as a reader sees it."""
+        part = self.message().get_body(("plain",))
+        assert part is not None
+        return str(part.get_content())
 
 
 def _free_port() -> int:
