@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
-from pathlib import Path
 
 from mailagent.config import Settings
 from mailagent.content import clean_header
@@ -33,22 +32,12 @@ from mailagent.intake import message_ids, parse_headers
 from mailagent.notify import new_message_id
 from mailagent.store import Outbound, Store
 from mailagent.store.canary import ProbeReport, probe_report, queue_probe, set_alarm, take_probe
+from mailagent.workspace import data_key
 
 log = logging.getLogger(__name__)
 
 HEADER = "X-Mailagent-Canary"
 VERSION = "v1"
-
-
-def canary_key(data_dir: Path) -> bytes:
-    """The probe's HMAC key, made on first use and readable by the owner alone."""
-    path = data_dir / "canary.key"
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
-    return path.read_bytes().strip()
 
 
 def sign(key: bytes, nonce: str, sent: int, message_id: str) -> str:
@@ -97,7 +86,6 @@ class Canary:
 
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings, self.store = settings, store
-        self.key = canary_key(settings.data_dir)
         self.tell_owner: Callable[[str, str], None] = lambda _subject, _body: None
         self.on_mail: Callable[[], None] = lambda: None
         self.started_at = datetime.now(UTC)  # the first probe goes one interval after start
@@ -109,6 +97,11 @@ class Canary:
     @property
     def timeout(self) -> timedelta:
         return timedelta(minutes=self.settings.canary.timeout_minutes)
+
+    @functools.cached_property
+    def key(self) -> bytes:
+        """Made at the first probe sent or checked, so a switched-off canary makes none."""
+        return data_key(self.settings.data_dir, "canary.key")
 
     def take(self, raw_message_id: int, raw: bytes) -> bool:
         """Whether this stored message is one of our probes, back now (and recorded so)."""

@@ -183,18 +183,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     """Ask, write the config and the starter policy, then run `check` on the result."""
     path = init_wizard.run_init(args)
-    result = 0
-    if not args.no_check:
-        print(f"\nChecking {path}:")
-        result = cmd_check(argparse.Namespace(config=str(path)))
-    if result == 0 and _wants_service(args):
+    if args.no_check:
+        print(f"\nNot checked: run `mailagent check --config {path}` before starting it.")
+        return 0
+    print(f"\nChecking {path}:")
+    if cmd_check(argparse.Namespace(config=str(path))) != 0:
+        print(f"\nFix what failed above (see the hints), then run "
+              f"`mailagent check --config {path}` again.")
+        return 1
+    if _wants_service(args):
         print()
-        install.install(install.unit_for(install.current_platform(), path.absolute()), print)
+        install.install_for(path, print)
         return 0
     print("\nTo run mailagent in the background, install the service:\n"
           f"  mailagent service install --config {path}\n"
           f"or run it in the foreground:\n  mailagent run --config {path}")
-    return result
+    return 0
 
 
 def _wants_service(args: argparse.Namespace) -> bool:

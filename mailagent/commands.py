@@ -77,8 +77,9 @@ def schedule_command(command: CommandWork, schedules: Scheduler | None) -> str:
     first = command.argument.split()[0] if command.argument else ""
     number = int(first) if first.isdigit() else schedules.schedule_of_thread(command.task_id)
     if number is None:
+        example = "run 2 now" if command.name == "run" else f"{command.name} 2"
         return (f"`{command.name}` without a number works as a reply in a schedule's thread. "
-                f"Nothing was changed; write e.g. `{command.name} 2`, or reply `schedules` for "
+                f"Nothing was changed; write e.g. `{example}`, or reply `schedules` for "
                 "the numbers.")
     actions: dict[str, Callable[[int], str]] = {
         "pause": schedules.pause, "resume": schedules.resume, "cancel": schedules.cancel,

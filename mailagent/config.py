@@ -433,13 +433,6 @@ def _path(value: str, base: Path) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
-def model_access(environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
-    """The API key and endpoint the SDK would use from the environment (ANTHROPIC_API_KEY,
-    ANTHROPIC_BASE_URL), for commands that write a config rather than read one."""
-    environ = os.environ if environ is None else environ
-    return environ.get("ANTHROPIC_API_KEY") or None, environ.get("ANTHROPIC_BASE_URL") or None
-
-
 def env_value(name: str, environ: Mapping[str, str] | None = None) -> str | None:
     """One environment variable (e.g. the one `mailagent init --password-env` names)."""
     environ = os.environ if environ is None else environ

@@ -94,6 +94,7 @@ class Server:
     dead: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     last_mail: float = float("-inf")
+    told: bool = False  # the owner has a mail about this outage; cleared once it runs again
 
 
 def make_client(rule: McpServerRule) -> Client:
@@ -236,6 +237,7 @@ class Connectors:
                     client = await stack.enter_async_context(make_client(rule))
                     tools = await list_all_tools(client)
                 server.client, server.tools, server.state = client, tools, "running"
+                server.told = False
                 log.info("MCP server %s running (%s over %s): %d tools", rule.name,
                          rule.target, rule.transport, len(tools))
                 self.audit("mcp.server", f"{rule.name} running", {
@@ -266,13 +268,14 @@ class Connectors:
         self.audit("mcp.server", f"{name} stopped: {reason}; restarting in {delay:g} s",
                    {"server": name, "state": "down", "restarts": server.restarts})
         now = time.monotonic()
-        if now - server.last_mail < MAIL_EVERY_SECONDS:
-            return
-        server.last_mail = now
+        if server.told or now - server.last_mail < MAIL_EVERY_SECONDS:
+            return  # one mail per outage, and no more often than that if it keeps crashing
+        server.last_mail, server.told = now, True
         self.tell_owner(
             f"mailagent: MCP server {name} stopped",
             f"The MCP server `{name}` ({server.rule.target}) stopped: {reason}.\n\nmailagent "
-            f"restarts it by itself (next try in {delay:g} s, then less and less often). Its "
+            f"restarts it by itself (next try in {delay:g} s, then at longer intervals, up to "
+            f"{BACKOFF_MAX:g} s); this is the only mail about it until it runs again. Its "
             "tools are not offered while it is down. `mailagent status` shows how it stands; "
             "`mailagent check` starts it once and shows any error.")
 
@@ -333,9 +336,6 @@ class Connectors:
             return False
         return True
 
-    def status_lines(self) -> list[str]:
-        return [f"{s.rule.name}: {s.state}" + (f" ({s.error})" if s.error else "")
-                for s in self.servers.values()]
 
 
 def check_servers(rules: tuple[McpServerRule, ...]) -> tuple[list[str], list[str]]:

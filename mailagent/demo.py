@@ -26,8 +26,9 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mailagent.config import model_access
-from mailagent.errors import MailagentError
+from mailagent.config import env_value
+from mailagent.errors import ConfigError, MailagentError
+from mailagent.init_config import toml_str
 
 if TYPE_CHECKING:  # aiosmtpd and pymap are imported only when the demo runs
     from mailagent.demo_mail import Delivered, DemoMailServer
@@ -83,9 +84,14 @@ class Layout:
     def log(self) -> Path:
         return self.root / "service.log"
 
+    @property
+    def outputs(self) -> list[Path]:
+        """Where the agent's files can land: the sample folder and the workspaces."""
+        return [self.sample, self.data / "workspaces"]
+
 
 def find_model(base_url: str | None) -> Model | None:
-    key, env_url = model_access()
+    key, env_url = env_value("ANTHROPIC_API_KEY"), env_value("ANTHROPIC_BASE_URL")
     url = base_url or env_url
     if key is None and url is None:
         return None
@@ -103,32 +109,32 @@ def write_files(layout: Layout, server: DemoMailServer, model: Model, model_name
 # The demo's starter policy: the agent may read and write the sample folder, and nothing else
 # (besides its own workspace). It may never delete there; a replaced file is kept in the trash.
 [[folders]]
-path = {_toml(str(layout.sample))}
+path = {toml_str(str(layout.sample))}
 access = "write"
 delete = "never"
 overwrite = "allow"
 """, encoding="utf-8")
     # A local endpoint may need no key, but the SDK insists on one: a placeholder then.
     key_line = 'api_key_env = "ANTHROPIC_API_KEY"' if model.has_key else 'api_key = "none"'
-    url_line = f"base_url = {_toml(model.base_url)}" if model.base_url else ""
+    url_line = f"base_url = {toml_str(model.base_url)}" if model.base_url else ""
     layout.config.write_text(f"""\
 # Written by `mailagent demo`: a throwaway config for the embedded mail server on {HOST}.
-data_dir = {_toml(str(layout.data))}
-policies_dir = {_toml(str(layout.policies))}
+data_dir = {toml_str(str(layout.data))}
+policies_dir = {toml_str(str(layout.policies))}
 
 [imap]
 host = "{HOST}"
 port = {server.imap_port}
 security = "none"
 username = "{AGENT}"
-password = {_toml(server.password)}
+password = {toml_str(server.password)}
 
 [smtp]
 host = "{HOST}"
 port = {server.smtp_port}
 security = "none"
 username = "{AGENT}"
-password = {_toml(server.password)}
+password = {toml_str(server.password)}
 from = "mailagent demo <{AGENT}>"
 
 [owner]
@@ -138,20 +144,14 @@ addresses = ["{OWNER}"]
 verification = "none"
 
 [model]
-name = {_toml(model_name)}
+name = {toml_str(model_name)}
 {key_line}
 {url_line}
 """, encoding="utf-8")
 
 
-def _toml(value: str) -> str:
-    """A TOML basic string (JSON's escapes are TOML's for these characters)."""
-    import json
 
-    return json.dumps(value)
-
-
-def task_mail(layout: Layout, body: str, subject: str = TASK_SUBJECT) -> bytes:
+def task_mail(body: str, subject: str = TASK_SUBJECT) -> bytes:
     message = EmailMessage()
     message["From"] = f"You <{OWNER}>"
     message["To"] = f"mailagent demo <{AGENT}>"
@@ -206,7 +206,7 @@ class Demo:
                 stdout=log, stderr=log)
 
     def send_task(self, body: str, subject: str = TASK_SUBJECT) -> None:
-        self.server.send(task_mail(self.layout, body, subject), OWNER, AGENT)
+        self.server.send(task_mail(body, subject), OWNER, AGENT)
 
     def wait_reply(self, count: int, timeout: float) -> Delivered:
         """The `count`-th mail to the owner; fails if the service dies or time runs out."""
@@ -256,7 +256,7 @@ def print_reply(demo: Demo, mail: Delivered, before: dict[Path, int]) -> None:
     print("---- completion mail received by the embedded SMTP server ----")
     print(show_mail(mail))
     print("---- end of mail ----\n")
-    after = snapshot([demo.layout.sample, demo.layout.data / "workspaces"])
+    after = snapshot(demo.layout.outputs)
     changed = sorted(path for path, mtime in after.items() if before.get(path) != mtime)
     for path in changed:
         print(f"Output: {path}")
@@ -273,7 +273,7 @@ def keep_running(demo: Demo, timeout: float) -> None:
     for line in sys.stdin:
         if not line.strip():
             continue
-        before = snapshot([demo.layout.sample, demo.layout.data / "workspaces"])
+        before = snapshot(demo.layout.outputs)
         demo.send_task(line.strip(), subject=line.strip()[:60])
         count += 1
         print_reply(demo, demo.wait_reply(count, timeout), before)
@@ -282,8 +282,7 @@ def keep_running(demo: Demo, timeout: float) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     model = find_model(args.base_url)
     if model is None:
-        print(f"mailagent: error: {NO_MODEL}", file=sys.stderr)
-        return 2
+        raise ConfigError(NO_MODEL)
     root = Path(args.dir).expanduser().absolute() if args.dir else \
         Path(tempfile.mkdtemp(prefix="mailagent-demo-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -291,16 +290,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         demo.start()
         print_intro(demo)
-        before = snapshot([demo.layout.sample, demo.layout.data / "workspaces"])
+        before = snapshot(demo.layout.outputs)
         body = TASK_BODY.format(sample=demo.layout.sample)
         print(f"Mailing a task from {OWNER} to {AGENT}:\n  {TASK_SUBJECT}: {body}\n", flush=True)
         demo.send_task(body)
         print_reply(demo, demo.wait_reply(1, args.timeout), before)
         if args.keep:
             keep_running(demo, args.timeout)
-    except MailagentError as exc:
-        print(f"mailagent demo: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("stopping")
     finally:

@@ -2,16 +2,16 @@
 
 In: settings and the error a check raised. Out: `hint:` lines naming the provider's own page
 or setting (app passwords, IMAP switched off, an OAuth token revoked), and extra checks: the
-keyring, the OAuth token endpoint, and whether a service unit is installed. Reads files only.
+keyring, the OAuth token endpoint, and whether the service is installed and running (it asks
+the service manager).
 It must never print a secret.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from mailagent import keystore, oauth
+from mailagent import install, keystore, oauth
 from mailagent.config import Settings
 from mailagent.errors import ConnectError, LoginError, MailagentError
 from mailagent.providers import PROVIDERS, provider_for_host
@@ -29,9 +29,11 @@ def hints(settings: Settings, exc: MailagentError) -> list[str]:
     """What to try for this error, for the provider the IMAP host belongs to."""
     provider = (PROVIDERS.get(settings.provider or "") or provider_for_host(settings.imap.host)
                 or PROVIDERS["generic"])
-    if isinstance(exc, oauth.OAuthRevokedError) or "init --oauth" in str(exc):
-        return [f"sign in again with `mailagent init --oauth --provider {provider.key}`: "
-                f"{OAUTH_EXPIRY}"]
+    if isinstance(exc.__cause__, oauth.OAuthError):
+        exc = exc.__cause__  # SMTP's login wraps the token endpoint's answer
+    if isinstance(exc, oauth.OAuthRevokedError):
+        return [f"sign in again with `mailagent init --oauth --force --provider {provider.key}`"
+                f" (and your other flags): {OAUTH_EXPIRY}"]
     if isinstance(exc, oauth.OAuthError):
         return ["the OAuth token endpoint could not be reached: check oauth.token_url and the "
                 "network; mailagent retries by itself when running"]
@@ -64,20 +66,14 @@ def check_oauth(settings: Settings) -> str:
     return f"OAuth2: access token from {token_url} (refreshed before it expires)"
 
 
-def unit_files(home: Path | None = None) -> list[Path]:
-    """Service definitions for mailagent: systemd user units and launchd agents."""
-    home = Path.home() if home is None else home
-    places = [(home / ".config" / "systemd" / "user", "mailagent*.service"),
-              (Path("/etc/systemd/system"), "mailagent*.service"),
-              (home / "Library" / "LaunchAgents", "*mailagent*.plist")]
-    return sorted(f for folder, pattern in places if folder.is_dir()
-                  for f in folder.glob(pattern))
-
-
 def check_service(settings: Settings) -> str:
-    units = unit_files()
-    if not units:
+    """Whether `mailagent service install` put a service file where this OS looks for it."""
+    try:
+        unit = install.unit_for(install.current_platform(), settings.config_path)
+    except MailagentError:
+        return "service: none (this OS has no service support in mailagent)"
+    if not unit.path.exists():
         return "service: not installed (to run in the background: `mailagent service install`)"
-    ages = ", ".join(f"{u} (written {time.strftime('%Y-%m-%d', time.localtime(u.stat().st_mtime))})"
-                     for u in units)
-    return f"service: unit installed: {ages}"
+    written = time.strftime("%Y-%m-%d", time.localtime(unit.path.stat().st_mtime))
+    running = "running" if install.is_running(unit) else "not running now"
+    return f"service: unit installed: {unit.path} (written {written}), {running}"

@@ -17,8 +17,6 @@ from pathlib import Path
 from mailagent import keystore
 from mailagent.errors import ConfigError
 
-SECRET_MODES = ("keyring", "env", "config")
-
 
 @dataclass
 class OAuthAnswers:

@@ -196,7 +196,7 @@ def add_service_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def cmd_service(args: argparse.Namespace) -> int:
-    from mailagent.config import find_config_path, load_settings
+    from mailagent.config import find_config_path
 
     dry_run = getattr(args, "dry_run", False)
     here = current_platform()
@@ -219,6 +219,14 @@ def cmd_service(args: argparse.Namespace) -> int:
         for step in unit.enable:
             print("# then: " + subprocess.list2cmdline(list(step)), file=sys.stderr)
         return 0
-    load_settings(config_path)  # a service that cannot start is not installed
-    install(unit, print)
+    install_for(config_path, print)
     return 0
+
+
+def install_for(config_path: Path, say: Printer) -> None:
+    """Install the service for this computer; a config that cannot start is not installed."""
+    from mailagent.config import load_settings
+
+    config_path = config_path.expanduser().absolute()
+    load_settings(config_path)
+    install(unit_for(current_platform(), config_path), say)

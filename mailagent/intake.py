@@ -10,7 +10,6 @@ trusted server, or a DKIM signature verified here, makes a sender the owner (SEC
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import re
@@ -271,15 +270,11 @@ def authenticate_sender(raw: bytes, headers: Message, rules: IntakeRules) -> tup
 
 def replay_reason(headers: Message, rules: IntakeRules) -> str | None:
     """Why the Date puts this mail outside the accepted window (SECURITY.md S2), or None."""
-    value = headers.get("Date")
-    if value is None:
+    if headers.get("Date") is None:
         return "no Date header"
-    try:
-        date = parsedate_to_datetime(str(value))
-    except (TypeError, ValueError, IndexError):
+    date = sent_at(headers)
+    if date is None:
         return "Date header does not parse"
-    if date.tzinfo is None:
-        date = date.replace(tzinfo=UTC)
     if date < rules.now - timedelta(days=rules.limits.max_age_days):
         return f"Date {date.isoformat()} is older than {rules.limits.max_age_days:g} days"
     if date > rules.now + timedelta(minutes=rules.limits.max_future_minutes):
@@ -287,15 +282,20 @@ def replay_reason(headers: Message, rules: IntakeRules) -> str | None:
     return None
 
 
-def _sent_lately(headers: Message, now: datetime) -> bool:
-    """Whether the mail's Date is within the last hour (or unknown): only such mail can be part
-    of a loop running now. Older mail is a backlog (the computer slept), never rate-limited."""
+def sent_at(headers: Message) -> datetime | None:
+    """The Date header as an aware time (a zone of -0000 is UTC), or None if absent or broken."""
     try:
         date = parsedate_to_datetime(str(headers.get("Date", "")))
     except (TypeError, ValueError, IndexError):
-        return True
-    date = date if date.tzinfo else date.replace(tzinfo=UTC)
-    return date >= now - timedelta(hours=1)
+        return None
+    return date if date.tzinfo else date.replace(tzinfo=UTC)
+
+
+def _sent_lately(headers: Message, now: datetime) -> bool:
+    """Whether the mail's Date is within the last hour (or unknown): only such mail can be part
+    of a loop running now. Older mail is a backlog (the computer slept), never rate-limited."""
+    date = sent_at(headers)
+    return date is None or date >= now - timedelta(hours=1)
 
 
 # ---------------------------------------------------------------- the MIME tree
@@ -441,9 +441,7 @@ def _inbound(owner: str, how: str, headers: Message, subject: str, parts: _Parts
     split = split_reply(body)
     forwarded = [split.forwarded] if split.forwarded else []
     ids = message_ids(str(headers.get("Message-ID", "")))
-    date = None
-    with contextlib.suppress(TypeError, ValueError, IndexError):
-        date = parsedate_to_datetime(str(headers.get("Date")))
+    date = sent_at(headers)
     return Inbound(
         owner_address=owner,
         authenticated_by=how,

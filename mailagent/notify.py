@@ -45,7 +45,11 @@ RETRY_MAX_SECONDS = 1800.0
 
 
 class SmtpError(MailagentError):
-    """The SMTP server could not be reached or refused us."""
+    """The SMTP server could not be reached or refused us; `transient` when a retry may help."""
+
+    def __init__(self, message: str, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class SendOutcome:
@@ -151,14 +155,15 @@ async def _connect(settings: SmtpSettings) -> aiosmtplib.SMTP:
         client.close()
         what = "run `mailagent init --oauth` again" if settings.oauth else "the password"
         raise SmtpError(f"SMTP login as {settings.username} on {where} was refused: check "
-                        f"smtp.username and {what}") from exc
+                        f"smtp.username and {what}", transient=False) from exc
     except oauth.OAuthError as exc:
         client.close()
-        raise SmtpError(str(exc)) from exc
+        raise SmtpError(f"no OAuth access token for SMTP: {exc}",
+                        transient=exc.transient) from exc
     except (aiosmtplib.SMTPException, OSError) as exc:
         client.close()
         raise SmtpError(f"cannot reach SMTP server {where} ({exc}): check smtp.host, "
-                        "smtp.port and smtp.security") from exc
+                        "smtp.port and smtp.security", transient=True) from exc
     return client
 
 
@@ -194,8 +199,7 @@ class Courier:
         try:
             client = await self.connection()
         except SmtpError as exc:
-            permanent = "refused" in str(exc)
-            return (SendOutcome.FAILED if permanent else SendOutcome.RETRY), str(exc)
+            return (SendOutcome.RETRY if exc.transient else SendOutcome.FAILED), str(exc)
         try:
             await client.sendmail(sender, [mail.recipient], mail.raw)
         except aiosmtplib.SMTPRecipientsRefused as exc:

@@ -35,9 +35,13 @@ DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 class OAuthError(MailagentError):
     """The token endpoint could not be reached, or refused the grant."""
 
+    transient = True
+
 
 class OAuthRevokedError(OAuthError):
     """The refresh token is no longer valid: only a new consent helps."""
+
+    transient = False
 
 
 @dataclass

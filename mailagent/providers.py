@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class OAuthEndpoints:
-    """Where a provider's OAuth2 flows run; `flow` is `device` (RFC 8628) or `loopback`."""
+    """Where a provider's OAuth2 flows run: a `device_url` means the device flow (RFC 8628),
+    otherwise the loopback redirect to `auth_url`."""
 
-    flow: str
     token_url: str
     scope: str
     auth_url: str = ""  # the browser page of the loopback (authorization code) flow
@@ -42,7 +42,6 @@ class Provider:
 
 
 GOOGLE_OAUTH = OAuthEndpoints(
-    flow="loopback",
     auth_url="https://accounts.google.com/o/oauth2/v2/auth",
     token_url="https://oauth2.googleapis.com/token",
     scope="https://mail.google.com/",
@@ -50,7 +49,6 @@ GOOGLE_OAUTH = OAuthEndpoints(
 )
 
 MICROSOFT_OAUTH = OAuthEndpoints(
-    flow="device",
     device_url="https://login.microsoftonline.com/common/oauth2/v2.0/devicecode",
     token_url="https://login.microsoftonline.com/common/oauth2/v2.0/token",
     scope="https://outlook.office.com/IMAP.AccessAsUser.All "

@@ -336,16 +336,22 @@ class Scheduler:
                              "schedules (schedules.max_active_per_conversation)")
 
 
+def schedule_state(view: ScheduleView) -> str:
+    """`active, next run <local time>`, or `paused (<why>)`."""
+    if view.state == "active":
+        return f"active, next run {local_text(view.next_run_at, ZoneInfo(view.timezone))}"
+    return f"{view.state} ({view.reason})"
+
+
+def schedule_line(view: ScheduleView) -> str:
+    """Number, conversation, when, zone, state, next run, task."""
+    return (f"#{view.schedule_id} [{view.conversation_name}] {view.when_text} "
+            f"({view.timezone}), {schedule_state(view)}: {view.task_text}")
+
+
 def schedule_lines(store: Store) -> list[str]:
-    """One line per active or paused schedule: number, when, zone, state, next run, task."""
-    lines = []
-    for view in store.schedules():
-        zone = ZoneInfo(view.timezone)
-        state = (f"active, next run {local_text(view.next_run_at, zone)}"
-                 if view.state == "active" else f"paused ({view.reason})")
-        lines.append(f"#{view.schedule_id} [{view.conversation_name}] {view.when_text} "
-                     f"({view.timezone}), {state}: {view.task_text}")
-    return lines
+    """One line per active or paused schedule."""
+    return [schedule_line(view) for view in store.schedules()]
 
 
 def _no_such(schedule_id: int, view: ScheduleView | None) -> str:

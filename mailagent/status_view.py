@@ -13,14 +13,13 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from mailagent.canary import status_lines as canary_lines
-from mailagent.scheduler import schedule_lines
+from mailagent.scheduler import schedule_line, schedule_state
 from mailagent.store import Store
 from mailagent.store.views import (
     ApprovalView,
@@ -31,7 +30,6 @@ from mailagent.store.views import (
     ScheduleView,
     TaskView,
 )
-from mailagent.when import local_text
 
 OUTBOX_STATES = ["queued", "sending", "failed", "unknown"]
 
@@ -52,7 +50,7 @@ class Snapshot:
 def take_snapshot(store: Store) -> Snapshot:
     return Snapshot(
         conversations=store.conversations() or [], tasks=store.tasks(),
-        schedules=list(zip(store.schedules(), schedule_lines(store), strict=True)),
+        schedules=[(view, schedule_line(view)) for view in store.schedules()],
         approvals=store.approvals(), outbox=store.outbox(OUTBOX_STATES),
         commands=[c for c in store.commands() if c.state == "pending"],
         connectors=_latest_per_server(store.audit_events("mcp.server", limit=200)),
@@ -142,12 +140,6 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
     return table
 
 
-def _schedule_state(s: ScheduleView) -> str:
-    if s.state != "active":
-        return f"{s.state} ({s.reason})"
-    return f"active, next run {local_text(s.next_run_at, ZoneInfo(s.timezone))}"
-
-
 def print_rich(snap: Snapshot, console: Console | None = None) -> None:
     """Tables for a person at a terminal."""
     console = console or Console()
@@ -159,7 +151,7 @@ def print_rich(snap: Snapshot, console: Console | None = None) -> None:
          f"{t.created_at:%Y-%m-%d %H:%M}"] for t in snap.tasks]))
     console.print(_table("Schedules", ["#", "conversation", "when", "state", "task"], [
         [str(s.schedule_id), s.conversation_name, f"{s.when_text} ({s.timezone})",
-         _schedule_state(s), s.task_text] for s, _ in snap.schedules]))
+         schedule_state(s), s.task_text] for s, _ in snap.schedules]))
     console.print(_table("Waiting for your approval", ["task", "operation", "until (UTC)"], [
         [f"#{a.task_id}", a.operation, f"{a.expires_at:%Y-%m-%d %H:%M}"]
         for a in snap.approvals]))

@@ -57,7 +57,7 @@ from mailagent.tools.connector import ConnectorTools
 from mailagent.tools.files import FileTools, ToolError
 from mailagent.tools.memory import MemoryTools
 from mailagent.tools.schedule import ScheduleTools
-from mailagent.workspace import workspace_dir
+from mailagent.workspace import data_key, workspace_dir
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ PATH_ACTIONS = {"list_files": "list", "search_files": "list", "read_file": "read
 
 
 def check_call(policy: Policy, scope: Scope, name: str, tool_input: dict[str, Any],
-               sandboxed: bool = False) -> Decision:
+               sandboxed: bool) -> Decision:
     """The policy decision for one tool call, before it runs (never raises)."""
     try:
         if name == "remember":
@@ -154,12 +154,7 @@ def check_call(policy: Policy, scope: Scope, name: str, tool_input: dict[str, An
 
 def conversation_nonce(data_dir: Path, conversation_id: int) -> str:
     """A fence id unknown to senders and stable per conversation (a stable prompt prefix)."""
-    secret_path = data_dir / "fence.key"
-    if not secret_path.exists():
-        fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
-    key = secret_path.read_bytes()
+    key = data_key(data_dir, "fence.key")
     return hmac.new(key, str(conversation_id).encode(), hashlib.sha256).hexdigest()[:16]
 
 
@@ -187,16 +182,11 @@ class Worker:
         """A broken policy file: logged, recorded, and the owner told (once per error)."""
         log.error("policy: %s (the last good policy stays in force)", error)
         self.store.audit("policy.error", str(error))
-        owner = self.settings.owner.addresses[0]
-        target = ReplyTarget(owner, "mailagent: a policy file is broken", None, (), None, None,
-                             None)
-        mail = compose(self.settings.smtp, target, "notice", "command.md.j2",
-                       {"body": f"A policy file does not validate: {error}\n\nThe last good "
-                                "policy stays in force (or, if there was none, nothing is "
-                                "allowed). Fix the file; the change takes effect without a "
-                                "restart. `mailagent check` shows the problem too."})
-        self.store.enqueue_mail(mail)
-        self.on_mail()
+        self.tell_owner("mailagent: a policy file is broken",
+                        f"A policy file does not validate: {error}\n\nThe last good policy "
+                        "stays in force (or, if there was none, nothing is allowed). Fix the "
+                        "file; the change takes effect without a restart. `mailagent check` "
+                        "shows the problem too.")
 
     def tell_owner(self, subject: str, body: str) -> None:
         """A notice to the first owner address that answers no mail."""
@@ -362,7 +352,7 @@ class Worker:
         assert outcome.call is not None
         name, tool_input = outcome.call["name"], outcome.call.get("input") or {}
         work = self.store.task_work(task_id)
-        decision = check_call(self.policies.current(), self.scope(work), name, tool_input)
+        decision = self.judge_call(self.scope(work), name, tool_input)
         existing = self.store.approval_for(task_id, outcome.call["id"])
         if existing is not None and existing.state == "pending":
             self.store.set_task_state(task_id, "waiting_approval", outcome.reason)
@@ -516,7 +506,6 @@ class Worker:
         policy = self.policies.current()
         if self.offers_commands(policy):
             tools["run_command"] = self.command_tools(work, scope).run_command
-        sandboxed = self.sandbox.available
         connector = self.connector_tools(work, scope)
         if connector is not None:
             tools.update(connector.tools())
@@ -529,13 +518,18 @@ class Worker:
         nonce = conversation_nonce(self.settings.data_dir, work.conversation_id)
         return TaskContext(
             work=work, system=self.system_prompt(work, scope, policy, nonce), tools=tools,
-            check=lambda name, tool_input: check_call(self.policies.current(), scope, name,
-                                                      tool_input, sandboxed),
+            check=lambda name, tool_input: self.judge_call(scope, name, tool_input),
             nonce=nonce,
             set_approved=approve,
             digest=lambda name, tool_input: operation_digest(
-                check_call(self.policies.current(), scope, name, tool_input), name, tool_input),
+                self.judge_call(scope, name, tool_input), name, tool_input),
         )
+
+    def judge_call(self, scope: Scope, name: str, tool_input: dict[str, Any]) -> Decision:
+        """A tool call decided by the policy in force now, knowing whether commands are
+        sandboxed: the one judgement behind the check, approvals and digests."""
+        return check_call(self.policies.current(), scope, name, tool_input,
+                          sandboxed=self.sandbox.available)
 
     def connector_tools(self, work: TaskWork, scope: Scope) -> ConnectorTools | None:
         """The MCP tools of this task: decided again, by the policy in force, at each call."""
@@ -543,7 +537,7 @@ class Worker:
             return None
         return ConnectorTools(
             self.connectors,
-            judge=lambda name: check_call(self.policies.current(), scope, name, {}),
+            judge=lambda name: self.judge_call(scope, name, {}),
             audit=lambda kind, reason, detail: self.store.audit(kind, reason,
                                                                 task_id=work.task_id,
                                                                 detail=detail))

@@ -3,15 +3,19 @@
 In: a conversation name (already restricted to [a-z0-9_.-] by threads) and attachments from
 intake. Out: files under `<data_dir>/workspaces/<name>/attachments/mail-<id>/` with generated
 names, and metadata that keeps the sender's file name only as escaped text (SECURITY.md F4).
-It must never use a name from the mail as a path, nor write through a symlink.
+It must never use a name from the mail as a path, nor write through a symlink. Also the data
+directory's secret keys (fence ids, probe signatures), each made once and readable by the owner
+alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mimetypes
 import os
 import re
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,18 @@ from mailagent.intake import Attachment
 
 _EXTENSION = re.compile(r"\.([A-Za-z0-9]{1,10})$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def data_key(data_dir: Path, name: str) -> bytes:
+    """The secret in `<data_dir>/<name>`, made on first use with mode 0600."""
+    path = data_dir / name
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+    return path.read_bytes().strip()
 
 
 def workspace_dir(workspaces_dir: Path, conversation_name: str) -> Path:

@@ -9,7 +9,7 @@ import pytest
 
 from mailagent.connector_rules import decide_mcp, server_env, server_headers
 from mailagent.errors import PolicyError
-from mailagent.policy import Policy, PolicyWatcher, Scope, load_policy
+from mailagent.policy import Decision, Policy, PolicyWatcher, Scope, load_policy
 from mailagent.worker import check_call, describe_operation, operation_digest
 
 GOOD = """[[folders]]
@@ -112,16 +112,18 @@ def test_an_approval_is_bound_to_the_server_the_tool_and_the_exact_arguments(
     policy = policy_of(tmp_path, GOOD.replace('today = "allow"', 'today = "allow", add = "ask"'))
     scope = Scope(workspace=tmp_path / "ws", home=tmp_path, protected=())
     name, args = "mcp__notes__add", {"text": "buy milk", "tags": ["home"]}
-    decision = check_call(policy, scope, name, args)
+    def judged(tool: str, arguments: dict[str, object]) -> Decision:
+        return check_call(policy, scope, tool, arguments, sandboxed=True)
+
+    decision = judged(name, args)
     assert decision.verdict == "ask"
     digest = operation_digest(decision, name, args)
-    assert digest == operation_digest(check_call(policy, scope, name, dict(args)), name,
+    assert digest == operation_digest(judged(name, dict(args)), name,
                                       {"tags": ["home"], "text": "buy milk"})
     others = [("mcp__calendar__add", args), (name, {"text": "buy milk!", "tags": ["home"]}),
               (name, {"text": "buy milk", "tags": ["home"], "due": "now"})]
     for other, other_args in others:
-        assert operation_digest(check_call(policy, scope, other, other_args), other,
-                                other_args) != digest
+        assert operation_digest(judged(other, other_args), other, other_args) != digest
     text = describe_operation(name, args, decision)
     assert text == ('call the tool add of the MCP server notes with '
                     '{"tags": ["home"], "text": "buy milk"}')

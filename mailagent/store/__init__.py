@@ -428,6 +428,14 @@ def _move(s: Session, task_id: int, state: str, reason: str | None) -> Task:
     return task
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    """In UTC, as everything is stored (SQLite keeps no offset): an aware value converted,
+    a naive one (as SQLite hands them back) taken as UTC already."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def _id(value: int | None) -> int:
     if value is None:
         raise StoreError("row has no id after flush")
@@ -885,14 +893,6 @@ class Store(ScheduleStore):
             row.deleted_at = utcnow()
             s.add(row)
             return True
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    """In UTC, as everything is stored (SQLite keeps no offset); a naive value (a Date header
-    with the zone -0000) is taken as UTC."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _aware(value: datetime) -> datetime:

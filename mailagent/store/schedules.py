@@ -11,29 +11,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlmodel import Session, col, func, select
 
-from mailagent.store import MailStore, _audit, _conversation, _id
+from mailagent.store import MailStore, _audit, _conversation, _id, _utc
 from mailagent.store.tables import Conversation, Schedule, Task, utcnow
 from mailagent.store.views import NewSchedule, ScheduledRun, ScheduleView
 
 LIVE_STATES = ("active", "paused")
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back naive; they were stored in UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _view(row: Schedule, conversation_name: str) -> ScheduleView:
     return ScheduleView(
         _id(row.schedule_id), row.conversation_id, conversation_name, row.origin_task_id,
         row.source, row.file_key, row.when_text, row.rule_json, row.timezone, row.task_text,
-        row.state, row.reason, _aware(row.next_run_at), _aware(row.last_run_at),
+        row.state, row.reason, _utc(row.next_run_at), _utc(row.last_run_at),
         row.consecutive_failures, row.message_id,
     )
 
@@ -129,7 +122,7 @@ class ScheduleStore(MailStore):
         Returns the queued task's id, 0 for a skipped slot, None if someone else was first."""
         with self.session() as s:
             row = s.get(Schedule, schedule_id)
-            if row is None or row.state != "active" or _aware(row.next_run_at) != due_at:
+            if row is None or row.state != "active" or _utc(row.next_run_at) != due_at:
                 return None
             now = utcnow()
             task_id = _run_task(s, row, run, now) if run is not None else 0
