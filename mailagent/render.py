@@ -1,6 +1,7 @@
-"""Rendering: the Jinja2 templates in templates/, and Markdown to safe HTML.
+"""Rendering: the Jinja2 templates shipped in mailagent/templates/, and Markdown to safe HTML.
 
-The only importer of jinja2 and markdown_it.
+The only importer of jinja2 and markdown_it. Templates are package data, found through the
+import system (jinja2's PackageLoader), so they load alike from a wheel, a zip or a checkout.
 
 In: a template name and its values. Out: text. Templates render with StrictUndefined, so a
 missing value is an error at render time, never an empty string in a prompt or a mail.
@@ -10,25 +11,16 @@ from __future__ import annotations
 
 import importlib.resources
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import jinja2
 from markdown_it import MarkdownIt
 
 
-def _shipped(folder: str) -> Path:
-    """`folder` of the source tree, or its copy inside an installed package."""
-    source = Path(__file__).resolve().parent.parent / folder
-    if source.is_dir():
-        return source
-    return Path(str(importlib.resources.files(f"mailagent.{folder}")))
-
-
 @cache
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(_shipped("templates")),
+        loader=jinja2.PackageLoader("mailagent", "templates"),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
@@ -44,7 +36,7 @@ def render(name: str, **values: Any) -> str:
 def _deploy_environment() -> jinja2.Environment:
     """XML (launchd plist, Windows task) is escaped: a path with `&` or `<` stays one string."""
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(_shipped("deploy")),
+        loader=jinja2.PackageLoader("mailagent", "deploy"),
         undefined=jinja2.StrictUndefined,
         autoescape=jinja2.select_autoescape(["plist.j2", "xml.j2"]),
         keep_trailing_newline=True,
@@ -57,7 +49,14 @@ def render_deploy(name: str, **values: Any) -> str:
 
 
 def template_names() -> list[str]:
-    return _environment().list_templates()
+    """The templates the code renders; each must be shipped (check renders every one)."""
+    return sorted(SAMPLES)
+
+
+def shipped_text(name: str) -> str:
+    """A file shipped in the package, e.g. "examples/policy.toml", read as the import system
+    finds it (a wheel, a zip or a checkout alike)."""
+    return importlib.resources.files("mailagent").joinpath(name).read_text(encoding="utf-8")
 
 
 SAMPLES: dict[str, dict[str, Any]] = {

@@ -1,3 +1,3 @@
-from tests.support.fixtures import dovecot, model_server, smtp_server
+from tests.support.fixtures import dovecot, installed, model_server, smtp_server
 
-__all__ = ["dovecot", "model_server", "smtp_server"]
+__all__ = ["dovecot", "installed", "model_server", "smtp_server"]

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from mailagent.errors import PolicyError
+from mailagent.render import shipped_text
 from mailagent.policy import (
     Action,
     Decision,
@@ -574,8 +575,7 @@ def test_the_watcher_expands_home_as_told(tmp_path: Path) -> None:
 
 
 def test_the_shipped_example_policy_loads(tmp_path: Path) -> None:
-    example = Path(__file__).parent.parent / "policies/example.toml"
-    folder = _policies(tmp_path, {"example.toml": example.read_text()})
+    folder = _policies(tmp_path, {"example.toml": shipped_text("examples/policy.toml")})
     policy = load_policy(folder, home=tmp_path)
     assert [(rule.path, rule.access) for rule in policy.folders] == [
         (tmp_path.resolve() / "Documents/reports", "read"),

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.dovecot import Dovecot
+from tests.support.installed import Installed, build_and_install
 from tests.support.model_server import ModelServer
 from tests.support.smtp import SmtpServer
 
-__all__ = ["dovecot", "model_server", "smtp_server"]
+__all__ = ["dovecot", "installed", "model_server", "smtp_server"]
 
 
 @pytest.fixture
@@ -46,3 +47,10 @@ def model_server() -> Iterator[ModelServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def installed() -> Installed:
+    """mailagent built as a wheel and installed with pipx outside the source tree, once per
+    session; `installed.run(...)` runs it as a user does."""
+    return build_and_install()

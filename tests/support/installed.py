@@ -1,0 +1,71 @@
+"""mailagent as a user installs it: the wheel built from this tree, installed with pipx into a
+fresh environment outside the source tree, and run from a folder where the sources cannot be
+imported. Tests of the installed program use only `Installed.run`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SOURCE = Path(__file__).resolve().parents[2]
+# Variables that would let the installed program see the sources or the test environment.
+LEAKY = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "MAILAGENT_CONFIG", "ANTHROPIC_API_KEY",
+         "ANTHROPIC_BASE_URL", "PIPX_HOME", "PIPX_BIN_DIR", "PIPX_MAN_DIR")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in LEAKY}
+    return {**env, **extra}
+
+
+@dataclass(frozen=True)
+class Installed:
+    root: Path  # everything of this install lives under here
+    wheel: Path
+    bin: Path  # the `mailagent` command pipx put on the PATH
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    def run(self, *args: str, env: dict[str, str] | None = None, input: str | None = None,
+            timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """`mailagent ARGS` as a user types it, from a folder outside the source tree."""
+        base = clean_env(HOME=str(self.home), PATH=f"{self.bin.parent}{os.pathsep}"
+                         f"{os.environ.get('PATH', '')}")
+        return subprocess.run([str(self.bin), *args], capture_output=True, text=True,
+                              env={**base, **(env or {})}, input=input, timeout=timeout,
+                              cwd=cwd or self.home)
+
+    def wheel_names(self) -> list[str]:
+        with zipfile.ZipFile(self.wheel) as archive:
+            return archive.namelist()
+
+
+def build_and_install() -> Installed:
+    """Build the wheel (with build isolation, as pip does for a user) and pipx-install it."""
+    root = Path(tempfile.mkdtemp(prefix="mailagent-installed-"))
+    (root / "home").mkdir()
+    dist = root / "dist"
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir",
+          str(dist), str(SOURCE)], cwd=root)
+    [wheel] = dist.glob("mailagent-*.whl")
+    pipx = clean_env(PIPX_HOME=str(root / "pipx"), PIPX_BIN_DIR=str(root / "bin"),
+                     PIPX_MAN_DIR=str(root / "man"), HOME=str(root / "home"))
+    _run([sys.executable, "-m", "pipx", "install", "--python", sys.executable, str(wheel)],
+         cwd=root, env=pipx)
+    return Installed(root, wheel, root / "bin" / "mailagent")
+
+
+def _run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+    result = subprocess.run(command, cwd=cwd, env=env or clean_env(), capture_output=True,
+                            text=True, timeout=900)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n"
+                           f"{result.stdout}\n{result.stderr}")
