@@ -1,3 +1,8 @@
 """mailagent: delegate work to an AI agent on your own computer by email."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("mailagent")  # the one version, kept in pyproject.toml
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"

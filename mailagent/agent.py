@@ -500,10 +500,10 @@ async def check_model(model: ModelSettings) -> str:
             info = await client.models.retrieve(model.name)
         except anthropic.AuthenticationError as exc:
             raise ModelError("the model endpoint refused the API key: check "
-                             "ANTHROPIC_API_KEY (model.api_key_env)") from exc
+                             "ANTHROPIC_API_KEY (model.api_key_env)", status_code=401) from exc
         except anthropic.NotFoundError as exc:
             raise ModelError(f"the model endpoint does not know model {model.name!r}: "
-                             "check model.name") from exc
+                             "check model.name", status_code=404) from exc
         except anthropic.APIConnectionError as exc:
             where = model.base_url or "the Anthropic API"
             raise ModelError(f"cannot reach {where}: {exc}") from exc

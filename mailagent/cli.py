@@ -2,6 +2,7 @@
 
 Commands only: each turns expected failures (MailagentError) into one readable line on stderr
 and a non-zero exit code, never a traceback. The only module that configures logging handlers.
+`--help` speaks to a user: what each command does for them, with an example (USAGE).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -219,8 +221,62 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+ABOUT = """\
+Delegate work to Claude on this computer by email. You mail a task from any phone or mail
+client to the agent's address; mailagent does it here, with tools that can touch only the
+folders your policy files allow, and replies in the same thread with the files attached."""
+START = """\
+start here:
+  mailagent demo --base-url URL     the whole loop on this machine, no mail account needed
+                                    (or set ANTHROPIC_API_KEY and leave out --base-url)
+  mailagent init                    connect your own mailbox, step by step
+  mailagent check                   test the config, the policies and every login
+  mailagent run                     run the service (or: mailagent service install)
+
+`mailagent COMMAND --help` says more about each command."""
+# What each command does for its user, and an example of it.
+USAGE: dict[str, tuple[str, str]] = {
+    "run": ("Run the service in the foreground: watch the mailbox, work on each task and reply. "
+            "Stops cleanly on Ctrl-C or SIGTERM; logs go to stderr.",
+            "mailagent run --config ~/.config/mailagent/mailagent.toml"),
+    "check": ("Check everything the service needs before you rely on it: the config, the "
+              "policies, the templates, the database, the IMAP and SMTP logins and the model. "
+              "One line per check; exit 0 only if all pass, with a hint for each failure.",
+              "mailagent check --config ~/.config/mailagent/mailagent.toml"),
+    "status": ("Show what the service is doing and did: conversations, tasks, schedules, "
+               "approvals waiting for you, the outbox and recent refusals.",
+               "mailagent status --plain"),
+    "init": ("Connect your mailbox: asks for the agent's address, provider, password (kept in "
+             "the OS keyring), your own addresses and a folder the agent may use, then writes "
+             "the config and a starter policy and checks them.",
+             "mailagent init\n  mailagent init --non-interactive --provider gmail --email "
+             "agent@gmail.com --owner me@example.com --password-env APP_PASSWORD "
+             "--policy-folder ~/Documents/reports"),
+    "policy": ("Ask the policy what the agent may do with a path, and which rule decides.",
+               "mailagent policy explain write ~/Documents/reports/summary.md"),
+    "service": ("Run mailagent in the background as a service of this computer (systemd, "
+                "launchd or the Windows task scheduler), started at login and restarted on "
+                "failure.",
+                "mailagent service install --dry-run\n  mailagent service status"),
+    "demo": ("See the whole loop work on this machine with no mail account: an embedded mail "
+             "server on loopback, the service, and a sample task whose reply is printed. Exits "
+             "0 when the task completed, 1 with what to do when it did not.",
+             "ANTHROPIC_API_KEY=sk-ant-... mailagent demo\n  mailagent demo --base-url "
+             "http://127.0.0.1:8080"),
+}
+
+
+def describe_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for name, (description, example) in USAGE.items():
+        command = sub.choices[name]
+        command.description = textwrap.fill(description, 88)
+        command.epilog = f"example:\n  {example}"
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mailagent", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mailagent", description=ABOUT, epilog=START,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"mailagent {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -251,17 +307,20 @@ def build_parser() -> argparse.ArgumentParser:
     explain_parser.set_defaults(func=cmd_policy_explain)
     add_service_parser(sub)
     add_demo_parser(sub)
+    describe_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # mailagent's own INFO lines; libraries (the SDK's retries, httpx's every request) only
+    # from WARNING up, unless --verbose.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+        level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:
-        logging.getLogger("imapclient").setLevel(logging.WARNING)
+        logging.getLogger("mailagent").setLevel(logging.INFO)
     try:
         result: int = args.func(args)
         return result

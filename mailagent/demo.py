@@ -11,6 +11,7 @@ real install takes, mail in by SMTP, IMAP IDLE, the agent, and the reply by SMTP
 from __future__ import annotations
 
 import argparse
+import asyncio
 import secrets
 import signal
 import subprocess
@@ -27,11 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailagent.config import env_value
-from mailagent.errors import ConfigError, MailagentError
+from mailagent.errors import ConfigError, MailagentError, ModelError
 from mailagent.init_config import toml_str
 
-if TYPE_CHECKING:  # aiosmtpd and pymap are imported only when the demo runs
+if TYPE_CHECKING:  # aiosmtpd, pymap and the store are imported only when the demo runs
     from mailagent.demo_mail import Delivered, DemoMailServer
+    from mailagent.store import Store, TaskView
 
 HOST = "127.0.0.1"  # loopback only: the "none" owner check below is safe nowhere else
 AGENT = "agent@mailagent.localhost"
@@ -50,6 +52,32 @@ TASK_BODY = ("Please read the notes in {sample} and write a short summary of the
 NO_MODEL = ("mailagent demo needs a model and found none: set ANTHROPIC_API_KEY (export "
             "ANTHROPIC_API_KEY=sk-ant-...), or give an Anthropic-compatible endpoint with "
             "--base-url URL (or ANTHROPIC_BASE_URL). Nothing was started.")
+
+
+SILENT_END_SECONDS = 10.0  # a task that ended this long ago with no mail on its way: say so
+ENDED = ("done", "failed", "cancelled")
+LABELS = {"done": "completion mail", "failed": "failure mail",
+          "waiting_approval": "approval request", "paused": "budget question"}
+WHAT_TO_DO = {
+    "failed": "the reply above says why; the service log is {log}",
+    "queued": "the task is waiting to be tried again: check that the model endpoint "
+              "({endpoint}) is up and takes your key, then run the demo again",
+    "waiting_approval": "answer it with `mailagent demo --keep` or a mail client",
+    "paused": "answer it with `mailagent demo --keep` or a mail client",
+}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A mail to the owner about a task, and the state that task was in when it arrived."""
+
+    mail: Delivered
+    state: str
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return LABELS.get(self.state, "mail")
 
 
 @dataclass(frozen=True)
@@ -191,6 +219,7 @@ class Demo:
         self.server = DemoMailServer(AGENT, secrets.token_urlsafe(16), host=HOST)
         self.replies = threading.Condition()
         self.service: subprocess.Popen[bytes] | None = None
+        self._store: Store | None = None
 
     def on_reply(self, mail: Delivered) -> None:
         with self.replies:
@@ -208,19 +237,69 @@ class Demo:
     def send_task(self, body: str, subject: str = TASK_SUBJECT) -> None:
         self.server.send(task_mail(body, subject), OWNER, AGENT)
 
-    def wait_reply(self, count: int, timeout: float) -> Delivered:
-        """The `count`-th mail to the owner; fails if the service dies or time runs out."""
+    def wait_reply(self, count: int, timeout: float) -> Reply:
+        """The `count`-th mail to the owner about a task, with what that task came to; fails if
+        the service dies, the task ends with no mail reaching the owner, or time runs out."""
         deadline = time.monotonic() + timeout
+        ended_at: float | None = None
         with self.replies:
-            while len(self.server.owner_mail) < count:
-                if self.service is not None and self.service.poll() is not None:
-                    raise MailagentError(f"the service stopped (exit {self.service.returncode})"
-                                         f"; its log is {self.layout.log}:\n{self.log_tail()}")
+            while True:
+                mail = self.task_mail(count)
+                if mail is not None:
+                    return self.outcome(mail)
+                self.fail_if_stopped()
+                ended_at = ended_at or self.ended_silently()
+                if ended_at is not None and time.monotonic() - ended_at > SILENT_END_SECONDS:
+                    raise MailagentError(f"task {self.last_task()} ended but no mail reached "
+                                         f"you; the service log is {self.layout.log}:\n"
+                                         f"{self.log_tail()}")
                 if time.monotonic() > deadline:
                     raise MailagentError(f"no reply within {timeout:g} s; the service log is "
                                          f"{self.layout.log}:\n{self.log_tail()}")
-                self.replies.wait(0.5)
-            return self.server.owner_mail[count - 1]
+                self.replies.wait(0.25)
+
+    def task_mail(self, count: int) -> Delivered | None:
+        about_tasks = [m for m in self.server.owner_mail if _task_id(m) is not None]
+        return about_tasks[count - 1] if len(about_tasks) >= count else None
+
+    def fail_if_stopped(self) -> None:
+        if self.service is not None and self.service.poll() is not None:
+            raise MailagentError(f"the service stopped (exit {self.service.returncode}); its "
+                                 f"log is {self.layout.log}:\n{self.log_tail()}")
+
+    def store(self) -> Store | None:
+        """The service's store, once the service has made it."""
+        if self._store is None and (self.layout.data / "mailagent.db").exists():
+            from mailagent.store import Store
+
+            self._store = Store.open(f"sqlite:///{self.layout.data / 'mailagent.db'}")
+        return self._store
+
+    def task_view(self, task_id: int) -> TaskView | None:
+        store = self.store()
+        found = [t for t in store.tasks() if t.task_id == task_id] if store else []
+        return found[0] if found else None
+
+    def last_task(self) -> str:
+        store = self.store()
+        tasks = store.tasks() if store else []
+        return f"#{tasks[-1].task_id} ({tasks[-1].state}: {tasks[-1].reason})" if tasks else "?"
+
+    def ended_silently(self) -> float | None:
+        """When the newest task has ended and no mail about it is on its way, the time now."""
+        store = self.store()
+        tasks = store.tasks() if store else []
+        if not tasks or tasks[-1].state not in ENDED:
+            return None
+        pending = [m for m in store.outbox(("queued", "sending", "sent", "unknown"))
+                   if m.task_id == tasks[-1].task_id] if store else []
+        return None if pending else time.monotonic()
+
+    def outcome(self, mail: Delivered) -> Reply:
+        task_id = _task_id(mail)
+        view = self.task_view(task_id) if task_id is not None else None
+        state = view.state if view is not None else "unknown"
+        return Reply(mail, state, (view.reason if view is not None else None) or "")
 
     def log_tail(self, lines: int = 20) -> str:
         text = self.layout.log.read_text(encoding="utf-8", errors="replace")
@@ -235,6 +314,13 @@ class Demo:
                 self.service.kill()
                 self.service.wait()
         self.server.stop()
+        if self._store is not None:
+            self._store.close()
+
+
+def _task_id(mail: Delivered) -> int | None:
+    value = message_from_bytes(mail.raw, policy=email_policy.default)["X-Mailagent-Task"]
+    return int(str(value)) if value is not None and str(value).isdigit() else None
 
 
 def print_intro(demo: Demo) -> None:
@@ -252,9 +338,9 @@ def print_intro(demo: Demo) -> None:
 """, flush=True)
 
 
-def print_reply(demo: Demo, mail: Delivered, before: dict[Path, int]) -> None:
-    print("---- completion mail received by the embedded SMTP server ----")
-    print(show_mail(mail))
+def print_reply(demo: Demo, reply: Reply, before: dict[Path, int]) -> None:
+    print(f"---- {reply.label} received by the embedded SMTP server ----")
+    print(show_mail(reply.mail))
     print("---- end of mail ----\n")
     after = snapshot(demo.layout.outputs)
     changed = sorted(path for path, mtime in after.items() if before.get(path) != mtime)
@@ -279,10 +365,59 @@ def keep_running(demo: Demo, timeout: float) -> None:
         print_reply(demo, demo.wait_reply(count, timeout), before)
 
 
+def check_endpoint(model: Model, model_name: str) -> None:
+    """Before anything starts: the endpoint answers and takes the key. An endpoint without the
+    Models API (404) is let through; the task itself will tell."""
+    from mailagent.agent import check_model  # the SDK takes a second to import
+    from mailagent.config import ModelSettings
+
+    key = env_value("ANTHROPIC_API_KEY") if model.has_key else "none"
+    settings = ModelSettings(name=model_name, base_url=model.base_url, api_key=key,
+                             max_retries=0)
+    try:
+        asyncio.run(check_model(settings))
+    except ModelError as exc:
+        if exc.status_code == 404:
+            return
+        where = model.base_url or "the Anthropic API"
+        advice = ("check ANTHROPIC_API_KEY" if exc.status_code == 401 else
+                  f"start the endpoint at {where}, or correct --base-url (ANTHROPIC_BASE_URL)")
+        raise DemoFailed(f"{str(exc).rstrip('.')}. Nothing was started: {advice}.") from exc
+
+
+class DemoFailed(MailagentError):
+    """The demo ran, or tried to, and its task did not complete."""
+
+
+def verdict(reply: Reply, demo: Demo) -> None:
+    """Raise DemoFailed, with what to do, unless the reply is a completion."""
+    if reply.state == "done":
+        return
+    endpoint = demo.model.base_url or "the Anthropic API"
+    advice = WHAT_TO_DO.get(reply.state, "the service log is {log}").format(
+        log=demo.layout.log, endpoint=endpoint)
+    what = {"queued": "the task could not reach the model", "failed": "the task failed",
+            "waiting_approval": "the task waits for your approval",
+            "paused": "the task stopped at its budget"}.get(reply.state,
+                                                             f"the task is {reply.state}")
+    reason = f": {reply.reason}" if reply.reason else ""
+    raise DemoFailed(f"{what}{reason}; {advice}")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     model = find_model(args.base_url)
     if model is None:
         raise ConfigError(NO_MODEL)
+    try:
+        check_endpoint(model, args.model)
+        run_demo(args, model)
+    except DemoFailed as exc:
+        print(f"mailagent demo: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_demo(args: argparse.Namespace, model: Model) -> None:
     root = Path(args.dir).expanduser().absolute() if args.dir else \
         Path(tempfile.mkdtemp(prefix="mailagent-demo-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -294,14 +429,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         body = TASK_BODY.format(sample=demo.layout.sample)
         print(f"Mailing a task from {OWNER} to {AGENT}:\n  {TASK_SUBJECT}: {body}\n", flush=True)
         demo.send_task(body)
-        print_reply(demo, demo.wait_reply(1, args.timeout), before)
-        if args.keep:
+        try:
+            reply = demo.wait_reply(1, args.timeout)
+        except MailagentError as exc:
+            raise DemoFailed(str(exc)) from exc
+        print_reply(demo, reply, before)
+        if not args.keep:
+            verdict(reply, demo)
+        else:
             keep_running(demo, args.timeout)
     except KeyboardInterrupt:
         print("stopping")
     finally:
         demo.stop()
-    return 0
 
 
 def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -146,7 +146,9 @@ class MailStore:
             raise StoreError(f"database error: {exc}") from exc
 
     def migrate(self) -> list[str]:
-        """Apply the migrations not applied yet, in order; return their names."""
+        """Apply the migrations not applied yet, in order; return their names. Another process
+        (`status`, the demo) may open the database while the service migrates it: a migration
+        that fails because that process applied it meanwhile counts as done."""
         applied: list[str] = []
         try:
             with self.engine.begin() as connection:
@@ -154,22 +156,30 @@ class MailStore:
                     connection, tables=[SQLModel.metadata.tables["migration"]]
                 )
             for name, migration in MIGRATIONS:
-                with self.engine.begin() as connection:
-                    done = connection.execute(
-                        text("SELECT 1 FROM migration WHERE name = :name"), {"name": name}
-                    ).first()
-                    if done:
+                if self._is_applied(name):
+                    continue
+                try:
+                    with self.engine.begin() as connection:
+                        migration(connection)
+                        connection.execute(
+                            text("INSERT INTO migration (name, applied_at) VALUES (:n, :t)"),
+                            {"n": name, "t": utcnow()},
+                        )
+                except SQLAlchemyError:
+                    if self._is_applied(name):
                         continue
-                    migration(connection)
-                    connection.execute(
-                        text("INSERT INTO migration (name, applied_at) VALUES (:n, :t)"),
-                        {"n": name, "t": utcnow()},
-                    )
-                    applied.append(name)
-                    log.info("applied migration %s", name)
+                    raise
+                applied.append(name)
+                log.info("applied migration %s", name)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot migrate the database: {exc}") from exc
         return applied
+
+    def _is_applied(self, name: str) -> bool:
+        with self.engine.begin() as connection:
+            return connection.execute(
+                text("SELECT 1 FROM migration WHERE name = :name"), {"name": name}
+            ).first() is not None
 
     # ------------------------------------------------------------ mailbox bookkeeping
 

@@ -6,6 +6,7 @@ imported. Tests of the installed program use only `Installed.run`.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,10 @@ SOURCE = Path(__file__).resolve().parents[2]
 # Variables that would let the installed program see the sources or the test environment.
 LEAKY = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "MAILAGENT_CONFIG", "ANTHROPIC_API_KEY",
          "ANTHROPIC_BASE_URL", "PIPX_HOME", "PIPX_BIN_DIR", "PIPX_MAN_DIR")
+
+
+LEFTOVERS = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".mypy_cache",
+             ".ruff_cache", ".hypothesis", "bench.json")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -52,9 +57,12 @@ def build_and_install() -> Installed:
     """Build the wheel (with build isolation, as pip does for a user) and pipx-install it."""
     root = Path(tempfile.mkdtemp(prefix="mailagent-installed-"))
     (root / "home").mkdir()
-    dist = root / "dist"
+    dist, tree = root / "dist", root / "src"
+    # A clean copy: a build/ or *.egg-info left in the checkout must not fill gaps in the
+    # package data (setuptools builds in the tree and reuses what it finds there).
+    shutil.copytree(SOURCE, tree, ignore=shutil.ignore_patterns(*LEFTOVERS))
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir",
-          str(dist), str(SOURCE)], cwd=root)
+          str(dist), str(tree)], cwd=root)
     [wheel] = dist.glob("mailagent-*.whl")
     pipx = clean_env(PIPX_HOME=str(root / "pipx"), PIPX_BIN_DIR=str(root / "bin"),
                      PIPX_MAN_DIR=str(root / "man"), HOME=str(root / "home"))
