@@ -23,7 +23,7 @@ from mailagent.install import add_service_parser
 from mailagent.mailbox import Mailbox
 from mailagent.notify import check_smtp
 from mailagent.policy import Policy, Scope, explain, load_policy, protected_paths
-from mailagent.render import render_sample, template_names
+from mailagent.render import render_sample, shipped_text, template_names
 from mailagent.sandbox import find_sandbox, process_limit_kind
 from mailagent.store import Store
 from mailagent.when import WhenError, read_schedules_file
@@ -258,6 +258,9 @@ USAGE: dict[str, tuple[str, str]] = {
                 "launchd or the Windows task scheduler), started at login and restarted on "
                 "failure.",
                 "mailagent service install --dry-run\n  mailagent service status"),
+    "example": ("Print a complete example config, or a policy file that shows every key, to "
+                "start your own from.",
+                "mailagent example policy > ~/.config/mailagent/policies/reports.toml"),
     "demo": ("See the whole loop work on this machine with no mail account: an embedded mail "
              "server on loopback, the service, and a sample task whose reply is printed. Exits "
              "0 when the task completed, 1 with what to do when it did not.",
@@ -272,6 +275,14 @@ def describe_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         command.description = textwrap.fill(description, 88)
         command.epilog = f"example:\n  {example}"
         command.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+EXAMPLES = {"config": "examples/mailagent.toml", "policy": "examples/policy.toml"}
+
+
+def cmd_example(args: argparse.Namespace) -> int:
+    print(shipped_text(EXAMPLES[args.what]), end="")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain_parser.add_argument("action", choices=["list", "read", "write", "delete"])
     explain_parser.add_argument("path")
     explain_parser.set_defaults(func=cmd_policy_explain)
+    example = sub.add_parser("example", help="print an example config or policy file")
+    example.add_argument("what", choices=list(EXAMPLES))
+    example.set_defaults(func=cmd_example)
     add_service_parser(sub)
     add_demo_parser(sub)
     describe_commands(sub)

@@ -6,6 +6,7 @@
     ├── StoreError                 the database cannot be opened or migrated
     ├── PolicyError                a policy file does not validate (names file and line)
     ├── ModelError                 the model endpoint failed (transient: overload, rate limit)
+    ├── RenderError                a shipped template is missing or does not render
     └── MailboxError               IMAP trouble, translated from imapclient/socket errors
         ├── ConnectError           host unreachable, TLS failure, timeout (transient)
         ├── LoginError             the server refused the credentials
@@ -38,6 +39,10 @@ class StoreError(MailagentError):
 
 class PolicyError(MailagentError):
     """A policy file cannot be read or does not validate."""
+
+
+class RenderError(MailagentError):
+    """A template shipped with mailagent is missing or does not render with these values."""
 
 
 class ModelError(MailagentError):

@@ -128,7 +128,7 @@ def render_policy(folder: str, access: str) -> str:
         rules = 'access = "read"\ndelete = "never"\n'
         what = "read (never change) this folder"
     return (f"# Written by `mailagent init`: the agent may {what}.\n"
-            "# See policies/example.toml in mailagent's sources for every key.\n\n"
+            "# Every key: `mailagent example policy`.\n\n"
             f"[[folders]]\npath = {toml_str(folder)}\n{rules}")
 
 

@@ -32,7 +32,7 @@ import aiosmtplib
 from mailagent import oauth
 from mailagent.config import SmtpSettings
 from mailagent.content import clean_header
-from mailagent.errors import MailagentError
+from mailagent.errors import MailagentError, RenderError
 from mailagent.failpoints import failpoint
 from mailagent.render import markdown_html, render
 from mailagent.store import Outbound, OutboxView, ReplyTarget, Store
@@ -98,14 +98,37 @@ def plan_attachments(paths: Sequence[Path], max_bytes: int) -> AttachmentPlan:
 def compose(smtp: SmtpSettings, target: ReplyTarget, kind: str, template: str,
             values: dict[str, Any], attachments: Sequence[Path] = (),
             message_id: str | None = None) -> Outbound:
-    """A reply in the target's thread, to the owner who wrote it, with text and HTML parts."""
+    """A reply in the target's thread, to the owner who wrote it, with text and HTML parts.
+
+    What cannot be built as asked still goes out, saying why, so the owner always hears: as
+    plain text when a template does not render, without the files when attaching them fails."""
     plan = plan_attachments(attachments, smtp.max_attachment_bytes)
-    text = render(template, **values, attached=plan.attached, not_attached=plan.not_attached)
     # A reply says so; a notice that answers no mail (no Message-ID to answer) does not.
     subject = reply_subject(target.subject) if target.message_id else clean_header(
         target.subject, 200)
-    message = EmailMessage()
     message_id = message_id or new_message_id(smtp.from_address)
+    try:
+        text = render(template, **values, attached=plan.attached, not_attached=plan.not_attached)
+        html: str | None = render("mail.html.j2", subject=subject, body=markdown_html(text))
+    except RenderError as exc:
+        log.error("mail %s rendered as plain text: %s", kind, exc)
+        text, html = plain_fallback(kind, values, exc), None
+    try:
+        message = _message(smtp, target, subject, message_id, text, html, plan.files)
+    except (ValueError, TypeError) as exc:  # e.g. a file name the email package refuses
+        log.error("mail %s sent without its attachments: %s", kind, exc)
+        names = ", ".join(repr(name) for name, _, _ in plan.files)
+        text += (f"\n\nThe files could not be attached ({type(exc).__name__}: {exc}): {names}. "
+                 "They are still where the task left them.\n")
+        message = _message(smtp, target, subject, message_id, text, None, [])
+    return Outbound(message_id, kind, target.recipient, subject, message.as_bytes(),
+                    target.task_id, target.conversation_id)
+
+
+def _message(smtp: SmtpSettings, target: ReplyTarget, subject: str, message_id: str,
+             text: str, html: str | None, files: Sequence[tuple[str, bytes, str]]
+             ) -> EmailMessage:
+    message = EmailMessage()
     message["From"] = clean_header(smtp.from_address)
     message["To"] = clean_header(target.recipient)
     message["Subject"] = subject
@@ -120,13 +143,27 @@ def compose(smtp: SmtpSettings, target: ReplyTarget, kind: str, template: str,
     if target.task_id is not None:
         message["X-Mailagent-Task"] = str(target.task_id)
     message.set_content(text)
-    message.add_alternative(render("mail.html.j2", subject=subject, body=markdown_html(text)),
-                            subtype="html")
-    for name, payload, content_type in plan.files:
+    if html is not None:
+        message.add_alternative(html, subtype="html")
+    for name, payload, content_type in files:
         maintype, _, subtype = content_type.partition("/")
         message.add_attachment(payload, maintype=maintype, subtype=subtype, filename=name)
-    return Outbound(message_id, kind, target.recipient, subject, message.as_bytes(),
-                    target.task_id, target.conversation_id)
+    return message
+
+
+FALLBACK_FIELDS = ("answer", "body", "operation", "reason", "advice", "partial")
+
+
+def plain_fallback(kind: str, values: dict[str, Any], error: RenderError) -> str:
+    """The mail's values as plain lines, for when its template cannot be rendered."""
+    lines = [f"mailagent could not write this {kind} mail as usual: {error}", ""]
+    if values.get("task_id") is not None:
+        lines.append(f"Task #{values['task_id']}")
+    lines += [str(values[key]) for key in FALLBACK_FIELDS if values.get(key)]
+    changes = values.get("changes") or []
+    if changes:
+        lines += ["", "Files changed:", *[f"- {change}" for change in changes]]
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- sending

@@ -16,6 +16,8 @@ from typing import Any
 import jinja2
 from markdown_it import MarkdownIt
 
+from mailagent.errors import RenderError
+
 
 @cache
 def _environment() -> jinja2.Environment:
@@ -29,7 +31,13 @@ def _environment() -> jinja2.Environment:
 
 
 def render(name: str, **values: Any) -> str:
-    return _environment().get_template(name).render(**values)
+    """Raises RenderError (a template missing from the install, or a value it lacks)."""
+    try:
+        return _environment().get_template(name).render(**values)
+    except (jinja2.TemplateError, OSError, ValueError) as exc:
+        raise RenderError(f"template {name} does not render: {type(exc).__name__}: {exc}; "
+                          "reinstall mailagent (`pipx reinstall mailagent`) and run "
+                          "`mailagent check`") from exc
 
 
 @cache

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The test command of README.md: installs what the tests need, then runs lint, types and tests.
+# tests/test_installed*.py build the wheel and install it with pipx outside the tree, as a user
+# does; the other tests use the editable install in .venv.
 # On Debian as root it installs Dovecot, OpenSSL, bubblewrap and libfaketime (the schedule
 # tests move the service's clock with it) when they are missing.
 set -euo pipefail
@@ -24,7 +26,19 @@ if [ ${#need_packages[@]} -gt 0 ]; then
 fi
 export PATH="$PATH:/usr/sbin"
 
-python=${PYTHON:-python3}
+# Python 3.11, the oldest supported, where the machine has it; PYTHON=... picks another.
+python=${PYTHON:-$(command -v python3.11 || command -v python3)}
+if ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  # Debian and Ubuntu ship venv apart from Python (python3-venv); the wheel tests need it too.
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  else
+    echo "the tests need Python's venv module (on Debian/Ubuntu: apt install python3-venv)" >&2
+    exit 1
+  fi
+fi
+echo "testing with $("$python" --version)"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 

@@ -21,7 +21,7 @@ from tests.support.model_server import ModelServer, error, text, tool_use
 from tests.support.smtp import SmtpServer
 
 OWNER = "you@mailagent.localhost"
-COMMANDS = ("run", "check", "status", "init", "policy", "service", "demo")
+COMMANDS = ("run", "check", "status", "init", "policy", "service", "demo", "example")
 
 
 def shipped_files(folder: str) -> set[str]:
@@ -217,3 +217,19 @@ def test_the_installed_init_writes_a_config_that_loads(installed: Installed,
     explain = installed.run("policy", "explain", "--config", str(config), "read",
                             str(tmp_path / "reports" / "a.txt"), env={"APP_PASSWORD": "pw"})
     assert explain.stdout.startswith("allow"), explain
+
+
+def test_the_installed_examples_print_and_the_policy_loads(installed: Installed,
+                                                          tmp_path: Path) -> None:
+    config_text = installed.run("example", "config").stdout
+    policy_text = installed.run("example", "policy").stdout
+    assert "imap" in tomllib.loads(config_text) and tomllib.loads(policy_text)["folders"]
+    config = write_config(tmp_path, 1, 1)
+    (tmp_path / "policies").mkdir(exist_ok=True)
+    (tmp_path / "policies" / "example.toml").write_text(policy_text)
+    reports = installed.home / "Documents" / "reports"
+    reports.mkdir(parents=True)
+    (reports / "q3.csv").write_text("q,total\n")
+    result = installed.run("policy", "explain", "--config", str(config), "read",
+                           str(reports / "q3.csv"), env={"TEST_IMAP_PASSWORD": "x"})
+    assert result.stdout.startswith("allow: example.toml"), result

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from mailagent.config import SmtpSettings
+from mailagent.notify import compose
+from mailagent.store import ReplyTarget
 from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
 from tests.support.mail import AGENT, MX, OWNER, message_id_of, owner_mail
@@ -453,3 +456,42 @@ def test_a_copy_of_each_sent_mail_is_saved_in_sent_when_asked(
     assert parsed(sent)["Message-ID"] in dovecot.fetch(uid, "Sent").decode()
     assert "\\Seen" in dovecot.flags(uid, "Sent")
     service.stop()
+
+
+def _target() -> ReplyTarget:
+    return ReplyTarget(OWNER, "Summarise my notes", "<task@example.com>", (), 1, "main", 7)
+
+
+def _smtp() -> SmtpSettings:
+    return SmtpSettings("127.0.0.1", 1, "none", f"Mail Agent <{AGENT}>")
+
+
+def test_a_mail_whose_template_does_not_render_still_goes_out_as_plain_text() -> None:
+    outbound = compose(_smtp(), _target(), "failure", "no-such-template.md.j2",
+                       {"task_id": 7, "reason": "internal error: the disk is full",
+                        "changes": ["created /a.txt"]})
+    message = email.message_from_bytes(outbound.raw, policy=default_policy)
+    assert isinstance(message, EmailMessage)
+    text = message.get_content()
+    assert message.get_content_type() == "text/plain"
+    assert "could not write this failure mail as usual" in text
+    assert "no-such-template.md.j2" in text and "mailagent check" in text
+    assert "Task #7" in text and "the disk is full" in text and "created /a.txt" in text
+    assert message["To"] == OWNER and message["In-Reply-To"] == "<task@example.com>"
+    assert message["X-Mailagent-Task"] == "7" and message["Auto-Submitted"] == "auto-replied"
+
+
+def test_a_file_that_cannot_be_attached_leaves_the_mail_going_out_without_it(
+        tmp_path: Path) -> None:
+    odd = tmp_path / "report\nBcc: x@evil.example.txt"
+    odd.write_text("numbers")
+    outbound = compose(_smtp(), _target(), "completion", "completion.md.j2",
+                       {"task_id": 7, "tokens": 1, "cost": 0.0, "changes": [],
+                        "answer": "Here is the report.", "undo_hint": False, "run_note": "",
+                        "scheduled": []}, [odd])
+    message = email.message_from_bytes(outbound.raw, policy=default_policy)
+    assert isinstance(message, EmailMessage)
+    assert list(message.iter_attachments()) == []
+    text = message.get_content()
+    assert "Here is the report." in text and "could not be attached" in text
+    assert message["Bcc"] is None and message["To"] == OWNER
