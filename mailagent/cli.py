@@ -23,7 +23,7 @@ from mailagent.install import add_service_parser
 from mailagent.mailbox import Mailbox
 from mailagent.notify import check_smtp
 from mailagent.policy import Policy, Scope, explain, load_policy, protected_paths
-from mailagent.render import render_sample, shipped_text, template_names
+from mailagent.render import check_templates, shipped_text
 from mailagent.sandbox import find_sandbox, process_limit_kind
 from mailagent.store import Store
 from mailagent.when import WhenError, read_schedules_file
@@ -122,10 +122,7 @@ def _check_connectors(settings: Settings) -> str:
 
 
 def _check_templates(settings: Settings) -> str:
-    names = [n for n in template_names() if n.endswith(".j2")]
-    for name in names:
-        render_sample(name)
-    return f"templates: {', '.join(names)}"
+    return f"templates: {', '.join(check_templates())}"
 
 
 def _check_schedules(settings: Settings) -> str:

@@ -96,6 +96,15 @@ def render_sample(name: str) -> str:
     return render(name, **SAMPLES.get(name, {}))
 
 
+def check_templates() -> list[str]:
+    """Every template the code renders, rendered once; raises RenderError naming the first
+    that is missing or broken (a damaged install), so that `run` refuses to start."""
+    names = template_names()
+    for name in names:
+        render_sample(name)
+    return names
+
+
 def markdown_html(text: str) -> str:
     """HTML from the model's Markdown that loads nothing: no raw HTML, no images, no links
     (URLs stay visible as text, and mail clients may link them for the reader)."""

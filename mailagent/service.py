@@ -30,6 +30,7 @@ from mailagent.intake import Inbound, IntakeRules, Rejection, content_key, read_
 from mailagent.keepawake import KeepAwake
 from mailagent.mailbox import Fetched, Watcher, in_folder
 from mailagent.notify import Postman, compose
+from mailagent.render import check_templates
 from mailagent.sandbox import find_sandbox
 from mailagent.scheduler import Scheduler
 from mailagent.store import NewCommand, NewTask, Outbound, ReplyTarget, Store
@@ -303,7 +304,9 @@ class Service:
 
 
 def run_service(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM; raises AlreadyRunningError if the data dir is taken."""
+    """Run until SIGINT/SIGTERM; raises AlreadyRunningError if the data dir is taken, and
+    RenderError if a shipped template is missing (every task would fail to be answered)."""
+    check_templates()
     with instance_lock(settings.data_dir):
         store = Store.open(settings.database_url)
         try:

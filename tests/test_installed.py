@@ -7,6 +7,7 @@ sources, so a file missing from the package or a path computed from the source t
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import time
 import tomllib
@@ -16,7 +17,7 @@ import pytest
 
 from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
-from tests.support.installed import SOURCE, Installed
+from tests.support.installed import SOURCE, Installed, clean_env
 from tests.support.model_server import ModelServer, error, text, tool_use
 from tests.support.smtp import SmtpServer
 
@@ -233,3 +234,23 @@ def test_the_installed_examples_print_and_the_policy_loads(installed: Installed,
     result = installed.run("policy", "explain", "--config", str(config), "read",
                            str(reports / "q3.csv"), env={"TEST_IMAP_PASSWORD": "x"})
     assert result.stdout.startswith("allow: example.toml"), result
+
+
+def test_a_damaged_install_missing_a_template_refuses_to_run_and_check_names_it(
+        installed: Installed, tmp_path: Path) -> None:
+    venv = installed.root / "pipx" / "venvs" / "mailagent"
+    [package] = venv.glob("lib/python*/site-packages/mailagent")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(package, damaged / "mailagent")
+    (damaged / "mailagent" / "templates" / "failure.md.j2").unlink()
+    config = write_config(tmp_path, 1, 1)
+    (tmp_path / "policies").mkdir(exist_ok=True)
+    env = {"PYTHONPATH": str(damaged), "TEST_IMAP_PASSWORD": "x"}
+    for command in ("run", "check"):
+        result = subprocess.run([str(venv / "bin" / "python"), "-m", "mailagent", command,
+                                 "--config", str(config)], capture_output=True, text=True,
+                                env=clean_env(**env), cwd=tmp_path, timeout=120)
+        assert result.returncode != 0, (command, result.stdout, result.stderr)
+        assert "failure.md.j2" in result.stdout + result.stderr, (command, result)
+        if command == "run":  # it stopped before it took any mail
+            assert not (tmp_path / "data" / "mailagent.db").exists()
