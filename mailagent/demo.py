@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailagent.config import env_value
-from mailagent.errors import ConfigError, MailagentError, ModelError
+from mailagent.errors import ConfigError, MailagentError, ModelError, StoreError
 from mailagent.init_config import toml_str
 
 if TYPE_CHECKING:  # aiosmtpd, pymap and the store are imported only when the demo runs
@@ -267,32 +267,34 @@ class Demo:
             raise MailagentError(f"the service stopped (exit {self.service.returncode}); its "
                                  f"log is {self.layout.log}:\n{self.log_tail()}")
 
-    def store(self) -> Store | None:
-        """The service's store, once the service has made it."""
-        if self._store is None and (self.layout.data / "mailagent.db").exists():
-            from mailagent.store import Store
+    def tasks(self) -> list[TaskView]:
+        """The service's tasks; none while it has not made its database yet. The demo only
+        reads: migrating is the service's job."""
+        from mailagent.store import Store
 
-            self._store = Store.open(f"sqlite:///{self.layout.data / 'mailagent.db'}")
-        return self._store
+        if self._store is None and (self.layout.data / "mailagent.db").exists():
+            self._store = Store.open(f"sqlite:///{self.layout.data / 'mailagent.db'}",
+                                     migrate=False)
+        try:
+            return self._store.tasks() if self._store is not None else []
+        except StoreError:  # tables not made yet
+            return []
 
     def task_view(self, task_id: int) -> TaskView | None:
-        store = self.store()
-        found = [t for t in store.tasks() if t.task_id == task_id] if store else []
+        found = [t for t in self.tasks() if t.task_id == task_id]
         return found[0] if found else None
 
     def last_task(self) -> str:
-        store = self.store()
-        tasks = store.tasks() if store else []
+        tasks = self.tasks()
         return f"#{tasks[-1].task_id} ({tasks[-1].state}: {tasks[-1].reason})" if tasks else "?"
 
     def ended_silently(self) -> float | None:
         """When the newest task has ended and no mail about it is on its way, the time now."""
-        store = self.store()
-        tasks = store.tasks() if store else []
-        if not tasks or tasks[-1].state not in ENDED:
+        tasks = self.tasks()
+        if not tasks or tasks[-1].state not in ENDED or self._store is None:
             return None
-        pending = [m for m in store.outbox(("queued", "sending", "sent", "unknown"))
-                   if m.task_id == tasks[-1].task_id] if store else []
+        pending = [m for m in self._store.outbox(("queued", "sending", "sent", "unknown"))
+                   if m.task_id == tasks[-1].task_id]
         return None if pending else time.monotonic()
 
     def outcome(self, mail: Delivered) -> Reply:

@@ -87,6 +87,7 @@ def test_the_installed_demo_answers_its_task_and_prints_the_completion_mail(
     result = demo(installed, folder, model_server.base_url)
     log = (folder / "service.log").read_text() if (folder / "service.log").exists() else ""
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{log}"
+    assert result.stderr == ""  # the service logs into its own file; nothing else to say
     mail = result.stdout.split("---- completion mail received by the embedded SMTP server ----")[1]
     assert "Subject: Re: Summarise my notes" in mail
     assert f"To: {OWNER}" in mail
