@@ -21,7 +21,7 @@ def plain_address(text: str) -> tuple[str | None, str]:
         return None, f"does not parse ({type(exc).__name__})"
     addresses = [a for group in getattr(parsed, "groups", ()) for a in group.addresses]
     if len(addresses) != 1:
-        return None, f"holds {len(addresses)} addresses, not one"
+        return None, f"holds {len(addresses)} mailboxes, not one"
     if parsed.defects:
         return None, f"is not a well-formed address ({parsed.defects[0]})"
     address = addresses[0].addr_spec.lower()
