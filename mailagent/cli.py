@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from mailagent import __version__, doctor, init_wizard, install, status_view
 from mailagent.config import Settings, find_config_path, load_settings
@@ -22,7 +24,7 @@ from mailagent.errors import ConfigError, MailagentError, PolicyError
 from mailagent.install import add_service_parser
 from mailagent.mailbox import Mailbox
 from mailagent.notify import check_smtp
-from mailagent.policy import Policy, Scope, explain, load_policy, protected_paths
+from mailagent.policy import FolderRule, Policy, Scope, explain, load_policy, protected_paths
 from mailagent.render import check_templates, shipped_text
 from mailagent.sandbox import find_sandbox, process_limit_kind
 from mailagent.store import Store
@@ -66,9 +68,27 @@ def _check_model(settings: Settings) -> str:
 
 
 def _check_policies(settings: Settings) -> str:
-    policy = load_policy(settings.policies_dir)
-    return (f"policies in {settings.policies_dir}: {len(policy.folders)} folder rule(s) "
+    """The policy loads, its folder exists, and every [[folders]] path exists: `run` denies all
+    without the folder and keeps a rule for a path that may appear later, but here both are
+    most likely a mistake."""
+    folder = settings.policies_dir
+    if not folder.exists():
+        raise MailagentError(
+            f"no policies folder at {folder}, so every file is denied: create it (and a "
+            f"*.toml file in it, see README.md), set policies_dir in {settings.config_path}, "
+            "or run `mailagent init`")
+    policy = load_policy(folder)
+    missing = [_missing_folder(folder, rule) for rule in policy.folders if not rule.path.exists()]
+    if missing:
+        raise MailagentError("\nerror: ".join(missing))
+    return (f"policies in {folder}: {len(policy.folders)} folder rule(s) "
             f"from {len(policy.files)} file(s)")
+
+
+def _missing_folder(policies_dir: Path, rule: FolderRule) -> str:
+    name, _, line = rule.source.rpartition(":")
+    return (f"{policies_dir / name} line {line}: the [[folders]] path {rule.path} does not "
+            "exist: create it, or fix the path in that file")
 
 
 def _policy_if_valid(settings: Settings) -> Policy | None:
@@ -95,10 +115,9 @@ def _check_commands(settings: Settings) -> str:
         return (f"run_command: {', '.join(rule.allow)} in {sandbox.detail} ({network}; "
                 f"process count bounded by {limit[process_limit_kind()]})")
     if rule.unsafe_no_sandbox:
-        print(f"WARNING: run_command runs WITHOUT A SANDBOX (unsafe_no_sandbox = true in "
-              f"{rule.source}): a fooled model can read and change anything you can. "
-              f"{sandbox.detail}")
-        return "run_command: offered without a sandbox"
+        return ("run_command: offered without a sandbox\nwarning: run_command runs WITHOUT A "
+                f"SANDBOX (unsafe_no_sandbox = true in {rule.source}): a fooled model can read "
+                f"and change anything you can. {sandbox.detail}")
     raise MailagentError(f"run_command is NOT offered although {rule.source} has [commands]: "
                          f"{sandbox.detail}")
 
@@ -115,9 +134,7 @@ def _check_connectors(settings: Settings) -> str:
 
     lines, errors = check_servers(rules)
     if errors:
-        for line in lines:
-            print(f"ok: {line}" if not line.startswith(" ") else line)
-        raise MailagentError("\nerror: ".join(errors))
+        raise _PartlyFailedError("\nerror: ".join(errors), lines)
     return "\n".join(lines)
 
 
@@ -142,25 +159,53 @@ def _check_store(settings: Settings) -> str:
     return f"database {settings.database_url}"
 
 
+class _PartlyFailedError(MailagentError):
+    """A check of several things where some passed: `passed` are their lines, as a check
+    returns them."""
+
+    def __init__(self, message: str, passed: list[str]) -> None:
+        super().__init__(message)
+        self.passed = passed
+
+
+CHECKS: tuple[Callable[[Settings], str], ...] = (
+    _check_policies, _check_commands, _check_templates, _check_schedules, _check_store,
+    _check_connectors, doctor.check_keyring, doctor.check_oauth, _check_imap, _check_smtp,
+    _check_model, doctor.check_service)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    """One line per check on stdout (`ok:`, `error:`, `hint:`, `warning:`, indented details);
+    whatever else would reach stdout meanwhile (a library's log handler, a stray print) goes
+    to stderr, so the lines can be read by a script."""
+    out = sys.stdout
     settings = _settings(args)
-    print(f"ok: config {settings.config_path}")
-    checks: list[Callable[[Settings], str]] = [
-        _check_policies, _check_commands, _check_templates, _check_schedules, _check_store,
-        _check_connectors, doctor.check_keyring, doctor.check_oauth, _check_imap, _check_smtp,
-        _check_model, doctor.check_service]
+    print(f"ok: config {settings.config_path}", file=out)
     failures = 0
-    for check in checks:
-        try:
-            print(f"ok: {check(settings)}")
-        except MailagentError as exc:
-            failures += 1
-            print(f"error: {exc}")
-            for hint in doctor.hints(settings, exc):
-                print(f"hint: {hint}")
+    with contextlib.redirect_stdout(sys.stderr):
+        for check in CHECKS:
+            failures += not _report(check, settings, out)
     if settings.owner.verification == "none":
-        print('warning: owner.verification = "none" trusts the From header alone')
+        print('warning: owner.verification = "none" trusts the From header alone', file=out)
     return 1 if failures else 0
+
+
+def _report(check: Callable[[Settings], str], settings: Settings, out: TextIO) -> bool:
+    """Run one check and print its lines to `out`: the first as `ok:`, the rest (indented
+    details, `warning:` lines) as they are. Whether it passed."""
+    try:
+        lines = check(settings).splitlines()
+    except MailagentError as exc:
+        for line in exc.passed if isinstance(exc, _PartlyFailedError) else []:
+            print(line if line.startswith(" ") else f"ok: {line}", file=out)
+        print(f"error: {exc}", file=out)
+        for hint in doctor.hints(settings, exc):
+            print(f"hint: {hint}", file=out)
+        return False
+    print(f"ok: {lines[0]}", file=out)
+    for line in lines[1:]:
+        print(line, file=out)
+    return True
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -182,6 +227,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     """Ask, write the config and the starter policy, then run `check` on the result."""
     path = init_wizard.run_init(args)
+    _make_policies_dir(path.parent / "policies")
     if args.no_check:
         print(f"\nNot checked: run `mailagent check --config {path}` before starting it.")
         return 0
@@ -198,6 +244,15 @@ def cmd_init(args: argparse.Namespace) -> int:
           f"  mailagent service install --config {path}\n"
           f"or run it in the foreground:\n  mailagent run --config {path}")
     return 0
+
+
+def _make_policies_dir(folder: Path) -> None:
+    """The folder init's config points to (by default), empty when no folder was given: every
+    file is denied until a rule is added, and `check` finds the folder it expects."""
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        print(f"made {folder}: empty, so the agent may touch no file outside its workspace "
+              "until you add a [[folders]] rule there (see README.md)")
 
 
 def _wants_service(args: argparse.Namespace) -> bool:

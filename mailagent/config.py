@@ -18,7 +18,8 @@ from typing import Any
 import platformdirs
 
 from mailagent import keystore
-from mailagent.errors import ConfigError
+from mailagent.addresses import plain_address
+from mailagent.errors import ConfigError, nearest
 from mailagent.providers import PROVIDERS
 
 SECURITY_MODES = ("ssl", "starttls", "none")
@@ -188,11 +189,36 @@ class _Section:
 
     def __init__(self, data: Mapping[str, Any], path: Path, prefix: str) -> None:
         self.data, self.path, self.prefix = data, path, prefix
+        self.known: set[str] = set()  # every key the loader asked for: the rest are unknown
+        self.tables: list[_Section] = []
 
     def _fail(self, key: str, problem: str, fix: str) -> ConfigError:
         return ConfigError(f"{self.prefix}{key} {problem} in {self.path}: {fix}")
 
+    def unknown(self, key: str, close: str | None) -> ConfigError:
+        what = "table" if isinstance(self.data[key], dict) else "key"
+        if close is not None:
+            return ConfigError(f"{self.prefix}{key}: unknown {what} in {self.path}; did you "
+                               f"mean {self.prefix}{close}?")
+        where = f"[{self.prefix[:-1]}]" if self.prefix else "the top level"
+        return ConfigError(f"{self.prefix}{key}: unknown {what} in {self.path}: remove it or fix "
+                           f"its name; {where} knows {', '.join(sorted(self.known))}")
+
+    def refuse_unknown(self) -> None:
+        """Raise for the first key no part of the loader read, here or in a table below."""
+        for key in self.data:
+            if key not in self.known:
+                raise self.unknown(key, nearest(key, self.known))
+        for table in self.tables:
+            table.refuse_unknown()
+
+    def has(self, key: str) -> bool:
+        """Whether `key` is given; it is a known key either way."""
+        self.known.add(key)
+        return key in self.data
+
     def get(self, key: str, kind: type, default: Any = ...) -> Any:
+        self.known.add(key)
         if key not in self.data:
             if default is ...:
                 raise self._fail(key, "is missing", "set it")
@@ -225,9 +251,10 @@ class _Section:
     def secret(self, key: str, environ: Mapping[str, str], required: bool = True) -> str | None:
         """A secret given inline as `key` (or as a `keyring:` reference there) or through the
         variable named by `key_env`."""
+        env_key = f"{key}_env"
+        self.known |= {key, env_key}
         if key in self.data:
             return self.resolve(key, str(self.get(key, str)))
-        env_key = f"{key}_env"
         if env_key in self.data:
             name = self.get(env_key, str)
             if environ.get(name):
@@ -252,6 +279,7 @@ class _Section:
             raise ConfigError(f"{self.prefix}{key} in {self.path}: {exc}") from None
 
     def section(self, key: str, required: bool = True) -> _Section:
+        self.known.add(key)
         value = self.data.get(key)
         if value is None:
             if required:
@@ -259,7 +287,9 @@ class _Section:
             value = {}
         if not isinstance(value, dict):
             raise self._fail(key, "must be a table", f"write it as [{key}]")
-        return _Section(value, self.path, f"{self.prefix}{key}.")
+        table = _Section(value, self.path, f"{self.prefix}{key}.")
+        self.tables.append(table)
+        return table
 
 
 def _default_port(security: str, ssl: int, starttls: int, plain: int) -> int:
@@ -324,10 +354,22 @@ def _smtp(s: _Section, environ: Mapping[str, str],
     )
 
 
-def _owner(s: _Section, environ: Mapping[str, str]) -> OwnerSettings:
-    addresses = tuple(a.strip().lower() for a in s.strings("addresses"))
+def _owner_addresses(s: _Section) -> tuple[str, ...]:
+    """Each one address, as intake reads a From header; "Me <me@example.com>" is me@example.com."""
+    addresses = []
+    for value in s.strings("addresses"):
+        address, why = plain_address(value)
+        if address is None:
+            raise ConfigError(f"owner.addresses holds {value!r}, which {why} in {s.path}: write "
+                              'each owner address as one plain address, e.g. "me@example.com"')
+        addresses.append(address)
     if not addresses:
         raise ConfigError(f"owner.addresses is empty in {s.path}: list your own address")
+    return tuple(addresses)
+
+
+def _owner(s: _Section, environ: Mapping[str, str]) -> OwnerSettings:
+    addresses = _owner_addresses(s)
     verification = s.choice("verification", VERIFICATION_MODES, "authentication-results")
     trusted = tuple(t.lower() for t in s.strings("trusted_authserv_ids", []))
     if verification == "authentication-results" and not trusted:
@@ -455,10 +497,20 @@ def find_config_path(given: str | None, environ: Mapping[str, str] | None = None
 
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate the config file at `path`; raise ConfigError naming what to fix."""
+    """Read and validate the config file at `path`; raise ConfigError naming what to fix.
+
+    A key the loader never reads is an error too, named with the known key it is closest to:
+    a misspelt optional key would otherwise be ignored and its default used in silence."""
     environ = os.environ if environ is None else environ
+    root = _Section(_read_toml(path), path, "")
+    settings = _settings(root, path, environ)
+    root.refuse_unknown()
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(
             f"no config file at {path}: create it (see README.md) or pass --config PATH"
@@ -467,13 +519,15 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         raise ConfigError(f"cannot read the config file {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    root = _Section(data, path, "")
+
+
+def _settings(root: _Section, path: Path, environ: Mapping[str, str]) -> Settings:
     base = path.resolve().parent
     data_dir = _path(
         root.get("data_dir", str, platformdirs.user_data_dir("mailagent")), base
     ).resolve()
     database_url = root.get("database_url", str, f"sqlite:///{data_dir / 'mailagent.db'}")
-    oauth = _oauth(root.section("oauth") if "oauth" in data else None, environ)
+    oauth = _oauth(root.section("oauth") if root.has("oauth") else None, environ)
     return Settings(
         config_path=path.resolve(),
         data_dir=data_dir,
@@ -488,6 +542,6 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         schedules=_schedules(root.section("schedules", required=False), base),
         failpoint=environ.get(FAILPOINT_ENV) or None,
         service=_service(root.section("service", required=False)),
-        provider=root.choice("provider", tuple(PROVIDERS), None) if "provider" in data else None,
+        provider=root.choice("provider", tuple(PROVIDERS), None) if root.has("provider") else None,
         canary=_canary(root.section("canary", required=False)),
     )

@@ -12,7 +12,6 @@ let a tool name be read two ways (server names hold no `__`, the separator of ex
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from mailagent.errors import PolicyError
+from mailagent.errors import PolicyError, nearest
 
 Verdict = Literal["allow", "ask", "deny"]
 
@@ -139,8 +138,8 @@ def _server(name: str, entry: object, text: str, file: Path) -> McpServerRule:
         raise fail(f"[mcp.{name}] must be a table with command or url, and tools")
     for key in entry:
         if key not in SERVER_KEYS:
-            close = difflib.get_close_matches(key, SERVER_KEYS, n=1)
-            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            close = nearest(key, SERVER_KEYS)
+            hint = f' (did you mean "{close}"?)' if close else ""
             raise fail(f"unknown key {key!r} in [mcp.{name}]{hint}; allowed keys: "
                        f"{', '.join(SERVER_KEYS)}", key)
     command, url = entry.get("command"), entry.get("url")

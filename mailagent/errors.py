@@ -13,10 +13,20 @@
         ├── ConnectionLostError    the connection died while in use (transient)
         └── FolderError            the configured folder does not exist or cannot be selected
 
-Every error carries a message that names the failure, the value involved and the next step.
+Every error carries a message that names the failure, the value involved and the next step;
+`nearest` gives the "did you mean" of a misspelt key or value.
 """
 
 from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+def nearest(word: str, known: Iterable[str]) -> str | None:
+    """The known word `word` is most likely a misspelling of, or None if none is close."""
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return close[0] if close else None
 
 
 class MailagentError(Exception):

@@ -16,7 +16,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from email.headerregistry import HeaderRegistry
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -27,12 +26,12 @@ import authres
 import dkim
 import mailparser
 
+from mailagent.addresses import plain_address
 from mailagent.config import LimitSettings, OwnerSettings
 from mailagent.content import clean_header, html_to_text, split_reply, strip_invisible
 
 log = logging.getLogger(__name__)
 
-_ADDR_SPEC = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 _MSG_ID = re.compile(r"<[^<>\s]{1,900}>")
 _CONTENT_TYPE_LINE = re.compile(rb"^content-type\s*:", re.IGNORECASE | re.MULTILINE)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -182,17 +181,8 @@ def from_address(headers: Message) -> tuple[str | None, str]:
     values = headers.get_all("From") or []
     if len(values) != 1:
         return None, f"{len(values)} From headers (exactly one is required)"
-    try:
-        parsed = HeaderRegistry()("from", str(values[0]))
-    except Exception as exc:  # the stdlib parser raises many types on hostile input
-        return None, f"From header does not parse ({type(exc).__name__})"
-    addresses = [a for group in getattr(parsed, "groups", ()) for a in group.addresses]
-    if len(addresses) != 1 or parsed.defects:
-        return None, f"From header holds {len(addresses)} mailboxes or defects"
-    address = addresses[0].addr_spec.lower()
-    if not _ADDR_SPEC.match(address):
-        return None, "From address is not a plain address"
-    return address, ""
+    address, why = plain_address(str(values[0]))
+    return address, f"From header {why}" if address is None else ""
 
 
 def _domain(address: str) -> str:

@@ -15,7 +15,6 @@ string), without following symlinks, and ask again right before they act.
 
 from __future__ import annotations
 
-import difflib
 import errno
 import logging
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mailagent.connector_rules import McpServerRule, parse_servers
-from mailagent.errors import PolicyError
+from mailagent.errors import PolicyError, nearest
 
 logger = logging.getLogger(__name__)
 
@@ -315,8 +314,8 @@ def _choice(
 
 
 def _did_you_mean(value: str, allowed: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(value, allowed, n=1)
-    return f' (did you mean "{close[0]}"?)' if close else ""
+    close = nearest(value, allowed)
+    return f' (did you mean "{close}"?)' if close else ""
 
 
 def _rule_path(raw: str, home: Path) -> Path:

@@ -46,7 +46,7 @@ def test_check_passes_on_a_good_config(tmp_path: Path, dovecot: Dovecot,
 
 def test_check_names_the_sandbox_that_commands_run_in(tmp_path: Path) -> None:
     config = write_config(tmp_path, closed_port(), closed_port())
-    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies").mkdir(exist_ok=True)
     (tmp_path / "policies" / "c.toml").write_text('[commands]\nallow = ["python3"]\n')
     result = mailagent("check", "--config", str(config))
     [line] = [x for x in result.stdout.splitlines() if "run_command" in x]
@@ -68,7 +68,7 @@ def test_check_names_an_unreachable_model_endpoint(tmp_path: Path, dovecot: Dove
 def test_check_reports_a_broken_policy_file_with_its_line(tmp_path: Path, dovecot: Dovecot,
                                                           smtp_server: SmtpServer) -> None:
     config = write_config(tmp_path, dovecot.imap_port, smtp_server.port)
-    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies").mkdir(exist_ok=True)
     (tmp_path / "policies" / "home.toml").write_text(
         '[[folders]]\npath = "/tmp"\naccess = "wrte"\n')
     result = mailagent("check", "--config", str(config))
@@ -95,7 +95,7 @@ def test_policy_explain_says_the_verdict_and_the_rule(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     reports.mkdir()
     (reports / "q3.txt").write_text("numbers")
-    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies").mkdir(exist_ok=True)
     (tmp_path / "policies" / "reports.toml").write_text(
         f'[[folders]]\npath = "{reports}"\naccess = "read"\n')
     allowed = mailagent("policy", "explain", "--config", str(config), "read",

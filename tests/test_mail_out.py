@@ -223,7 +223,7 @@ def approval_setup(tmp_path: Path, model_server: ModelServer, hours: float = 24)
     folder.mkdir()
     target = folder / "old.txt"
     target.write_text("old records\n")
-    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies").mkdir(exist_ok=True)
     (tmp_path / "policies" / "records.toml").write_text(
         f'[[folders]]\npath = "{folder}"\naccess = "write"\ndelete = "ask"\n')
     config = tmp_path / "mailagent.toml"
@@ -359,7 +359,7 @@ def test_a_receipt_is_sent_only_when_switched_on(
 def test_a_broken_policy_file_is_reported_to_the_owner_once(
         tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer,
         service: ServiceProcess) -> None:
-    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies").mkdir(exist_ok=True)
     (tmp_path / "policies" / "home.toml").write_text(
         '[[folders]]\npath = "/tmp"\naccess = "wrte"\n')
     dovecot.append(owner_mail("List my files"))

@@ -66,6 +66,7 @@ def fresh_tokens() -> Iterator[None]:
 
 def oauth_config(tmp_path: Path, token_url: str, imap_port: int, smtp_port: int,
                  model_url: str = "http://127.0.0.1:9") -> Path:
+    (tmp_path / "policies").mkdir(exist_ok=True)
     path = tmp_path / "mailagent.toml"
     path.write_text(f"""
 data_dir = "{tmp_path / 'data'}"
