@@ -34,8 +34,8 @@ from mailagent.workspace import workspace_dir
 log = logging.getLogger("mailagent")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(find_config_path(args.config))
+def _settings(args: argparse.Namespace, secrets: bool = True) -> Settings:
+    return load_settings(find_config_path(args.config), secrets=secrets)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -209,7 +209,7 @@ def _report(check: Callable[[Settings], str], settings: Settings, out: TextIO) -
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = _settings(args, secrets=False)
     store = Store.open(settings.database_url)
     try:
         snapshot = status_view.take_snapshot(store)
@@ -263,7 +263,7 @@ def _wants_service(args: argparse.Namespace) -> bool:
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = _settings(args, secrets=False)
     home = Path.home()
     workspace = workspace_dir(settings.workspaces_dir, args.conversation)
     scope = Scope(workspace=workspace, home=home, protected=protected_paths(

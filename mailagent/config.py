@@ -187,8 +187,10 @@ class Settings:
 class _Section:
     """Typed access to one TOML table, with errors that name file and key."""
 
-    def __init__(self, data: Mapping[str, Any], path: Path, prefix: str) -> None:
+    def __init__(self, data: Mapping[str, Any], path: Path, prefix: str,
+                 secrets: bool = True) -> None:
         self.data, self.path, self.prefix = data, path, prefix
+        self.secrets = secrets  # False: secrets are not read (an empty string stands in)
         self.known: set[str] = set()  # every key the loader asked for: the rest are unknown
         self.tables: list[_Section] = []
 
@@ -253,6 +255,9 @@ class _Section:
         variable named by `key_env`."""
         env_key = f"{key}_env"
         self.known |= {key, env_key}
+        if not self.secrets and (key in self.data or env_key in self.data):
+            self.get(env_key if env_key in self.data else key, str)  # still of the right type
+            return ""
         if key in self.data:
             return self.resolve(key, str(self.get(key, str)))
         if env_key in self.data:
@@ -273,6 +278,8 @@ class _Section:
         """The secret itself when `value` is a `keyring:SERVICE/USER` reference."""
         if not keystore.is_reference(value):
             return value
+        if not self.secrets:
+            return ""
         try:
             return keystore.read_secret(value)
         except keystore.SecretStoreError as exc:
@@ -287,7 +294,7 @@ class _Section:
             value = {}
         if not isinstance(value, dict):
             raise self._fail(key, "must be a table", f"write it as [{key}]")
-        table = _Section(value, self.path, f"{self.prefix}{key}.")
+        table = _Section(value, self.path, f"{self.prefix}{key}.", self.secrets)
         self.tables.append(table)
         return table
 
@@ -496,13 +503,16 @@ def find_config_path(given: str | None, environ: Mapping[str, str] | None = None
     return Path(platformdirs.user_config_dir("mailagent")) / "mailagent.toml"
 
 
-def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(path: Path, environ: Mapping[str, str] | None = None,
+                  secrets: bool = True) -> Settings:
     """Read and validate the config file at `path`; raise ConfigError naming what to fix.
+    With `secrets=False` (commands that log in nowhere: `status`, `policy explain`) no secret
+    is read from the environment or the keyring, and each stands as an empty string.
 
     A key the loader never reads is an error too, named with the known key it is closest to:
     a misspelt optional key would otherwise be ignored and its default used in silence."""
     environ = os.environ if environ is None else environ
-    root = _Section(_read_toml(path), path, "")
+    root = _Section(_read_toml(path), path, "", secrets)
     settings = _settings(root, path, environ)
     root.refuse_unknown()
     return settings
@@ -513,7 +523,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(
-            f"no config file at {path}: create it (see README.md) or pass --config PATH"
+            f"no config file at {path}: write one with `mailagent init`, or pass --config PATH"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the config file {path}: {exc}") from exc
