@@ -153,7 +153,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     failures = 0
     for check in checks:
         try:
-            print(f"ok: {check(settings)}")
+            line = check(settings)
+            print(line if line.startswith(doctor.WARNING) else f"ok: {line}")
         except MailagentError as exc:
             failures += 1
             print(f"error: {exc}")

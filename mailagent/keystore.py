@@ -19,6 +19,7 @@ from mailagent.errors import MailagentError
 PREFIX = "keyring:"
 SERVICE = "mailagent"
 OAUTH_SERVICE = "mailagent-oauth"
+MODEL_SERVICE = "mailagent-model"
 
 
 class SecretStoreError(MailagentError):
@@ -51,6 +52,16 @@ def backend_name() -> str:
 def is_available() -> bool:
     """Whether a real backend is there (keyring's `fail` backend means none was found)."""
     return not isinstance(keyring.get_keyring(), keyring.backends.fail.Keyring)
+
+
+def plaintext_file() -> str | None:
+    """The file a backend keeps secrets in unencrypted (keyrings.alt's PlaintextKeyring and the
+    like), or None when the backend encrypts them or keeps them elsewhere."""
+    backend = keyring.get_keyring()
+    for candidate in getattr(backend, "backends", None) or [backend]:
+        if "plaintext" in type(candidate).__name__.lower():
+            return str(getattr(candidate, "file_path", "") or "a file of its own")
+    return None
 
 
 def _unavailable() -> SecretStoreError:
