@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mailagent import __version__, doctor, init_wizard, install, status_view
+from mailagent import __version__, doctor, init_finish, init_wizard, install, status_view
 from mailagent.config import Settings, find_config_path, load_settings
 from mailagent.demo import add_demo_parser
 from mailagent.errors import ConfigError, MailagentError, PolicyError
@@ -182,24 +182,26 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    """Ask, write the config and the starter policy, then run `check` on the result."""
-    path = init_wizard.run_init(args)
+    """Ask (trying each secret as it comes), write the config and the starter policy, run
+    `check` on the result, say what to send, and, when asked, wait for the first answer."""
+    answers = init_wizard.run_init(args)
+    path = answers.config_path
     if args.no_check:
         print(f"\nNot checked: run `mailagent check --config {path}` before starting it.")
-        return 0
-    print(f"\nChecking {path}:")
-    if cmd_check(argparse.Namespace(config=str(path))) != 0:
-        print(f"\nFix what failed above (see the hints), then run "
-              f"`mailagent check --config {path}` again.")
-        return 1
-    if _wants_service(args):
+    else:
+        print(f"\nChecking {path}:")
+        if cmd_check(argparse.Namespace(config=str(path))) != 0:
+            print(f"\nFix what failed above (see the hints), then run "
+                  f"`mailagent check --config {path}` again.")
+            return 1
+    installed = not args.no_check and _wants_service(args)
+    if installed:
         print()
         install.install_for(path, print)
+    print("\n".join(init_finish.phone_lines(answers, installed)))
+    if not args.wait_for_first_task:
         return 0
-    print("\nTo run mailagent in the background, install the service:\n"
-          f"  mailagent service install --config {path}\n"
-          f"or run it in the foreground:\n  mailagent run --config {path}")
-    return 0
+    return init_finish.wait_for_first_task(load_settings(path), args.wait_timeout_seconds)
 
 
 def _wants_service(args: argparse.Namespace) -> bool:
