@@ -184,6 +184,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     """Ask (trying each secret as it comes), write the config and the starter policy, run
     `check` on the result, say what to send, and, when asked, wait for the first answer."""
+    if not args.verbose:  # a person answers questions here: libraries' INFO lines are noise
+        logging.getLogger().setLevel(logging.WARNING)
     answers = init_wizard.run_init(args)
     path = answers.config_path
     if args.no_check:

@@ -36,7 +36,7 @@ def example_task(answers: Answers) -> tuple[str, str]:
 def start_lines(config: Path) -> list[str]:
     return ["mailagent answers only while it runs: start it in the background with",
             f"  mailagent service install --config {config}",
-            f"or in this terminal with\n  mailagent run --config {config}"]
+            "or in this terminal with", f"  mailagent run --config {config}"]
 
 
 def phone_lines(answers: Answers, service_installed: bool) -> list[str]:
@@ -61,8 +61,13 @@ def say_duration(seconds: float) -> str:
     return f"{minutes} min {rest} s"
 
 
+def say_now(line: str) -> None:
+    """Print at once, even into a pipe or a log file: the wait can last hours."""
+    print(line, flush=True)
+
+
 def wait_for_first_task(settings: Settings, timeout_seconds: float | None,
-                        say: Say = print) -> int:
+                        say: Say = say_now) -> int:
     """Watch the store until a task mailed in from now on is answered; 0 when one is (or the
     owner stops waiting with Ctrl-C), 1 after the timeout."""
     store = Store.open(settings.database_url)

@@ -118,7 +118,8 @@ class Asker:
             raise ConfigError(f"mailagent init --non-interactive needs {flag}")
         if sys.stdin.isatty():
             value = getpass.getpass(f"{question}: ")
-        else:  # piped answers: read the line without echoing anything back
+        else:  # piped answers: show the question, read the line, echo nothing back
+            print(f"{question}: ", end="", flush=True)
             value = sys.stdin.readline().rstrip("\n")
         if not value:
             raise ConfigError(f"no answer to {question!r}")
