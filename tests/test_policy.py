@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from mailagent.errors import PolicyError
-from mailagent.render import shipped_text
 from mailagent.policy import (
     Action,
     Decision,
@@ -33,6 +32,7 @@ from mailagent.policy import (
     protected_paths,
     resolve,
 )
+from mailagent.render import shipped_text
 
 POLICY_FILES = {
     "reports.toml": """\
