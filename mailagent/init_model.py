@@ -15,7 +15,7 @@ import asyncio
 from mailagent.config import ModelSettings, env_value
 from mailagent.errors import ConfigError, ModelError
 from mailagent.init_config import Answers
-from mailagent.init_secrets import ATTEMPTS, KEY_PAGE, NOTHING_WRITTEN, Asker, _env_name
+from mailagent.init_secrets import ATTEMPTS, KEY_PAGE, NOTHING_WRITTEN, Asker, env_name
 
 DEFAULT_KEY_ENV = "ANTHROPIC_API_KEY"
 REFUSED, UNKNOWN = 401, 404
@@ -62,7 +62,7 @@ def _key(args: argparse.Namespace, asker: Asker, answers: Answers) -> str:
     or "no key"."""
     if answers.secret_mode == "env":
         answers.api_key_env = args.api_key_env or (
-            _env_name(asker, "the model's API key", DEFAULT_KEY_ENV, "--api-key-env VAR")
+            env_name(asker, "the model's API key", DEFAULT_KEY_ENV, "--api-key-env VAR")
             if not answers.model_base_url else DEFAULT_KEY_ENV)
         if not env_value(answers.api_key_env) and not answers.model_base_url:
             asker.say(f"Note: ${answers.api_key_env} is not set here: export it where "

@@ -59,7 +59,7 @@ def keyring_route(asker: Asker, answers: Answers) -> None:
     answers.secret_mode = "env"
 
 
-def _env_name(asker: Asker, what: str, default: str, flag: str) -> str:
+def env_name(asker: Asker, what: str, default: str, flag: str) -> str:
     name = asker.ask(f"Environment variable that will hold {what}", default, flag)
     if not name.replace("_", "").isalnum():
         raise ConfigError(f"{name!r} is not an environment variable name: use letters, digits "
@@ -81,7 +81,7 @@ def ask_password(args: argparse.Namespace, asker: Asker, p: Provider, answers: A
     and asked again (up to ATTEMPTS times) when the servers refuse it."""
     asker.say(f"Password: {p.app_password}.")
     if answers.secret_mode == "env":
-        answers.password_env = args.password_env or _env_name(
+        answers.password_env = args.password_env or env_name(
             asker, "the mail password", "MAILAGENT_PASSWORD", "--password-env VAR")
         given = env_value(answers.password_env)
         if given is None:

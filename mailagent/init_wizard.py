@@ -53,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--authserv-id", action="append", help="trusted Authentication-Results authserv-id")
     add("--password-env", metavar="VAR", help="read the password from $VAR (and, with "
         "--secret-in-env, keep reading it from there)")
-    add("--secret-in-env", action="store_true", help="write password_env = VAR in the config "
-        "instead of storing the password in the keyring")
+    add("--secret-in-env", action="store_true", help="write password_env = VAR (and "
+        "api_key_env) in the config instead of storing the secrets in the keyring")
     add("--store-secret-in-config", action="store_true",
         help="write the secret in clear into the config (mode 0600) instead of the keyring")
     add("--oauth", action="store_true", help="sign in with OAuth2 (XOAUTH2) instead of a password")

@@ -111,6 +111,8 @@ def test_init_asks_its_questions_on_stdin(tmp_path: Path, dovecot: Dovecot,
     assert "Install mailagent as a service of this computer now?" in result.stdout
     assert "mailagent service install --config" in result.stdout  # declined: the command shown
     assert "ok: IMAP login as agent@example.com on 127.0.0.1" in result.stdout
+    assert result.stdout.index("  IMAP login as agent@example.com on 127.0.0.1: ok") < \
+        result.stdout.index("Addresses you will send orders from")
     assert PASSWORD not in result.stdout + result.stderr
     text = config.read_text()
     assert PASSWORD not in text
