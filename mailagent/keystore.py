@@ -2,10 +2,11 @@
 
 In: a reference written in the config as `keyring:SERVICE/USER` (for instance
 `keyring:mailagent/agent@example.com`). Out: the secret, or a `SecretStoreError` saying what is
-missing and how to put it back. Writes only when `mailagent init` stores a password or an OAuth
-refresh token, or when a provider hands out a new refresh token. It must never log or print a
-secret, and never fall back to a file of its own: which backend holds the secrets is keyring's
-choice (and the owner's, through keyring's own configuration).
+missing and how to put it back. Writes only when `mailagent init` stores a password, the model's
+API key or an OAuth refresh token, or when a provider hands out a new refresh token. It must never
+log or print a secret, and never fall back to a file of its own: which backend holds the secrets
+is keyring's choice (and the owner's, through keyring's own configuration); it can say when that
+backend keeps them unencrypted in a file.
 """
 
 from __future__ import annotations
