@@ -499,11 +499,12 @@ async def check_model(model: ModelSettings) -> str:
         try:
             info = await client.models.retrieve(model.name)
         except anthropic.AuthenticationError as exc:
-            raise ModelError("the model endpoint refused the API key: check "
-                             "ANTHROPIC_API_KEY (model.api_key_env)", status_code=401) from exc
+            raise ModelError("the model endpoint refused the API key: check model.api_key "
+                             "(or the variable model.api_key_env names, by default "
+                             "ANTHROPIC_API_KEY)", status_code=exc.status_code) from exc
         except anthropic.NotFoundError as exc:
             raise ModelError(f"the model endpoint does not know model {model.name!r}: "
-                             "check model.name", status_code=404) from exc
+                             "check model.name", status_code=exc.status_code) from exc
         except anthropic.APIConnectionError as exc:
             where = model.base_url or "the Anthropic API"
             raise ModelError(f"cannot reach {where}: {exc}") from exc

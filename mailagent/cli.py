@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from mailagent import __version__, doctor, init_wizard, install, status_view
+from mailagent import __version__, doctor, init_finish, init_wizard, install, status_view
 from mailagent.config import Settings, find_config_path, load_settings
 from mailagent.demo import add_demo_parser
 from mailagent.errors import ConfigError, MailagentError, PolicyError
@@ -202,7 +202,8 @@ def _report(check: Callable[[Settings], str], settings: Settings, out: TextIO) -
         for hint in doctor.hints(settings, exc):
             print(f"hint: {hint}", file=out)
         return False
-    print(f"ok: {lines[0]}", file=out)
+    first = lines[0]  # a check may pass with a warning (a keyring that is a plain file)
+    print(first if first.startswith(doctor.WARNING) else f"ok: {first}", file=out)
     for line in lines[1:]:
         print(line, file=out)
     return True
@@ -225,25 +226,29 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    """Ask, write the config and the starter policy, then run `check` on the result."""
-    path = init_wizard.run_init(args)
+    """Ask (trying each secret as it comes), write the config and the starter policy, run
+    `check` on the result, say what to send, and, when asked, wait for the first answer."""
+    if not args.verbose:  # a person answers questions here: log lines are noise
+        logging.getLogger("mailagent").setLevel(logging.WARNING)
+    answers = init_wizard.run_init(args)
+    path = answers.config_path
     _make_policies_dir(path.parent / "policies")
     if args.no_check:
         print(f"\nNot checked: run `mailagent check --config {path}` before starting it.")
-        return 0
-    print(f"\nChecking {path}:")
-    if cmd_check(argparse.Namespace(config=str(path))) != 0:
-        print(f"\nFix what failed above (see the hints), then run "
-              f"`mailagent check --config {path}` again.")
-        return 1
-    if _wants_service(args):
+    else:
+        print(f"\nChecking {path}:")
+        if cmd_check(argparse.Namespace(config=str(path))) != 0:
+            print(f"\nFix what failed above (see the hints), then run "
+                  f"`mailagent check --config {path}` again.")
+            return 1
+    installed = not args.no_check and _wants_service(args)
+    if installed:
         print()
         install.install_for(path, print)
+    print("\n".join(init_finish.phone_lines(answers, installed)))
+    if not args.wait_for_first_task:
         return 0
-    print("\nTo run mailagent in the background, install the service:\n"
-          f"  mailagent service install --config {path}\n"
-          f"or run it in the foreground:\n  mailagent run --config {path}")
-    return 0
+    return init_finish.wait_for_first_task(load_settings(path), args.wait_timeout_seconds)
 
 
 def _make_policies_dir(folder: Path) -> None:
@@ -252,7 +257,7 @@ def _make_policies_dir(folder: Path) -> None:
     if not folder.exists():
         folder.mkdir(parents=True)
         print(f"made {folder}: empty, so the agent may touch no file outside its workspace "
-              "until you add a [[folders]] rule there (see README.md)")
+              "until you add a [[folders]] rule there (`mailagent example policy` shows how)")
 
 
 def _wants_service(args: argparse.Namespace) -> bool:

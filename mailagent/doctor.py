@@ -50,10 +50,25 @@ def hints(settings: Settings, exc: MailagentError) -> list[str]:
     return []
 
 
+WARNING = "warning: "  # a check result that starts so is printed as a warning, not as ok
+
+
+def plaintext_keyring_warning() -> str | None:
+    """What to say when the keyring keeps secrets unencrypted in a file, else None."""
+    where = keystore.plaintext_file()
+    if where is None:
+        return None
+    return (f"keyring: {keystore.backend_name()} keeps secrets UNENCRYPTED in {where}: anyone "
+            "who can read that file has the password; use a Secret Service (e.g. "
+            "gnome-keyring), keyrings.alt's EncryptedKeyring, or password_env")
+
+
 def check_keyring(settings: Settings) -> str:
-    """Which keyring backend holds the secrets, or that none is usable (then say so)."""
+    """Which keyring backend holds the secrets, or that none is usable (then say so); a
+    backend that keeps them in a plain file is a warning."""
     if keystore.is_available():
-        return f"keyring: {keystore.backend_name()}"
+        plain = plaintext_keyring_warning()
+        return WARNING + plain if plain else f"keyring: {keystore.backend_name()}"
     return "keyring: none usable (secrets must come from password_env or the config)"
 
 

@@ -1,9 +1,10 @@
 """What `mailagent init` writes: the config file, a starter policy, and secrets in the keyring.
 
 In: the wizard's `Answers`. Out: `mailagent.toml` (mode 0600) and `policies/<name>.toml` beside
-it; the password or OAuth refresh token stored in the keyring and named in the config by a
-`keyring:` reference. It never writes a secret into the config unless the owner asked for it
-(`--store-secret-in-config`), and never overwrites an existing config without `--force`.
+it; the password, the model's API key or the OAuth refresh token stored in the keyring and
+named in the config by a `keyring:` reference. It never writes a secret into the config unless
+the owner asked for it (`--store-secret-in-config`), and never overwrites an existing config
+without `--force`.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Answers:
     model_name: str = ""
     model_base_url: str = ""
     api_key_env: str = "ANTHROPIC_API_KEY"
+    api_key: str = ""  # the model's key, kept as the password is (secret_mode)
 
 
 def toml_str(value: str) -> str:
@@ -70,6 +72,19 @@ def _secret_lines(answers: Answers) -> list[str]:
         return [f"password = {toml_str(answers.password)}"]
     ref = keystore.store_secret(keystore.SERVICE, answers.username, answers.password)
     return [f"password = {toml_str(ref)}"]
+
+
+def _model_key_lines(answers: Answers) -> list[str]:
+    """How [model] names the API key: a variable, inline, a keyring reference, or not at all
+    (a local endpoint that needs none)."""
+    if answers.secret_mode == "env":
+        return [f"api_key_env = {toml_str(answers.api_key_env)}"]
+    if not answers.api_key:
+        return []
+    if answers.secret_mode == "config":
+        return [f"api_key = {toml_str(answers.api_key)}"]
+    ref = keystore.store_secret(keystore.MODEL_SERVICE, answers.username, answers.api_key)
+    return [f"api_key = {toml_str(ref)}"]
 
 
 def _oauth_lines(answers: Answers) -> list[str]:
@@ -110,7 +125,7 @@ def render_config(answers: Answers) -> str:
     ]
     if a.authserv_ids:
         sections.append(f"trusted_authserv_ids = {json.dumps(a.authserv_ids)}")
-    sections += ["", "[model]", f"api_key_env = {toml_str(a.api_key_env)}"]
+    sections += ["", "[model]", *_model_key_lines(a)]
     if a.model_name:
         sections.append(f"name = {toml_str(a.model_name)}")
     if a.model_base_url:

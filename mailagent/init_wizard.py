@@ -2,7 +2,8 @@
 
 In: the command line (every answer has a flag; `--non-interactive` asks nothing and fails on a
 missing answer) and, interactively, lines on stdin. Out: `Answers` for `init_config`, after an
-OAuth sign-in when `--oauth` is given. Provider presets fill servers, ports, security and the
+OAuth sign-in when `--oauth` is given; the password and the model's key are tried as soon as they
+are given (`init_secrets`, `init_model`). Provider presets fill servers, ports, security and the
 suggested owner verification; each flag overrides its preset. It must never echo a password,
 and never take one from the command line (where other users' `ps` can read it).
 """
@@ -15,8 +16,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mailagent import keystore
-from mailagent.config import SECURITY_MODES, VERIFICATION_MODES, env_value, find_config_path
+from mailagent import init_model, init_secrets, keystore
+from mailagent.config import (
+    SECURITY_MODES,
+    VERIFICATION_MODES,
+    ModelSettings,
+    env_value,
+    find_config_path,
+)
 from mailagent.errors import ConfigError
 from mailagent.init_config import Answers, OAuthAnswers, check_writable, write_files
 from mailagent.oauth import FlowSettings, device_flow
@@ -46,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--authserv-id", action="append", help="trusted Authentication-Results authserv-id")
     add("--password-env", metavar="VAR", help="read the password from $VAR (and, with "
         "--secret-in-env, keep reading it from there)")
-    add("--secret-in-env", action="store_true", help="write password_env = VAR in the config "
-        "instead of storing the password in the keyring")
+    add("--secret-in-env", action="store_true", help="write password_env = VAR (and "
+        "api_key_env) in the config instead of storing the secrets in the keyring")
     add("--store-secret-in-config", action="store_true",
         help="write the secret in clear into the config (mode 0600) instead of the keyring")
     add("--oauth", action="store_true", help="sign in with OAuth2 (XOAUTH2) instead of a password")
@@ -61,9 +68,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--policy-folder", help="a folder the agent may use (starter policy)")
     add("--policy-access", choices=("read", "write"), help="read (default) or write")
     add("--data-dir", help="where mailagent keeps its database and workspaces")
-    add("--model", help="Claude model name")
-    add("--model-base-url", help="Messages API endpoint (default: Anthropic's)")
-    add("--api-key-env", help="variable holding the Anthropic API key (ANTHROPIC_API_KEY)")
+    add("--model", help=f"Claude model name (default {ModelSettings.name})")
+    add("--model-base-url", metavar="URL", help="a compatible local Messages API endpoint "
+        "instead of Anthropic's (needs no key unless --api-key-env is given)")
+    add("--api-key-env", metavar="VAR", help="read the model's API key from $VAR (and, with "
+        "--secret-in-env, keep reading it from there); default: $ANTHROPIC_API_KEY if set")
+    add("--wait-for-first-task", action="store_true", help="at the end, wait until the first "
+        "task mailed in is answered and say how long it took")
+    add("--wait-timeout-seconds", type=float, metavar="SECONDS",
+        help="stop waiting for the first task after this long (default: no limit)")
 
 
 class Asker:
@@ -105,7 +118,8 @@ class Asker:
             raise ConfigError(f"mailagent init --non-interactive needs {flag}")
         if sys.stdin.isatty():
             value = getpass.getpass(f"{question}: ")
-        else:  # piped answers: read the line without echoing anything back
+        else:  # piped answers: show the question, read the line, echo nothing back
+            print(f"{question}: ", end="", flush=True)
             value = sys.stdin.readline().rstrip("\n")
         if not value:
             raise ConfigError(f"no answer to {question!r}")
@@ -133,16 +147,14 @@ def collect(args: argparse.Namespace) -> Answers:
     for key, value in servers.items():
         setattr(answers, key, value)
     answers.folder = args.folder or "INBOX"
-    _credentials(args, asker, provider, answers)
+    verify = not args.no_check
+    _credentials(args, asker, provider, answers, verify)
     _owner(args, asker, provider, answers)
     _policy(args, asker, answers)
     answers.data_dir = args.data_dir or ""
-    answers.model_name = args.model or ""
-    answers.model_base_url = args.model_base_url or ""
-    answers.api_key_env = args.api_key_env or "ANTHROPIC_API_KEY"
-    if not env_value(answers.api_key_env):
-        asker.say(f"Note: ${answers.api_key_env} is not set; mailagent needs your Anthropic "
-                  "API key there when it runs.")
+    if verify and not asker.interactive:
+        init_secrets.check_password_later(args, asker, provider, answers)
+    init_model.ask_model(args, asker, answers, verify)
     return answers
 
 
@@ -190,31 +202,21 @@ def _secret_mode(args: argparse.Namespace) -> str:
     return "env" if args.secret_in_env else "keyring"
 
 
-def _credentials(args: argparse.Namespace, asker: Asker, p: Provider,
-                 answers: Answers) -> None:
+def _credentials(args: argparse.Namespace, asker: Asker, p: Provider, answers: Answers,
+                 verify: bool) -> None:
     """The password (app password) or an OAuth2 sign-in, and where the secret is kept."""
     answers.secret_mode = _secret_mode(args)
     use_oauth = args.oauth or (p.oauth is not None and not args.password_env
                                and asker.yes("Sign in with OAuth2 instead of a password?", False))
-    if answers.secret_mode == "keyring" and not keystore.is_available():
-        raise ConfigError("no usable keyring on this machine: pass --secret-in-env with "
-                          "--password-env VAR, install keyrings.alt, or, knowingly, "
-                          "--store-secret-in-config")
     if use_oauth:
+        if answers.secret_mode == "keyring" and not keystore.is_available():
+            raise ConfigError("no usable keyring on this machine for the OAuth refresh token: "
+                              "install one (e.g. `pip install keyrings.alt`) or, knowingly, "
+                              "pass --store-secret-in-config")
         answers.oauth = _oauth_sign_in(args, asker, p)
         return
-    asker.say(f"Password: {p.app_password}.")
-    if answers.secret_mode == "env":
-        if not args.password_env:
-            raise ConfigError("--secret-in-env needs --password-env VAR")
-        answers.password_env = args.password_env
-    elif args.password_env:
-        password = env_value(args.password_env)
-        if password is None:
-            raise ConfigError(f"--password-env names ${args.password_env}, which is not set")
-        answers.password = password
-    else:
-        answers.password = asker.secret("Password (not shown)", "--password-env VAR")
+    init_secrets.keyring_route(asker, answers)
+    init_secrets.ask_password(args, asker, p, answers, verify)
 
 
 def _oauth_sign_in(args: argparse.Namespace, asker: Asker, p: Provider) -> OAuthAnswers:
@@ -276,11 +278,11 @@ def _policy(args: argparse.Namespace, asker: Asker, answers: Answers) -> None:
             "Access to it", ("read", "write"), "read", "--policy-access")
 
 
-def run_init(args: argparse.Namespace) -> Path:
-    """Collect the answers, write the files, and say where they went."""
-    path = find_config_path(args.config)
-    check_writable(path, args.force)
+def run_init(args: argparse.Namespace) -> Answers:
+    """Collect the answers (trying each secret as it comes), write the files, and say where
+    they went."""
+    check_writable(find_config_path(args.config), args.force)
     answers = collect(args)
     for written in write_files(answers):
         print(f"wrote {written}")
-    return path
+    return answers

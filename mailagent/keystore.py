@@ -2,10 +2,11 @@
 
 In: a reference written in the config as `keyring:SERVICE/USER` (for instance
 `keyring:mailagent/agent@example.com`). Out: the secret, or a `SecretStoreError` saying what is
-missing and how to put it back. Writes only when `mailagent init` stores a password or an OAuth
-refresh token, or when a provider hands out a new refresh token. It must never log or print a
-secret, and never fall back to a file of its own: which backend holds the secrets is keyring's
-choice (and the owner's, through keyring's own configuration).
+missing and how to put it back. Writes only when `mailagent init` stores a password, the model's
+API key or an OAuth refresh token, or when a provider hands out a new refresh token. It must never
+log or print a secret, and never fall back to a file of its own: which backend holds the secrets
+is keyring's choice (and the owner's, through keyring's own configuration); it can say when that
+backend keeps them unencrypted in a file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mailagent.errors import MailagentError
 PREFIX = "keyring:"
 SERVICE = "mailagent"
 OAUTH_SERVICE = "mailagent-oauth"
+MODEL_SERVICE = "mailagent-model"
 
 
 class SecretStoreError(MailagentError):
@@ -51,6 +53,16 @@ def backend_name() -> str:
 def is_available() -> bool:
     """Whether a real backend is there (keyring's `fail` backend means none was found)."""
     return not isinstance(keyring.get_keyring(), keyring.backends.fail.Keyring)
+
+
+def plaintext_file() -> str | None:
+    """The file a backend keeps secrets in unencrypted (keyrings.alt's PlaintextKeyring and the
+    like), or None when the backend encrypts them or keeps them elsewhere."""
+    backend = keyring.get_keyring()
+    for candidate in getattr(backend, "backends", None) or [backend]:
+        if "plaintext" in type(candidate).__name__.lower():
+            return str(getattr(candidate, "file_path", "") or "a file of its own")
+    return None
 
 
 def _unavailable() -> SecretStoreError:

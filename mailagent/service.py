@@ -12,20 +12,17 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
-
-import filelock
 
 from mailagent.agent import Agent
 from mailagent.canary import Canary
 from mailagent.config import Settings
 from mailagent.connectors import Connectors
-from mailagent.errors import AlreadyRunningError, MailagentError
+from mailagent.errors import MailagentError
 from mailagent.failpoints import failpoint
+from mailagent.instance import instance_lock
 from mailagent.intake import Inbound, IntakeRules, Rejection, content_key, read_inbound
 from mailagent.keepawake import KeepAwake
 from mailagent.mailbox import Fetched, Watcher, in_folder
@@ -41,24 +38,6 @@ from mailagent.workspace import save_attachments, workspace_dir
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
-
-
-@contextmanager
-def instance_lock(data_dir: Path) -> Iterator[None]:
-    """Hold the data directory's lock, or raise AlreadyRunningError (SECURITY.md L5)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(data_dir / "mailagent.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        raise AlreadyRunningError(
-            f"another mailagent is running on {data_dir}: stop it first (or give this one "
-            "another data_dir)"
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 class Service:
