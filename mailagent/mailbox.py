@@ -163,7 +163,10 @@ class Mailbox:
         return sorted(uid for uid in uids if uid > last_uid)
 
     def uids_since(self, since: date) -> list[int]:
-        return sorted(self._call("search", ["SINCE", since]))
+        """Mail since `since` that no mailagent has marked done: on first contact (a new data
+        directory, a rebuilt folder) the done keyword is what remembers mail already handled."""
+        keyword = self.settings.done_keyword
+        return sorted(self._call("search", ["SINCE", since, "NOT", "KEYWORD", keyword]))
 
     def fetch(self, uids: Sequence[int], max_bytes: int) -> Iterator[Fetched]:
         """The messages with these UIDs, in order; over-size ones as their header only."""

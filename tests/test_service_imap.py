@@ -220,3 +220,31 @@ def test_a_silent_connection_drop_is_noticed_and_mail_still_arrives(
     finally:
         service.kill()
         proxy.close()
+
+
+def test_a_new_data_directory_does_not_run_again_mail_already_marked_done(
+        tmp_path: Path, dovecot: Dovecot, model_server: ModelServer) -> None:
+    """A reinstall, a new machine or a wiped data folder on the same mailbox (L6)."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    first = ServiceProcess(write_config(tmp_path / "old", dovecot.imap_port, 1,
+                                        model_url=model_server.base_url))
+    old_uid = dovecot.append(owner_mail("done last week"))
+    first.start()
+    try:
+        wait_tasks(first, 1)
+        wait_until(lambda: DONE in dovecot.flags(old_uid), 10, "the done keyword")
+    finally:
+        first.kill()
+    dovecot.append(owner_mail("marked done elsewhere"), flags=(DONE,))
+    dovecot.append(owner_mail("not done yet"))
+    fresh = ServiceProcess(write_config(tmp_path / "new", dovecot.imap_port, 1,
+                                        model_url=model_server.base_url))
+    fresh.start()
+    try:
+        assert wait_tasks(fresh, 1) == [("main", "not done yet")]
+        fresh.wait_connected()
+        time.sleep(1)
+        assert tasks(fresh.store()) == [("main", "not done yet")]
+    finally:
+        fresh.kill()
