@@ -194,17 +194,32 @@ def _aligned(signing_domain: str, from_domain: str) -> bool:
     return from_domain == signing_domain or from_domain.endswith("." + signing_domain)
 
 
+_AUTHSERV_ID = re.compile(r"^\s*(?:\([^()]*\)\s*)*([^\s;()]+)")
+
+
+def _authserv_id(value: str) -> str:
+    """The authserv-id of an Authentication-Results value (RFC 8601 2.2: its first token,
+    before any version and the first `;`), read without parsing the results after it."""
+    match = _AUTHSERV_ID.match(value)
+    return match.group(1).lower() if match else ""
+
+
 def _verify_authentication_results(headers: Message, address: str, owner: OwnerSettings) -> str:
     """'' if the topmost trusted Authentication-Results passes DMARC or aligned DKIM."""
     trusted = None
     for value in headers.get_all("Authentication-Results") or []:
+        text = " ".join(str(value).split())
+        authserv_id = _authserv_id(text)
+        if authserv_id not in owner.trusted_authserv_ids:
+            continue  # another server's, or the sender's own: never parsed, never counted
         try:
-            parsed = authres.AuthenticationResultsHeader.parse_value(" ".join(str(value).split()))
+            trusted = authres.AuthenticationResultsHeader.parse_value(text)
         except Exception:  # authres raises its own SyntaxError and others on junk
-            continue
-        if str(parsed.authserv_id).lower() in owner.trusted_authserv_ids:
-            trusted = parsed
-            break
+            # The trusted server's verdict is this header; one below it may be forged, so an
+            # unreadable verdict is a refusal, never a reason to look further down (S1).
+            return (f"the topmost Authentication-Results header from {authserv_id} cannot be "
+                    "parsed (it quotes text the sender chose); no header below it is trusted")
+        break
     if trusted is None:
         return "no Authentication-Results header from a trusted server"
     domain = _domain(address)

@@ -233,3 +233,22 @@ def test_dkim_mode_accepts_a_locally_verified_aligned_signature(
     tampered = signed.replace(b"Please summarise", b"Please delete")
     assert rejected(tampered, dkim_rules(record)).kind == "unauthenticated"
     assert "no DKIM signature" in rejected(raw, dkim_rules(record)).reason
+
+
+@pytest.mark.parametrize("unparseable", [
+    f"{MX}; spf=pass smtp.helo=[192.0.2.1]; dmarc=fail header.from=example.com",
+    f"{MX}; spf=pass smtp.mailfrom=jöran@exämple.com; dmarc=fail header.from=example.com",
+], ids=["helo-address-literal", "smtputf8-address"])
+def test_a_trusted_verdict_that_does_not_parse_is_a_refusal_not_a_look_further_down(
+        unparseable: str) -> None:
+    """The provider's header quotes text the sender chose; below it, the sender's forgery."""
+    rejection = rejected(owner_mail(auth=unparseable,
+                                    headers={"Authentication-Results": PASS_RESULTS}))
+    assert rejection.kind == "unauthenticated"
+    assert "cannot be parsed" in rejection.reason and MX in rejection.reason
+
+
+def test_untrusted_headers_above_the_trusted_one_are_skipped_unparsed() -> None:
+    raw = owner_mail(auth="relay.example.net; spf=pass smtp.helo=[192.0.2.7]",
+                     headers={"Authentication-Results": PASS_RESULTS})
+    assert isinstance(read(raw), Inbound)
