@@ -15,6 +15,7 @@ from typing import Any
 
 import jinja2
 from markdown_it import MarkdownIt
+from markupsafe import Markup
 
 from mailagent.errors import RenderError
 
@@ -24,7 +25,9 @@ def _environment() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.PackageLoader("mailagent", "templates"),
         undefined=jinja2.StrictUndefined,
-        autoescape=False,
+        # HTML is escaped (SECURITY.md E1: a subject quoted from a forward is text, never
+        # markup); the text templates are not, since they are plain text mails and prompts.
+        autoescape=jinja2.select_autoescape(["html.j2"], default=False),
         keep_trailing_newline=True,
         trim_blocks=False,
     )
@@ -110,4 +113,4 @@ def markdown_html(text: str) -> str:
     (URLs stay visible as text, and mail clients may link them for the reader)."""
     parser = MarkdownIt("commonmark", {"html": False}).enable("table")
     parser.disable(["image", "link", "autolink"])
-    return str(parser.render(text))
+    return Markup(parser.render(text))  # escaped by the parser already: kept as it is

@@ -19,6 +19,7 @@ SEAMS = {
     "sqlalchemy": {"store/__init__.py", "store/tables.py"},
     "jinja2": {"render.py"},
     "markdown_it": {"render.py"},
+    "markupsafe": {"render.py"},
     "schedule": {"scheduler.py"},
     "pypdf": {"tools/documents.py"},
     "docx": {"tools/documents.py"},

@@ -495,3 +495,18 @@ def test_a_file_that_cannot_be_attached_leaves_the_mail_going_out_without_it(
     text = message.get_content()
     assert "Here is the report." in text and "could not be attached" in text
     assert message["Bcc"] is None and message["To"] == OWNER
+
+
+def test_a_subject_quoted_from_a_forward_is_text_in_the_html_part_never_markup() -> None:
+    target = ReplyTarget(OWNER, 'Fwd: <img src="http://evil.example/p.png"> & more',
+                         "<task@example.com>", (), 1, "main", 7)
+    outbound = compose(_smtp(), target, "notice", "command.md.j2",
+                       {"body": "Noted: **bold** and <b>raw</b>."})
+    message = email.message_from_bytes(outbound.raw, policy=default_policy)
+    assert isinstance(message, EmailMessage)
+    html_part = message.get_body(preferencelist=("html",))
+    assert html_part is not None
+    html = html_part.get_content()
+    assert "<img" not in html and "&lt;img src=" in html and "&amp; more" in html
+    assert "<strong>bold</strong>" in html  # the Markdown still renders
+    assert "<b>raw</b>" not in html  # and raw HTML in it stays text
