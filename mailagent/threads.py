@@ -3,9 +3,11 @@
 In: an `Inbound` and what the store knows of the thread it replies to (`ThreadMatch`).
 Out: `TaskRoute` or `CommandRoute`. Pure. Rules of SPEC.md: a reply in a known thread continues
 that thread's conversation; otherwise a `[name]` subject tag names the conversation; otherwise
-`main`. A subject (after tag and `Re:`) or a first typed line that is exactly a command is a
-command, answered without the model. It never reads anything but the owner's own typed text and
-subject: quoted and forwarded text cannot make a command.
+`main`. A first typed line that is exactly a command is a command, answered without the model;
+so is a subject (after tag and `Re:`) that is exactly one, but only when the owner typed nothing
+else and the mail forwards nothing (SECURITY.md S5): the subject of a forward is a stranger's
+text, and "Fwd: forget 1" above a question is the question. Quoted and forwarded text never
+makes a command.
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ _BARE = frozenset({"status", "help", "memory", "schedules", "undo", "cancel", "p
 THREAD_WORDS = frozenset({"approve", "deny", "continue"})
 
 _PREFIX = re.compile(r"^\s*((re|fwd?|aw|sv|wg|tr|rv)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
+# A command is never written with a colon, so a forward prefix anywhere in a subject whose rest
+# is a command is among its prefixes.
+_FORWARD_PREFIX = re.compile(r"(^|[\s:\]])(fwd?|wg|tr|rv)\s*(\[\d+\])?\s*:", re.IGNORECASE)
+# What a phone adds below an empty body: not typed text.
+_DEVICE_LINE = re.compile(r"^(sent from my \w[\w ]{0,30}|get outlook for \w+|sent from \w+ "
+                          r"mail for \w+|envoyé de mon \w+|von meinem \w+ gesendet)\.?$",
+                          re.IGNORECASE)
 _TAG = re.compile(r"^\s*\[([A-Za-z0-9][A-Za-z0-9_.-]{0,63})\]\s*")
 
 
@@ -92,6 +101,15 @@ def first_line(text: str) -> str:
     return ""
 
 
+def subject_may_command(inbound: Inbound) -> bool:
+    """Whether the subject speaks for the owner: no forward prefix in it, nothing forwarded,
+    and nothing typed but what a phone adds."""
+    if inbound.forwarded or _FORWARD_PREFIX.search(inbound.subject):
+        return False
+    return all(_DEVICE_LINE.match(line.strip()) for line in inbound.typed_text.split("\n")
+               if line.strip())
+
+
 def route(inbound: Inbound, thread: ThreadMatch | None) -> Route:
     """Where this message goes: a command, or a task in which conversation."""
     tag, bare_subject = subject_tag(inbound.subject)
@@ -102,7 +120,8 @@ def route(inbound: Inbound, thread: ThreadMatch | None) -> Route:
     word = first.lower().rstrip(".,!:;")
     if thread is not None and word in THREAD_WORDS:
         return CommandRoute(word, rest.strip(), conversation, task_id)
-    command = parse_command(bare_subject) or parse_command(line)
+    command = parse_command(line) or (
+        parse_command(bare_subject) if subject_may_command(inbound) else None)
     if command is not None:
         return CommandRoute(command[0], command[1], conversation, task_id)
     return TaskRoute(conversation, task_id)

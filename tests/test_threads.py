@@ -9,10 +9,11 @@ from mailagent.store import ThreadMatch
 from mailagent.threads import CommandRoute, TaskRoute, route, subject_tag
 
 
-def inbound(subject: str, typed: str = "do the thing", quoted: str = "") -> Inbound:
+def inbound(subject: str, typed: str = "do the thing", quoted: str = "",
+            forwarded: tuple[str, ...] = ()) -> Inbound:
     return Inbound(owner_address="owner@example.com", authenticated_by="test", message_id="<m@x>",
                    in_reply_to=(), references=(), subject=subject, date=None, typed_text=typed,
-                   quoted_text=quoted, forwarded=())
+                   quoted_text=quoted, forwarded=forwarded)
 
 
 @pytest.mark.parametrize(
@@ -41,6 +42,7 @@ def test_a_reply_in_a_known_thread_continues_its_conversation_whatever_the_tag()
     ("subject", "typed", "name", "argument"),
     [
         ("status", "", "status", ""),
+        ("status", "Sent from my iPhone", "status", ""),
         ("Re: [taxes] Status", "", "status", ""),
         ("anything", "help", "help", ""),
         ("anything", "Memory\n\nSent from my phone", "memory", ""),
@@ -80,3 +82,25 @@ def test_approve_and_deny_count_only_as_replies_in_a_thread() -> None:
 
 def test_subject_tag_strips_reply_prefixes() -> None:
     assert subject_tag("RE: Fwd: [Home] boiler") == ("home", "boiler")
+
+
+@pytest.mark.parametrize(("subject", "typed", "forwarded"), [
+    ("Fwd: forget 1", "what is this about?", ()),
+    ("Fwd: cancel 2", "", ("From: someone\n\ncancel 2",)),
+    ("Fwd: cancel 2", "", ()),
+    ("Re: Fw: [home] status", "", ()),
+    ("WG: undo", "", ()),
+    ("status", "and what about the invoices?", ()),
+    ("forget 1", "", ("a forwarded mail",)),
+])
+def test_a_subject_makes_no_command_when_it_is_forwarded_or_the_owner_typed_more(
+        subject: str, typed: str, forwarded: tuple[str, ...]) -> None:
+    """Commands come from the owner's own typed text; a subject only when it is the owner's
+    and stands alone (SECURITY.md S5)."""
+    result = route(inbound(subject, typed, forwarded=forwarded), None)
+    assert isinstance(result, TaskRoute), result
+
+
+def test_a_typed_command_still_counts_in_a_forward() -> None:
+    result = route(inbound("Fwd: invoices", "forget 3", forwarded=("a forwarded mail",)), None)
+    assert result == CommandRoute("forget", "3", "main", None)
