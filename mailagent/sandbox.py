@@ -184,8 +184,14 @@ def _hide(view: View, mounted: list[Path]) -> tuple[list[str], list[str]]:
     the covering mounts, and the remounts that make the covers read-only."""
     covers: list[str] = []
     read_only: list[str] = []
-    for path in view.hidden:
-        if not any(_under(path, root) for root in mounted) or not os.path.lexists(path):
+    shown = [p for p in view.hidden
+             if any(_under(p, root) for root in mounted) and os.path.lexists(p)]
+    folders = [p for p in shown if p.is_dir() and not p.is_symlink()]
+    # Parents first, and nothing under a covered folder: its empty cover hides it already, and
+    # a mount made there first would be buried by the parent's cover (`~/.config/mailagent`
+    # holds the policies folder and the config in the default layout).
+    for path in sorted(shown, key=lambda p: len(p.parts)):
+        if any(folder != path and _under(path, folder) for folder in folders):
             continue
         if path.is_dir() and not path.is_symlink():
             covers += ["--tmpfs", str(path)]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mailagent.policy import Decision
+from mailagent.policy import Decision, protected_paths
 from mailagent.sandbox import CommandResult, Limits, Runner, View, find_sandbox
 from mailagent.tools.command import CommandTools
 from mailagent.tools.files import ToolError
@@ -267,3 +267,30 @@ def test_output_is_capped_and_the_cut_is_said(box: Box) -> None:
     result = box.run(PYTHON, "-c", "print('y' * 1_000_000)", limits=Limits(10,
                      max_output_bytes=1000))
     assert result.exit_code == 0 and result.output_cut and len(result.output) == 1000
+
+
+def test_commands_run_in_the_default_layout_with_the_whole_home_listed(tmp_path: Path) -> None:
+    """Config and policies in ~/.config/mailagent, data in ~/.local/share/mailagent, `~` read:
+    nested protected folders are covered parents first, and the command starts."""
+    home = tmp_path / "home"
+    config_dir = home / ".config" / "mailagent"
+    (config_dir / "policies").mkdir(parents=True)
+    (config_dir / "mailagent.toml").write_text("password = 'MAIL-PASSWORD-SECRET'\n")
+    (config_dir / "policies" / "home.toml").write_text("# POLICY-SECRET\n")
+    data = home / ".local" / "share" / "mailagent"
+    workspace = data / "workspaces" / "main"
+    workspace.mkdir(parents=True)
+    (data / "mailagent.db").write_text("DATABASE-SECRET")
+    (home / "notes.txt").write_text("visible notes")
+    hidden = protected_paths(config_path=config_dir / "mailagent.toml",
+                             policies_dir=config_dir / "policies", data_dir=data, home=home)
+    view = View(read=(home,), write=(), hidden=hidden, workspace=workspace,
+                home=workspace / ".home")
+    result = Runner(SANDBOX).run(
+        ["/bin/sh", "-c", f"cat {home}/notes.txt; echo made > made.txt; "
+                          f"cat {config_dir}/mailagent.toml {config_dir}/policies/home.toml "
+                          f"{data}/mailagent.db; ls -A {config_dir}"],
+        workspace, view, Limits(10))
+    assert "visible notes" in result.output, result.output
+    assert (workspace / "made.txt").read_text() == "made\n"
+    assert "SECRET" not in result.output
