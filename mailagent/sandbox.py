@@ -162,6 +162,7 @@ def bwrap_argv(bwrap: str, view: View, limits: Limits, argv: list[str], cwd: Pat
     mounts += [(p, "--bind") for p in view.write]
     for path, flag in sorted(mounts, key=lambda m: len(m[0].parts)):  # parents before children
         args += [flag, str(path), str(path)]
+    args += _pin_ancestors(view)
     covers, read_only = _hide(view, [p for p, _ in mounts])
     # The workspace lies inside the hidden data folder: mount it after the cover, and only
     # then make the cover read-only (bubblewrap makes the mount point inside the cover).
@@ -177,6 +178,22 @@ def _mount_system(path: Path) -> list[str]:
     if path.is_dir():
         return ["--ro-bind", str(path), str(path)]
     return []
+
+
+def _pin_ancestors(view: View) -> list[str]:
+    """Each folder between a writable mount and a protected path inside it, mounted onto
+    itself: a mount point cannot be renamed (EBUSY), so a command cannot move a protected
+    path's parent, and with it the cover, out of the way (SECURITY.md F3)."""
+    pins: set[Path] = set()
+    for path in view.hidden:
+        for root in view.write:
+            if root in path.parents:
+                pins |= {a for a in path.parents if root in a.parents and a.is_dir()
+                         and not a.is_symlink()}
+    args: list[str] = []
+    for folder in sorted(pins, key=lambda p: len(p.parts)):
+        args += ["--bind", str(folder), str(folder)]
+    return args
 
 
 def _hide(view: View, mounted: list[Path]) -> tuple[list[str], list[str]]:

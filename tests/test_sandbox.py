@@ -294,3 +294,32 @@ def test_commands_run_in_the_default_layout_with_the_whole_home_listed(tmp_path:
     assert "visible notes" in result.output, result.output
     assert (workspace / "made.txt").read_text() == "made\n"
     assert "SECRET" not in result.output
+
+
+def test_a_command_cannot_move_a_parent_of_the_protected_paths_out_of_the_way(
+        tmp_path: Path) -> None:
+    """The config and policies lie inside a writable folder: renaming a folder above them
+    would carry their covers away and leave the real files writable under a new name."""
+    home = tmp_path / "home"
+    config_dir = home / "work" / "settings" / "mailagent"
+    (config_dir / "policies").mkdir(parents=True)
+    (config_dir / "mailagent.toml").write_text("password = 'MAIL-PASSWORD-SECRET'\n")
+    data = tmp_path / "data"
+    workspace = data / "workspaces" / "main"
+    workspace.mkdir(parents=True)
+    hidden = protected_paths(config_path=config_dir / "mailagent.toml",
+                             policies_dir=config_dir / "policies", data_dir=data, home=home)
+    view = View(read=(), write=(home / "work",), hidden=hidden, workspace=workspace,
+                home=workspace / ".home")
+    for moved in (home / "work" / "settings", config_dir):
+        result = Runner(SANDBOX).run(
+            ["/bin/sh", "-c", f"mv {moved} {moved}.x && cat {moved}.x/mailagent.toml "
+                              f"{str(moved) + '.x'}/mailagent/mailagent.toml"],
+            workspace, view, Limits(10))
+        assert result.exit_code != 0 and "SECRET" not in result.output, result.output
+        assert moved.is_dir() and not Path(f"{moved}.x").exists()
+    assert (config_dir / "mailagent.toml").read_text().startswith("password")
+    # The rest of the writable folder is still the command's to change.
+    ok = Runner(SANDBOX).run(["/bin/sh", "-c", f"mkdir {home}/work/new && mv {home}/work/new "
+                              f"{home}/work/renamed"], workspace, view, Limits(10))
+    assert ok.exit_code == 0 and (home / "work" / "renamed").is_dir(), ok.output
