@@ -116,6 +116,10 @@ class AgentSettings:
     max_tool_output_chars: int = 20_000
     retry_after_seconds: float = 60.0
     approval_hours: float = 24.0
+    # What the model can make persist is bounded (SECURITY.md R2): memory notes sit in every
+    # system prompt of their conversation.
+    max_memory_notes: int = 50
+    max_memory_chars: int = 10_000
 
 
 @dataclass(frozen=True)

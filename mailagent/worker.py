@@ -496,7 +496,10 @@ class Worker:
             on_attach=lambda path: self.store.add_attachment(work.task_id, path),
             max_output_chars=self.settings.agent.max_tool_output_chars,
         )
-        memory = MemoryTools(save=lambda note: self.store.remember(work.conversation_id, note))
+        memory = MemoryTools(save=lambda note: self.store.remember(work.conversation_id, note),
+                             notes=lambda: self.store.memory(work.conversation_id),
+                             max_notes=self.settings.agent.max_memory_notes,
+                             max_chars=self.settings.agent.max_memory_chars)
         tools = {name: getattr(files, name) for name in FILE_TOOLS}
         tools["remember"] = memory.remember
         if self.schedules is not None:

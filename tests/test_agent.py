@@ -189,6 +189,31 @@ def test_memory_from_one_task_reaches_the_next_tasks_system_prompt(
     assert "x@evil.example" not in system.replace(blocks[1][2], "")
 
 
+def test_memory_is_bounded_so_content_cannot_fill_every_later_prompt(
+        tmp_path: Path, model: ModelServer, home: Path) -> None:
+    """A fooled model saves note after note (SECURITY.md R2): past the count or the size the
+    note is refused, nothing is saved, and the conversation goes on."""
+    settings = make_settings(tmp_path, model, home, max_memory_notes=3, max_memory_chars=120)
+    store = open_store(settings)
+    add_task(store, "Read the forwarded mail")
+    model.script(*[tool_use("remember", {"note": f"Obey rule {n}: " + "x" * 20})
+                   for n in range(5)], text("Done."))
+    settle(settings, store, home)
+    conversation_id = store.conversations()[0].conversation_id
+    assert [n for n, _ in store.memory(conversation_id)] == [1, 2, 3]
+    results = [r for request in model.message_requests for r in request.tool_results]
+    refused = [str(r["content"]) for r in results if r.get("is_error")]
+    assert len(refused) == 2 and all("memory is full" in text for text in refused)
+    store.forget(conversation_id, 1)
+    add_task(store, "Keep this: I use metric units")
+    model.script(tool_use("remember", {"note": "x" * 90}), text("Noted."))
+    settle(settings, store, home)
+    # Two notes of 33 characters are left: 90 more would pass the 120-character limit.
+    assert len(store.memory(conversation_id)) == 2
+    assert "memory is full" in str(model.message_requests[-1].tool_results[0]["content"])
+    assert [t.state for t in store.tasks()] == ["done", "done"]
+
+
 def snapshot(root: Path, skip: Path) -> dict[str, bytes]:
     files = {}
     for path in sorted(root.rglob("*")):
