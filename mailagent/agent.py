@@ -103,6 +103,8 @@ def task_message(work: TaskWork, nonce: str) -> str:
     data = work.data
     if work.subject:
         parts.append(fence("mail-subject", work.subject, nonce))
+    if data.get("scheduled_task"):  # model-written when the schedule was made by mail (S5)
+        parts.append(fence("scheduled-task", data["scheduled_task"], nonce))
     if data.get("quoted_text"):
         parts.append(fence("quoted-mail", data["quoted_text"], nonce))
     for forwarded in data.get("forwarded", []):
