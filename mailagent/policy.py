@@ -113,6 +113,7 @@ class Decision:
     rule: str  # which rule decided, e.g. "reports.toml:3 ~/Documents/reports (read)"
     reason: str  # one sentence for the model: the path as given, why, and what to do instead
     path: Path | None  # the fully resolved path that was judged (None if it did not resolve)
+    source: Path | None = None  # a move's resolved source (`path` is its destination)
 
 
 @dataclass(frozen=True)
@@ -799,7 +800,7 @@ def decide_move(policy: Policy, source: str, destination: str, scope: Scope) -> 
         reason = f"{shown} is allowed: both the source and the destination allow it"
     else:
         reason = "; ".join(d.reason for d in (from_side, to_side) if d.verdict == verdict)
-    return Decision(verdict, rule, reason, to_side.path)
+    return Decision(verdict, rule, reason, to_side.path, from_side.path)
 
 
 def _leaves_folder(policy: Policy, source: str, destination: str, scope: Scope) -> bool:

@@ -82,14 +82,21 @@ def advice(reason: str) -> str:
 
 
 def operation_digest(decision: Decision, name: str, tool_input: dict[str, Any]) -> str:
-    """What an approval is bound to: the operation, its input, the resolved path, and the size
-    and content hash of the file as it is now."""
-    path = decision.path
-    state: dict[str, Any] = {"name": name, "input": tool_input, "path": str(path)}
-    if path is not None and path.is_file() and not path.is_symlink():
-        data = path.read_bytes()
-        state |= {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    """What an approval is bound to: the operation, its input, the resolved paths, and the size
+    and content hash of each file as it is now (for a move, the source's and the destination's:
+    a file changed after the question does not move on the old answer, SECURITY.md A1)."""
+    state: dict[str, Any] = {"name": name, "input": tool_input, "path": str(decision.path),
+                             "file": _file_state(decision.path)}
+    if decision.source is not None:
+        state |= {"source": str(decision.source), "source_file": _file_state(decision.source)}
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
+
+def _file_state(path: Path | None) -> dict[str, Any] | None:
+    if path is None or not path.is_file() or path.is_symlink():
+        return None
+    data = path.read_bytes()
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def describe_operation(name: str, tool_input: dict[str, Any], decision: Decision) -> str:

@@ -90,3 +90,26 @@ def test_an_approval_given_for_a_file_that_changed_since_deletes_nothing(
     assert result["is_error"] is True
     assert "the file changed after the owner approved" in str(result["content"])
     assert not store.settle_approval(approval.approval_id, "approved", "again")  # single use
+
+
+def test_an_approved_move_of_a_file_that_changed_since_moves_nothing(
+        tmp_path: Path, model: ModelServer, home: Path) -> None:
+    """The question named the file as it was; the answer is bound to those bytes (A1)."""
+    (home / "archive").mkdir()
+    policy = (f'[[folders]]\npath = "{home / "out"}"\naccess = "write"\ndelete = "ask"\n\n'
+              f'[[folders]]\npath = "{home / "archive"}"\naccess = "write"\n')
+    settings = make_settings(tmp_path, model, home, policy=policy)
+    store = open_store(settings)
+    add_task(store, "Archive keep.txt")
+    model.script(tool_use("move_file", {"source": "~/out/keep.txt",
+                                        "destination": "~/archive/keep.txt"}), text("Handled."))
+    settle(settings, store, home)
+    [approval] = store.approvals()
+    (home / "out" / "keep.txt").write_text("swapped for something else\n")
+    assert store.settle_approval(approval.approval_id, "approved", "approved by the owner")
+    settle(settings, store, home)
+    assert (home / "out" / "keep.txt").read_text() == "swapped for something else\n"
+    assert not (home / "archive" / "keep.txt").exists()
+    [result] = model.message_requests[-1].tool_results
+    assert result["is_error"] is True and "changed after the owner approved" in \
+        str(result["content"])
