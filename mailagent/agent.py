@@ -22,7 +22,13 @@ from typing import Any
 import anthropic
 from anthropic import beta_tool
 
-from mailagent.config import AgentSettings, ModelSettings
+from mailagent.config import (
+    COMPACTION_MIN_TRIGGER_TOKENS,
+    SERVER_COMPACTION_BACKSTOP,
+    AgentSettings,
+    ModelSettings,
+    is_server_compaction_possible,
+)
 from mailagent.content import fence
 from mailagent.errors import ModelError
 from mailagent.failpoints import failpoint
@@ -35,9 +41,10 @@ log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 3  # conservative: real tokenizers average closer to 4 characters per token
 COMPACT_AT = 0.6  # compact when a request would pass this share of the context budget
 KEEP_AFTER_COMPACTION = 0.25  # the recent tail kept verbatim, as a share of the budget
-# Server-side compaction is asked for below the client-side threshold, so that an endpoint that
-# supports it compacts first; one that ignores the request is still bounded by the client side.
-SERVER_COMPACT_AT = 0.35
+# Server-side compaction is asked for at half the budget (never under the API's minimum); where
+# the endpoint takes it, the client side compacts only at the backstop, so the endpoint
+# compacts first; one that ignores the request is still bounded by the client side.
+SERVER_COMPACT_AT = 0.5
 COMPACT_BETA = "compact-2026-01-12"
 SUMMARY_PROMPT = (
     "Summarise the conversation above for your own later use: the owner's requests and "
@@ -171,6 +178,8 @@ class Agent:
         # None: not known yet whether the endpoint takes server-side compaction ("auto").
         self.server_compaction: bool | None = {"server": True, "client": False}.get(
             model.compaction)
+        if not is_server_compaction_possible(model.max_context_tokens):
+            self.server_compaction = False  # the budget is too small for the API's trigger
         self.client = anthropic.AsyncAnthropic(
             api_key=model.api_key or ("not-needed" if model.base_url else None),
             base_url=model.base_url, timeout=model.timeout_seconds,
@@ -238,12 +247,14 @@ class Agent:
         """A model turn that asks for server-side compaction where the endpoint takes it."""
         if self.server_compaction is False:
             return await self.request(**params)
-        trigger = int(self.model.max_context_tokens * SERVER_COMPACT_AT)
+        trigger = max(COMPACTION_MIN_TRIGGER_TOKENS,
+                      int(self.model.max_context_tokens * SERVER_COMPACT_AT))
         edits = [{"type": "compact_20260112", "trigger": {"type": "input_tokens",
                                                           "value": trigger}}]
         try:
             message = await self.request(beta=True, betas=[COMPACT_BETA],
                                          context_management={"edits": edits}, **params)
+            self.server_compaction = True
         except ModelError as exc:
             if self.server_compaction is None and exc.status_code == 400:
                 log.info("the endpoint refused server-side compaction; compacting client-side")
@@ -436,9 +447,10 @@ class Agent:
         budget = self.model.max_context_tokens
         fixed = estimate_tokens([ctx.system, tools])
         compacted = False
+        share = SERVER_COMPACTION_BACKSTOP if self.server_compaction else COMPACT_AT
         for _ in range(5):
             messages = to_messages(items, ctx.nonce)
-            if fixed + estimate_tokens(messages) <= budget * COMPACT_AT:
+            if fixed + estimate_tokens(messages) <= budget * share:
                 return messages, compacted
             cut = self.cut_point(items, int(budget * KEEP_AFTER_COMPACTION))
             if cut is None:

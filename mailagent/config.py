@@ -84,6 +84,18 @@ class OwnerSettings:
 
 
 
+# The Messages API compacts server-side at 50,000 input tokens at the earliest
+# (https://docs.claude.com/en/docs/build-with-claude/compaction). Where the endpoint compacts,
+# the client side compacts only as a backstop, at this share of model.max_context_tokens.
+COMPACTION_MIN_TRIGGER_TOKENS = 50_000
+SERVER_COMPACTION_BACKSTOP = 0.9
+
+
+def is_server_compaction_possible(max_context_tokens: int) -> bool:
+    """Whether the endpoint's earliest trigger comes before the client side's backstop."""
+    return max_context_tokens * SERVER_COMPACTION_BACKSTOP > COMPACTION_MIN_TRIGGER_TOKENS
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     name: str = "claude-sonnet-4-6"

@@ -428,9 +428,17 @@ def test_a_hung_model_ends_at_the_time_budget(
     assert "ran longer than 1 s (agent.max_task_seconds)" in (task.reason or "")
 
 
+def long_answer(request: RecordedRequest) -> Reply:
+    return text("Answered at length. " + "A long paragraph of the answer. " * 200)
+
+
 def test_an_endpoint_with_server_compaction_keeps_the_context_bounded_itself(
         tmp_path: Path, model: ModelServer, home: Path) -> None:
+    # The API compacts at 50,000 input tokens at the earliest: a budget of 100,000 and long
+    # answers reach that trigger before the client side's backstop.
     settings, store = many_tasks(tmp_path, model, home, 40)
+    settings = replace(settings, model=replace(settings.model, max_context_tokens=100_000))
+    model.default = long_answer
     model.supports_compaction = True
     model.compaction_summary = "The owner asked for short notes about numbers."
     settle(settings, store, home, timeout=120)
