@@ -32,7 +32,9 @@ from mailagent.config import (
 from mailagent.content import fence
 from mailagent.errors import ModelError
 from mailagent.failpoints import failpoint
+from mailagent.messages import task_message, text_of, to_messages, tool_uses, with_cache_breakpoint
 from mailagent.store import HistoryItem, Store, TaskWork, Usage
+from mailagent.store.repair import valid_messages, without_empty_text
 from mailagent.tools.files import Judged, ToolError
 from mailagent.transcript import render_transcript
 
@@ -102,72 +104,6 @@ def tool_definitions(tools: dict[str, Callable[..., str]]) -> list[dict[str, Any
     return definitions
 
 
-def task_message(work: TaskWork, nonce: str) -> str:
-    """The owner's words as the instruction; everything else of the mail as fenced data, the
-    subject included (a forward's subject is the stranger's: "Fwd: ...")."""
-    parts = [f"New task #{work.task_id} from the owner:",
-             work.instruction or "(no typed text: the owner wrote only the mail subject below)"]
-    data = work.data
-    if work.subject:
-        parts.append(fence("mail-subject", work.subject, nonce))
-    if data.get("quoted_text"):
-        parts.append(fence("quoted-mail", data["quoted_text"], nonce))
-    for forwarded in data.get("forwarded", []):
-        parts.append(fence("forwarded-mail", forwarded, nonce))
-    for attachment in data.get("attachments", []):
-        parts.append(fence("attachment", "saved in the workspace; read it with read_file",
-                           nonce, path=attachment["path"], name=attachment["original_name"],
-                           type=attachment["content_type"], size=attachment["size"]))
-    return "\n\n".join(parts)
-
-
-def _has_compaction(item: HistoryItem) -> bool:
-    return item.role == "assistant" and any(
-        isinstance(b, dict) and b.get("type") == "compaction" for b in item.content)
-
-
-def to_messages(items: list[HistoryItem], nonce: str) -> list[dict[str, Any]]:
-    """History entries as API messages: consecutive turns of one role merged, summary fenced.
-
-    Entries before the latest server-side compaction block are left out: the endpoint would
-    ignore them anyway, and the request size is then what the endpoint really reads.
-    """
-    compacted = [i for i, item in enumerate(items) if _has_compaction(item)]
-    if compacted:
-        items = items[compacted[-1]:]
-    messages: list[dict[str, Any]] = []
-    for item in items:
-        if item.kind == "summary":
-            content = [{"type": "text", "text": "What happened earlier in this conversation:\n"
-                        + fence("conversation-summary", item.content, nonce)}]
-        else:
-            content = list(item.content)
-        if messages and messages[-1]["role"] == item.role:
-            messages[-1]["content"] = [*messages[-1]["content"], *content]
-        else:
-            messages.append({"role": item.role, "content": content})
-    return messages
-
-
-def with_cache_breakpoint(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A copy whose last block carries cache_control, so the next request reuses this prefix."""
-    if not messages:
-        return messages
-    last = dict(messages[-1])
-    blocks = [dict(b) for b in last["content"]]
-    blocks[-1]["cache_control"] = {"type": "ephemeral"}
-    last["content"] = blocks
-    return [*messages[:-1], last]
-
-
-def _tool_uses(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [block for block in content if block.get("type") == "tool_use"]
-
-
-def _text(content: list[dict[str, Any]]) -> str:
-    return "\n\n".join(b["text"] for b in content if b.get("type") == "text").strip()
-
-
 class Agent:
     """Runs tasks; one instance per service, shared by concurrent tasks."""
 
@@ -205,9 +141,9 @@ class Agent:
         while True:
             last = items[-1]
             if last.role == "assistant" and last.task_id == work.task_id:
-                calls = _tool_uses(last.content)
+                calls = tool_uses(last.content)
                 if not calls:
-                    return Outcome("done", "answered", _text(last.content))
+                    return Outcome("done", "answered", text_of(last.content))
                 results = await self.run_tools(ctx, calls)
                 if isinstance(results, Outcome):
                     return results
@@ -234,8 +170,9 @@ class Agent:
         system = [{"type": "text", "text": ctx.system, "cache_control": {"type": "ephemeral"}}]
         message = await self.request_compacting(system=system, tools=tools,
                                                 messages=with_cache_breakpoint(messages))
-        content = [b.model_dump(mode="json", exclude_none=True) for b in message.content]
-        if message.stop_reason == "max_tokens" and not _tool_uses(content):
+        content = without_empty_text(
+            [b.model_dump(mode="json", exclude_none=True) for b in message.content])
+        if message.stop_reason == "max_tokens" and not tool_uses(content):
             content.append({"type": "text", "text": "[the answer was cut at the output limit]"})
         self.store.add_usage(work.task_id, self.usage(message.usage))
         item = self.append(work.conversation_id, work.task_id, "assistant",
@@ -266,6 +203,7 @@ class Agent:
     async def request(self, beta: bool = False, **params: Any) -> Any:
         """A Messages API call; failures become ModelError, transient or not."""
         params = {"model": self.model.name, "max_tokens": self.model.max_output_tokens, **params}
+        params["messages"] = valid_messages(params["messages"])  # the one gate (SECURITY.md L7)
         if not params.get("tools"):
             params.pop("tools", None)
         api: Any = self.client.beta.messages if beta else self.client.messages
@@ -298,8 +236,8 @@ class Agent:
     def partial_text(self, conversation_id: int, task_id: int) -> str:
         """The model's latest words in this task, to show what was done before it stopped."""
         for item in reversed(self.store.history(conversation_id)):
-            if item.task_id == task_id and item.role == "assistant" and _text(item.content):
-                return _text(item.content)
+            if item.task_id == task_id and item.role == "assistant" and text_of(item.content):
+                return text_of(item.content)
         return ""
 
     def over_budget(self, task_id: int) -> str:
@@ -493,7 +431,7 @@ class Agent:
                 {"type": "text", "text": SUMMARY_PROMPT}]}],
         )
         self.store.add_usage(ctx.work.task_id, self.usage(message.usage))
-        summary = _text([b.model_dump(mode="json") for b in message.content]) or "(empty)"
+        summary = text_of([b.model_dump(mode="json") for b in message.content]) or "(empty)"
         self.store.insert_summary(ctx.work.conversation_id, summary, keep_from)
         log.info("compacted conversation=%s task_id=%s entries=%d",
                  ctx.work.conversation_name, ctx.work.task_id, len(old))
