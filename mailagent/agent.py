@@ -48,6 +48,7 @@ KEEP_AFTER_COMPACTION = 0.25  # the recent tail kept verbatim, as a share of the
 # compacts first; one that ignores the request is still bounded by the client side.
 SERVER_COMPACT_AT = 0.5
 COMPACT_BETA = "compact-2026-01-12"
+CUT_STOPS = ("max_tokens", "model_context_window_exceeded")  # the turn ended mid-answer
 SUMMARY_PROMPT = (
     "Summarise the conversation above for your own later use: the owner's requests and "
     "preferences, what was done (files read, written, moved, deleted, with paths), results, "
@@ -138,16 +139,14 @@ class Agent:
             items.append(self.append(cid, work.task_id, "user",
                                      [{"type": "text", "text": task_message(work, ctx.nonce)}]))
         tools = tool_definitions(ctx.tools)
+        paused = False  # a pause_turn: the turn goes on, sent back as it stands
         while True:
             last = items[-1]
-            if last.role == "assistant" and last.task_id == work.task_id:
-                calls = tool_uses(last.content)
-                if not calls:
-                    return Outcome("done", "answered", text_of(last.content))
-                results = await self.run_tools(ctx, calls)
-                if isinstance(results, Outcome):
-                    return results
-                items.append(self.append(cid, work.task_id, "user", results))
+            if last.role == "assistant" and last.task_id == work.task_id and not paused:
+                step = await self.after_turn(ctx, last)
+                if isinstance(step, Outcome):
+                    return step
+                items.append(step)
                 continue
             refusal = self.over_budget(work.task_id)
             if refusal:
@@ -157,28 +156,76 @@ class Agent:
             messages, compacted = await self.fit_context(ctx, tools, items)
             if compacted:
                 items = self.store.history(cid)
-            items.append(await self.turn(ctx, tools, messages))
+            turn = await self.turn(ctx, tools, messages)
+            if isinstance(turn, Outcome):
+                return turn
+            items.append(turn[0])
+            paused = turn[1] == "pause_turn" and not tool_uses(turn[0].content)
+
+    async def after_turn(self, ctx: TaskContext, last: HistoryItem) -> HistoryItem | Outcome:
+        """The task's answer, or the results of the last turn's calls (stored), or why it
+        stops here."""
+        calls = tool_uses(last.content)
+        if not calls:
+            return Outcome("done", "answered", text_of(last.content))
+        results = await self.run_tools(ctx, calls)
+        if isinstance(results, Outcome):
+            return results
+        return self.append(ctx.work.conversation_id, ctx.work.task_id, "user", results)
 
     def append(self, cid: int, task_id: int, role: str, content: list[Any]) -> HistoryItem:
         return HistoryItem(self.store.append_history(cid, task_id, role, content), task_id,
                            role, "message", content)
 
     async def turn(self, ctx: TaskContext, tools: list[dict[str, Any]],
-                   messages: list[dict[str, Any]]) -> HistoryItem:
-        """One model request; its answer and usage are committed before anything acts on it."""
+                   messages: list[dict[str, Any]]) -> tuple[HistoryItem, str] | Outcome:
+        """One model request; its answer and usage are committed before anything acts on it.
+        A refusal ends the task (its turn is not kept); a cut turn's calls are refused first."""
         work = ctx.work
         system = [{"type": "text", "text": ctx.system, "cache_control": {"type": "ephemeral"}}]
         message = await self.request_compacting(system=system, tools=tools,
                                                 messages=with_cache_breakpoint(messages))
+        self.store.add_usage(work.task_id, self.usage(message.usage))
+        stop = str(message.stop_reason or "end_turn")
+        if stop == "refusal":
+            return self.declined(ctx, message)
         content = without_empty_text(
             [b.model_dump(mode="json", exclude_none=True) for b in message.content])
-        if message.stop_reason == "max_tokens" and not tool_uses(content):
-            content.append({"type": "text", "text": "[the answer was cut at the output limit]"})
-        self.store.add_usage(work.task_id, self.usage(message.usage))
+        if stop in CUT_STOPS:
+            self.refuse_cut_calls(ctx, content, stop)
         item = self.append(work.conversation_id, work.task_id, "assistant",
                            content or [{"type": "text", "text": "(no answer)"}])
         failpoint(self.failpoint_name, "after-model")  # the turn is committed, no tool ran yet
-        return item
+        return item, stop
+
+    def refuse_cut_calls(self, ctx: TaskContext, content: list[dict[str, Any]],
+                         stop: str) -> None:
+        """A turn cut off (as the SDK's tool runner does, nothing of it runs): each call is
+        recorded as refused before the turn is stored, so not even a resume runs it."""
+        if not tool_uses(content):
+            content.append({"type": "text", "text": f"[the answer was cut off: {stop}]"})
+        why = (f"not run: your answer was cut off ({stop}) before this call was complete, so "
+               "nothing was done. Send it again in smaller pieces (for a long file, write a "
+               "first part, then add the rest with edit_file).")
+        for call in tool_uses(content):
+            if not isinstance(call.get("input"), dict):
+                call["input"] = {}
+            self.store.record_tool_decision(ctx.work.task_id, call["id"], call["name"],
+                                            call["input"], "deny", "cut off", why)
+            self.store.set_tool_call(ctx.work.task_id, call["id"], "failed", {
+                "type": "tool_result", "tool_use_id": call["id"], "content": why,
+                "is_error": True})
+
+    def declined(self, ctx: TaskContext, message: Any) -> Outcome:
+        """The model refused: the task ends with its reason. What it wrote before refusing is
+        dropped (a partial call among it); a note stands for the turn, so the next request is
+        valid and the model knows it declined."""
+        details = getattr(message, "stop_details", None)
+        explanation = getattr(details, "explanation", None) or getattr(details, "category", None)
+        reason = f"the model declined the task: {explanation or 'it gave no reason'}"
+        self.append(ctx.work.conversation_id, ctx.work.task_id, "assistant",
+                    [{"type": "text", "text": f"[{reason}]"}])
+        return Outcome("failed", reason)
 
     async def request_compacting(self, **params: Any) -> Any:
         """A model turn that asks for server-side compaction where the endpoint takes it."""

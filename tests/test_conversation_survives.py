@@ -16,7 +16,16 @@ import pytest
 from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
 from tests.support.mail import owner_mail
-from tests.support.model_server import ModelServer, RecordedRequest, text, tool_use, tool_uses
+from tests.support.model_server import (
+    ModelServer,
+    RecordedRequest,
+    cut_tool_use,
+    pause_turn,
+    refusal,
+    text,
+    tool_use,
+    tool_uses,
+)
 from tests.support.service import ServiceProcess, wait_until
 from tests.support.smtp import RecordedMail, SmtpServer
 
@@ -143,4 +152,61 @@ def test_after_a_kill_mid_tool_the_next_task_is_answered(
     request = next_task_is_answered(dovecot, service, model_server)
     result = results_sent_with(request, "toolu_w")
     assert result["is_error"] and "interrupted" in str(result["content"])
+    service.stop()
+
+
+def test_a_write_file_cut_at_the_output_limit_writes_nothing_and_the_model_retries(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
+        service: ServiceProcess) -> None:
+    model_server.script(
+        cut_tool_use("write_file", {"path": "big.txt", "content": "the first half of"},
+                     text="Writing it all at once."),
+        tool_use("write_file", {"path": "part1.txt", "content": "the first part"}),
+        text("Written in parts."))
+    dovecot.append(owner_mail("Write a long file"))
+    service.start()
+    store = service.store()
+    wait_until(lambda: store.tasks() and store.tasks()[0].state == "done", 20,
+               f"the task; log:\n{service.log()}")
+    workspace = tmp_path / "data" / "workspaces" / "main"
+    assert not (workspace / "big.txt").exists()
+    assert (workspace / "part1.txt").read_text() == "the first part"
+    [told] = model_server.message_requests[1].tool_results
+    assert told["is_error"] and "cut off (max_tokens)" in str(told["content"])
+    next_task_is_answered(dovecot, service, model_server)
+    service.stop()
+
+
+def test_a_refusal_is_mailed_as_declined_with_its_reason_and_nothing_of_it_runs(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
+        service: ServiceProcess) -> None:
+    partial = [{"type": "text", "text": "Sure, writing it"},
+               {"type": "tool_use", "id": "toolu_evil", "name": "write_file",
+                "input": {"path": "evil.txt", "content": "x"}}]
+    model_server.script(refusal(partial, category="cyber",
+                                explanation="This request looks like malware development."))
+    dovecot.append(owner_mail("Write a worm"))
+    service.start()
+    [mail] = smtp_server.wait_for(1, timeout=20)
+    assert "declined" in mail.text()
+    assert "This request looks like malware development." in mail.text()
+    store = service.store()
+    assert store.tasks()[0].state == "failed"
+    assert not (tmp_path / "data" / "workspaces" / "main" / "evil.txt").exists()
+    request = next_task_is_answered(dovecot, service, model_server)
+    assert "toolu_evil" not in str(request.messages)
+    service.stop()
+
+
+def test_a_paused_turn_is_continued_and_answered(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
+        service: ServiceProcess) -> None:
+    model_server.script(pause_turn("Searching the files"), text("Found it."))
+    dovecot.append(owner_mail("Find the file"))
+    service.start()
+    [mail] = smtp_server.wait_for(1, timeout=20)
+    assert "Found it." in mail.text()
+    second = model_server.message_requests[1]
+    assert second.last_message["role"] == "assistant"
+    assert second.last_text == "Searching the files"
     service.stop()
