@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -48,6 +49,7 @@ KEEP_AFTER_COMPACTION = 0.25  # the recent tail kept verbatim, as a share of the
 # compacts first; one that ignores the request is still bounded by the client side.
 SERVER_COMPACT_AT = 0.5
 COMPACT_BETA = "compact-2026-01-12"
+UNSUPPORTED_COMPACTION = re.compile(r"compact|context_management|anthropic-beta|beta", re.I)
 CUT_STOPS = ("max_tokens", "model_context_window_exceeded")  # the turn ended mid-answer
 SUMMARY_PROMPT = (
     "Summarise the conversation above for your own later use: the owner's requests and "
@@ -103,6 +105,12 @@ def tool_definitions(tools: dict[str, Callable[..., str]]) -> list[dict[str, Any
     if definitions:
         definitions[-1]["cache_control"] = {"type": "ephemeral"}
     return definitions
+
+
+def is_compaction_unsupported(exc: ModelError) -> bool:
+    """Whether a refusal says the endpoint does not take server-side compaction, as opposed
+    to any other 400 (a bad history, a bad parameter), which must not switch it off."""
+    return exc.status_code == 400 and UNSUPPORTED_COMPACTION.search(str(exc)) is not None
 
 
 class Agent:
@@ -240,7 +248,7 @@ class Agent:
                                          context_management={"edits": edits}, **params)
             self.server_compaction = True
         except ModelError as exc:
-            if self.server_compaction is None and exc.status_code == 400:
+            if self.server_compaction is None and is_compaction_unsupported(exc):
                 log.info("the endpoint refused server-side compaction; compacting client-side")
                 self.server_compaction = False
                 return await self.request(**params)

@@ -82,3 +82,16 @@ def test_config_path_comes_from_the_flag_then_the_environment(tmp_path: Path) ->
     assert find_config_path("x.toml", {"MAILAGENT_CONFIG": "y.toml"}) == Path("x.toml")
     assert find_config_path(None, {"MAILAGENT_CONFIG": "y.toml"}) == Path("y.toml")
     assert find_config_path(None, {}).name == "mailagent.toml"
+
+
+def test_server_compaction_under_the_api_minimum_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = write_config(tmp_path, 1143, 1025,
+                        model_extra='compaction = "server"\nmax_context_tokens = 50000')
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, ENV)
+    message = str(error.value)
+    assert 'model.compaction = "server" needs model.max_context_tokens of at least 55556' \
+        in message and str(path) in message and "\n" not in message
+    big = write_config(tmp_path, 1143, 1025,
+                       model_extra='compaction = "server"\nmax_context_tokens = 200000')
+    assert load_settings(big, ENV).model.compaction == "server"
