@@ -212,9 +212,9 @@ class Agent:
         recorded as refused before the turn is stored, so not even a resume runs it."""
         if not tool_uses(content):
             content.append({"type": "text", "text": f"[the answer was cut off: {stop}]"})
-        why = (f"not run: your answer was cut off ({stop}) before this call was complete, so "
-               "nothing was done. Send it again in smaller pieces (for a long file, write a "
-               "first part, then add the rest with edit_file).")
+        why = (f"not run: your answer was cut off ({stop}) before it was complete, so none of "
+               "its calls ran. Send it again in smaller pieces (for a long file, write a first "
+               "part, then add the rest with edit_file).")
         for call in tool_uses(content):
             if not isinstance(call.get("input"), dict):
                 call["input"] = {}

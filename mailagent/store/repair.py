@@ -98,9 +98,10 @@ def why_not_run(s: Session, task: Task, row: ToolCallRow | None) -> dict[str, An
         return "not run: the owner denied it"
     if task.state == "cancelled":
         return "not run: the task was cancelled"
-    if (task.reason or "").startswith("budget"):
-        return f"not run: the task stopped at its budget ({task.reason})"
-    return f"not run: the task ended ({task.reason or task.state})"
+    reason = task.reason or ""
+    if reason.startswith("budget"):
+        return f"not run: the task stopped at its budget ({reason.removeprefix('budget: ')})"
+    return f"not run: the task ended ({reason or task.state})"
 
 
 def close_open_calls(s: Session, task: Task) -> None:
