@@ -210,3 +210,19 @@ def test_a_paused_turn_is_continued_and_answered(
     assert second.last_message["role"] == "assistant"
     assert second.last_text == "Searching the files"
     service.stop()
+
+
+def test_after_an_approval_expires_the_next_task_is_answered_knowing_it_did_not_run(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
+        service: ServiceProcess) -> None:
+    folder = configure(tmp_path, "approval_hours = 0.0005")
+    model_server.script(tool_use("delete_file", {"path": str(folder / "old.txt")}, "toolu_del"))
+    dovecot.append(owner_mail("Clean up", "Delete the old records file."))
+    service.start()
+    smtp_server.wait_for(2, timeout=20)  # the question, then the notice that it expired
+    store = service.store()
+    wait_until(lambda: store.tasks()[0].state == "cancelled", 20, "the expired task")
+    request = next_task_is_answered(dovecot, service, model_server)
+    result = results_sent_with(request, "toolu_del")
+    assert result["is_error"] and "did not come in time" in str(result["content"])
+    service.stop()

@@ -108,3 +108,20 @@ def test_a_task_ending_with_a_call_open_answers_it_in_the_history(store: Store) 
     [item] = [i for i in store.history(cid) if i.role == "user"]
     assert item.content == [{"type": "tool_result", "tool_use_id": "toolu_old", "is_error": True,
                              "content": "not run: the task was cancelled"}]
+
+
+def test_the_gate_before_every_request_mends_any_history() -> None:
+    from mailagent.store.repair import LOST, valid_messages
+
+    messages = [{"role": "user", "content": [{"type": "text", "text": "do it"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": ""}, CALL]},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "next"},
+                    {"type": "tool_result", "tool_use_id": "toolu_gone", "content": "x"}]}]
+    assert valid_messages(messages) == [
+        messages[0],
+        {"role": "assistant", "content": [CALL]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_old", "content": LOST,
+             "is_error": True},
+            {"type": "text", "text": "next"}]}]
