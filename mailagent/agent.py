@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,11 +23,19 @@ from typing import Any
 import anthropic
 from anthropic import beta_tool
 
-from mailagent.config import AgentSettings, ModelSettings
+from mailagent.config import (
+    COMPACTION_MIN_TRIGGER_TOKENS,
+    SERVER_COMPACTION_BACKSTOP,
+    AgentSettings,
+    ModelSettings,
+    is_server_compaction_possible,
+)
 from mailagent.content import fence
 from mailagent.errors import ModelError
 from mailagent.failpoints import failpoint
+from mailagent.messages import task_message, text_of, to_messages, tool_uses, with_cache_breakpoint
 from mailagent.store import HistoryItem, Store, TaskWork, Usage
+from mailagent.store.repair import valid_messages, without_empty_text
 from mailagent.tools.files import Judged, ToolError
 from mailagent.transcript import render_transcript
 
@@ -35,10 +44,13 @@ log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 3  # conservative: real tokenizers average closer to 4 characters per token
 COMPACT_AT = 0.6  # compact when a request would pass this share of the context budget
 KEEP_AFTER_COMPACTION = 0.25  # the recent tail kept verbatim, as a share of the budget
-# Server-side compaction is asked for below the client-side threshold, so that an endpoint that
-# supports it compacts first; one that ignores the request is still bounded by the client side.
-SERVER_COMPACT_AT = 0.35
+# Server-side compaction is asked for at half the budget (never under the API's minimum); where
+# the endpoint takes it, the client side compacts only at the backstop, so the endpoint
+# compacts first; one that ignores the request is still bounded by the client side.
+SERVER_COMPACT_AT = 0.5
 COMPACT_BETA = "compact-2026-01-12"
+UNSUPPORTED_COMPACTION = re.compile(r"compact|context_management|anthropic-beta|beta", re.I)
+CUT_STOPS = ("max_tokens", "model_context_window_exceeded")  # the turn ended mid-answer
 SUMMARY_PROMPT = (
     "Summarise the conversation above for your own later use: the owner's requests and "
     "preferences, what was done (files read, written, moved, deleted, with paths), results, "
@@ -95,72 +107,10 @@ def tool_definitions(tools: dict[str, Callable[..., str]]) -> list[dict[str, Any
     return definitions
 
 
-def task_message(work: TaskWork, nonce: str) -> str:
-    """The owner's words as the instruction; everything else of the mail as fenced data, the
-    subject included (a forward's subject is the stranger's: "Fwd: ...")."""
-    parts = [f"New task #{work.task_id} from the owner:",
-             work.instruction or "(no typed text: the owner wrote only the mail subject below)"]
-    data = work.data
-    if work.subject:
-        parts.append(fence("mail-subject", work.subject, nonce))
-    if data.get("scheduled_task"):  # model-written when the schedule was made by mail (S5)
-        parts.append(fence("scheduled-task", data["scheduled_task"], nonce))
-    if data.get("quoted_text"):
-        parts.append(fence("quoted-mail", data["quoted_text"], nonce))
-    for forwarded in data.get("forwarded", []):
-        parts.append(fence("forwarded-mail", forwarded, nonce))
-    for attachment in data.get("attachments", []):
-        parts.append(fence("attachment", "saved in the workspace; read it with read_file",
-                           nonce, path=attachment["path"], name=attachment["original_name"],
-                           type=attachment["content_type"], size=attachment["size"]))
-    return "\n\n".join(parts)
-
-
-def _has_compaction(item: HistoryItem) -> bool:
-    return item.role == "assistant" and any(
-        isinstance(b, dict) and b.get("type") == "compaction" for b in item.content)
-
-
-def to_messages(items: list[HistoryItem], nonce: str) -> list[dict[str, Any]]:
-    """History entries as API messages: consecutive turns of one role merged, summary fenced.
-
-    Entries before the latest server-side compaction block are left out: the endpoint would
-    ignore them anyway, and the request size is then what the endpoint really reads.
-    """
-    compacted = [i for i, item in enumerate(items) if _has_compaction(item)]
-    if compacted:
-        items = items[compacted[-1]:]
-    messages: list[dict[str, Any]] = []
-    for item in items:
-        if item.kind == "summary":
-            content = [{"type": "text", "text": "What happened earlier in this conversation:\n"
-                        + fence("conversation-summary", item.content, nonce)}]
-        else:
-            content = list(item.content)
-        if messages and messages[-1]["role"] == item.role:
-            messages[-1]["content"] = [*messages[-1]["content"], *content]
-        else:
-            messages.append({"role": item.role, "content": content})
-    return messages
-
-
-def with_cache_breakpoint(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A copy whose last block carries cache_control, so the next request reuses this prefix."""
-    if not messages:
-        return messages
-    last = dict(messages[-1])
-    blocks = [dict(b) for b in last["content"]]
-    blocks[-1]["cache_control"] = {"type": "ephemeral"}
-    last["content"] = blocks
-    return [*messages[:-1], last]
-
-
-def _tool_uses(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [block for block in content if block.get("type") == "tool_use"]
-
-
-def _text(content: list[dict[str, Any]]) -> str:
-    return "\n\n".join(b["text"] for b in content if b.get("type") == "text").strip()
+def is_compaction_unsupported(exc: ModelError) -> bool:
+    """Whether a refusal says the endpoint does not take server-side compaction, as opposed
+    to any other 400 (a bad history, a bad parameter), which must not switch it off."""
+    return exc.status_code == 400 and UNSUPPORTED_COMPACTION.search(str(exc)) is not None
 
 
 class Agent:
@@ -173,6 +123,8 @@ class Agent:
         # None: not known yet whether the endpoint takes server-side compaction ("auto").
         self.server_compaction: bool | None = {"server": True, "client": False}.get(
             model.compaction)
+        if not is_server_compaction_possible(model.max_context_tokens):
+            self.server_compaction = False  # the budget is too small for the API's trigger
         self.client = anthropic.AsyncAnthropic(
             api_key=model.api_key or ("not-needed" if model.base_url else None),
             base_url=model.base_url, timeout=model.timeout_seconds,
@@ -195,16 +147,14 @@ class Agent:
             items.append(self.append(cid, work.task_id, "user",
                                      [{"type": "text", "text": task_message(work, ctx.nonce)}]))
         tools = tool_definitions(ctx.tools)
+        paused = False  # a pause_turn: the turn goes on, sent back as it stands
         while True:
             last = items[-1]
-            if last.role == "assistant" and last.task_id == work.task_id:
-                calls = _tool_uses(last.content)
-                if not calls:
-                    return Outcome("done", "answered", _text(last.content))
-                results = await self.run_tools(ctx, calls)
-                if isinstance(results, Outcome):
-                    return results
-                items.append(self.append(cid, work.task_id, "user", results))
+            if last.role == "assistant" and last.task_id == work.task_id and not paused:
+                step = await self.after_turn(ctx, last)
+                if isinstance(step, Outcome):
+                    return step
+                items.append(step)
                 continue
             refusal = self.over_budget(work.task_id)
             if refusal:
@@ -214,40 +164,91 @@ class Agent:
             messages, compacted = await self.fit_context(ctx, tools, items)
             if compacted:
                 items = self.store.history(cid)
-            items.append(await self.turn(ctx, tools, messages))
+            turn = await self.turn(ctx, tools, messages)
+            if isinstance(turn, Outcome):
+                return turn
+            items.append(turn[0])
+            paused = turn[1] == "pause_turn" and not tool_uses(turn[0].content)
+
+    async def after_turn(self, ctx: TaskContext, last: HistoryItem) -> HistoryItem | Outcome:
+        """The task's answer, or the results of the last turn's calls (stored), or why it
+        stops here."""
+        calls = tool_uses(last.content)
+        if not calls:
+            return Outcome("done", "answered", text_of(last.content))
+        results = await self.run_tools(ctx, calls)
+        if isinstance(results, Outcome):
+            return results
+        return self.append(ctx.work.conversation_id, ctx.work.task_id, "user", results)
 
     def append(self, cid: int, task_id: int, role: str, content: list[Any]) -> HistoryItem:
         return HistoryItem(self.store.append_history(cid, task_id, role, content), task_id,
                            role, "message", content)
 
     async def turn(self, ctx: TaskContext, tools: list[dict[str, Any]],
-                   messages: list[dict[str, Any]]) -> HistoryItem:
-        """One model request; its answer and usage are committed before anything acts on it."""
+                   messages: list[dict[str, Any]]) -> tuple[HistoryItem, str] | Outcome:
+        """One model request; its answer and usage are committed before anything acts on it.
+        A refusal ends the task (its turn is not kept); a cut turn's calls are refused first."""
         work = ctx.work
         system = [{"type": "text", "text": ctx.system, "cache_control": {"type": "ephemeral"}}]
         message = await self.request_compacting(system=system, tools=tools,
                                                 messages=with_cache_breakpoint(messages))
-        content = [b.model_dump(mode="json", exclude_none=True) for b in message.content]
-        if message.stop_reason == "max_tokens" and not _tool_uses(content):
-            content.append({"type": "text", "text": "[the answer was cut at the output limit]"})
         self.store.add_usage(work.task_id, self.usage(message.usage))
+        stop = str(message.stop_reason or "end_turn")
+        if stop == "refusal":
+            return self.declined(ctx, message)
+        content = without_empty_text(
+            [b.model_dump(mode="json", exclude_none=True) for b in message.content])
+        if stop in CUT_STOPS:
+            self.refuse_cut_calls(ctx, content, stop)
         item = self.append(work.conversation_id, work.task_id, "assistant",
                            content or [{"type": "text", "text": "(no answer)"}])
         failpoint(self.failpoint_name, "after-model")  # the turn is committed, no tool ran yet
-        return item
+        return item, stop
+
+    def refuse_cut_calls(self, ctx: TaskContext, content: list[dict[str, Any]],
+                         stop: str) -> None:
+        """A turn cut off (as the SDK's tool runner does, nothing of it runs): each call is
+        recorded as refused before the turn is stored, so not even a resume runs it."""
+        if not tool_uses(content):
+            content.append({"type": "text", "text": f"[the answer was cut off: {stop}]"})
+        why = (f"not run: your answer was cut off ({stop}) before it was complete, so none of "
+               "its calls ran. Send it again in smaller pieces (for a long file, write a first "
+               "part, then add the rest with edit_file).")
+        for call in tool_uses(content):
+            if not isinstance(call.get("input"), dict):
+                call["input"] = {}
+            self.store.record_tool_decision(ctx.work.task_id, call["id"], call["name"],
+                                            call["input"], "deny", "cut off", why)
+            self.store.set_tool_call(ctx.work.task_id, call["id"], "failed", {
+                "type": "tool_result", "tool_use_id": call["id"], "content": why,
+                "is_error": True})
+
+    def declined(self, ctx: TaskContext, message: Any) -> Outcome:
+        """The model refused: the task ends with its reason. What it wrote before refusing is
+        dropped (a partial call among it); a note stands for the turn, so the next request is
+        valid and the model knows it declined."""
+        details = getattr(message, "stop_details", None)
+        explanation = getattr(details, "explanation", None) or getattr(details, "category", None)
+        reason = f"the model declined the task: {explanation or 'it gave no reason'}"
+        self.append(ctx.work.conversation_id, ctx.work.task_id, "assistant",
+                    [{"type": "text", "text": f"[{reason}]"}])
+        return Outcome("failed", reason)
 
     async def request_compacting(self, **params: Any) -> Any:
         """A model turn that asks for server-side compaction where the endpoint takes it."""
         if self.server_compaction is False:
             return await self.request(**params)
-        trigger = int(self.model.max_context_tokens * SERVER_COMPACT_AT)
+        trigger = max(COMPACTION_MIN_TRIGGER_TOKENS,
+                      int(self.model.max_context_tokens * SERVER_COMPACT_AT))
         edits = [{"type": "compact_20260112", "trigger": {"type": "input_tokens",
                                                           "value": trigger}}]
         try:
             message = await self.request(beta=True, betas=[COMPACT_BETA],
                                          context_management={"edits": edits}, **params)
+            self.server_compaction = True
         except ModelError as exc:
-            if self.server_compaction is None and exc.status_code == 400:
+            if self.server_compaction is None and is_compaction_unsupported(exc):
                 log.info("the endpoint refused server-side compaction; compacting client-side")
                 self.server_compaction = False
                 return await self.request(**params)
@@ -257,6 +258,7 @@ class Agent:
     async def request(self, beta: bool = False, **params: Any) -> Any:
         """A Messages API call; failures become ModelError, transient or not."""
         params = {"model": self.model.name, "max_tokens": self.model.max_output_tokens, **params}
+        params["messages"] = valid_messages(params["messages"])  # the one gate (SECURITY.md L7)
         if not params.get("tools"):
             params.pop("tools", None)
         api: Any = self.client.beta.messages if beta else self.client.messages
@@ -289,8 +291,8 @@ class Agent:
     def partial_text(self, conversation_id: int, task_id: int) -> str:
         """The model's latest words in this task, to show what was done before it stopped."""
         for item in reversed(self.store.history(conversation_id)):
-            if item.task_id == task_id and item.role == "assistant" and _text(item.content):
-                return _text(item.content)
+            if item.task_id == task_id and item.role == "assistant" and text_of(item.content):
+                return text_of(item.content)
         return ""
 
     def over_budget(self, task_id: int) -> str:
@@ -438,9 +440,10 @@ class Agent:
         budget = self.model.max_context_tokens
         fixed = estimate_tokens([ctx.system, tools])
         compacted = False
+        share = SERVER_COMPACTION_BACKSTOP if self.server_compaction else COMPACT_AT
         for _ in range(5):
             messages = to_messages(items, ctx.nonce)
-            if fixed + estimate_tokens(messages) <= budget * COMPACT_AT:
+            if fixed + estimate_tokens(messages) <= budget * share:
                 return messages, compacted
             cut = self.cut_point(items, int(budget * KEEP_AFTER_COMPACTION))
             if cut is None:
@@ -483,7 +486,7 @@ class Agent:
                 {"type": "text", "text": SUMMARY_PROMPT}]}],
         )
         self.store.add_usage(ctx.work.task_id, self.usage(message.usage))
-        summary = _text([b.model_dump(mode="json") for b in message.content]) or "(empty)"
+        summary = text_of([b.model_dump(mode="json") for b in message.content]) or "(empty)"
         self.store.insert_summary(ctx.work.conversation_id, summary, keep_from)
         log.info("compacted conversation=%s task_id=%s entries=%d",
                  ctx.work.conversation_name, ctx.work.task_id, len(old))
@@ -501,12 +504,11 @@ async def check_model(model: ModelSettings) -> str:
         try:
             info = await client.models.retrieve(model.name)
         except anthropic.AuthenticationError as exc:
-            raise ModelError("the model endpoint refused the API key: check model.api_key "
-                             "(or the variable model.api_key_env names, by default "
-                             "ANTHROPIC_API_KEY)", status_code=exc.status_code) from exc
+            raise ModelError("the model endpoint refused the API key: check "
+                             "ANTHROPIC_API_KEY (model.api_key_env)", status_code=401) from exc
         except anthropic.NotFoundError as exc:
             raise ModelError(f"the model endpoint does not know model {model.name!r}: "
-                             "check model.name", status_code=exc.status_code) from exc
+                             "check model.name", status_code=404) from exc
         except anthropic.APIConnectionError as exc:
             where = model.base_url or "the Anthropic API"
             raise ModelError(f"cannot reach {where}: {exc}") from exc

@@ -85,6 +85,18 @@ class OwnerSettings:
 
 
 
+# The Messages API compacts server-side at 50,000 input tokens at the earliest
+# (https://docs.claude.com/en/docs/build-with-claude/compaction). Where the endpoint compacts,
+# the client side compacts only as a backstop, at this share of model.max_context_tokens.
+COMPACTION_MIN_TRIGGER_TOKENS = 50_000
+SERVER_COMPACTION_BACKSTOP = 0.9
+
+
+def is_server_compaction_possible(max_context_tokens: int) -> bool:
+    """Whether the endpoint's earliest trigger comes before the client side's backstop."""
+    return max_context_tokens * SERVER_COMPACTION_BACKSTOP > COMPACTION_MIN_TRIGGER_TOKENS
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     name: str = "claude-sonnet-4-6"
@@ -447,7 +459,7 @@ def _model(s: _Section, environ: Mapping[str, str]) -> ModelSettings:
     api_key = s.get("api_key", str, None)
     api_key = (s.resolve("api_key", api_key) if api_key else None) or environ.get(key_env) or None
     d = ModelSettings()
-    return ModelSettings(
+    settings = ModelSettings(
         name=s.get("name", str, d.name),
         base_url=s.get("base_url", str, None) or environ.get("ANTHROPIC_BASE_URL") or None,
         api_key=api_key,
@@ -460,6 +472,15 @@ def _model(s: _Section, environ: Mapping[str, str]) -> ModelSettings:
         input_usd_per_mtok=s.get("input_usd_per_mtok", float, d.input_usd_per_mtok),
         output_usd_per_mtok=s.get("output_usd_per_mtok", float, d.output_usd_per_mtok),
     )
+    if settings.compaction == "server" and not is_server_compaction_possible(
+            settings.max_context_tokens):
+        least = int(COMPACTION_MIN_TRIGGER_TOKENS / SERVER_COMPACTION_BACKSTOP) + 1
+        raise ConfigError(
+            f'model.compaction = "server" needs model.max_context_tokens of at least {least} '
+            f"in {s.path} (it is {settings.max_context_tokens}; the API compacts at "
+            f"{COMPACTION_MIN_TRIGGER_TOKENS} input tokens at the earliest): raise it, or set "
+            'compaction = "auto"')
+    return settings
 
 
 def _service(s: _Section) -> ServiceSettings:

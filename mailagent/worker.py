@@ -71,6 +71,8 @@ FAILURE_ADVICE = (
     ("the model endpoint refused", "The model refused the request. Check [model] in the "
                                    "config, then send the task again."),
     ("the conversation cannot be made to fit", "Start a new conversation with a [name] tag."),
+    ("the model declined", "The model declined to do this task; nothing more of it was done. "
+                           "Rephrase the task, or send a different one."),
 )
 
 

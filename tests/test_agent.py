@@ -15,7 +15,8 @@ import pytest
 
 from mailagent.agent import Agent, estimate_tokens
 from mailagent.config import AgentSettings, ModelSettings, Settings
-from mailagent.store import NewTask, Store, Task
+from mailagent.messages import to_messages
+from mailagent.store import HistoryItem, NewTask, Store, Task
 from mailagent.worker import Worker
 from tests.support.config import settings_for_tests
 from tests.support.model_server import (
@@ -453,9 +454,17 @@ def test_a_hung_model_ends_at_the_time_budget(
     assert "ran longer than 1 s (agent.max_task_seconds)" in (task.reason or "")
 
 
+def long_answer(request: RecordedRequest) -> Reply:
+    return text("Answered at length. " + "A long paragraph of the answer. " * 200)
+
+
 def test_an_endpoint_with_server_compaction_keeps_the_context_bounded_itself(
         tmp_path: Path, model: ModelServer, home: Path) -> None:
+    # The API compacts at 50,000 input tokens at the earliest: a budget of 100,000 and long
+    # answers reach that trigger before the client side's backstop.
     settings, store = many_tasks(tmp_path, model, home, 40)
+    settings = replace(settings, model=replace(settings.model, max_context_tokens=100_000))
+    model.default = long_answer
     model.supports_compaction = True
     model.compaction_summary = "The owner asked for short notes about numbers."
     settle(settings, store, home, timeout=120)
@@ -479,3 +488,25 @@ def test_an_endpoint_refusing_the_compaction_beta_falls_back_to_client_side(
     assert store.tasks()[0].state == "done"
     first, second = model.message_requests
     assert "context_management" in first.body and "context_management" not in second.body
+
+
+def test_an_unrelated_refusal_does_not_switch_server_compaction_off(
+        tmp_path: Path, model: ModelServer, home: Path) -> None:
+    settings = make_settings(tmp_path, model, home)
+    store = open_store(settings)
+    add_task(store, "first")
+    add_task(store, "second")
+    model.script(error(400, "invalid_request_error", "messages.0.content: Field required"),
+                 text("Second done."))
+    settle(settings, store, home)
+    assert [t.state for t in store.tasks()] == ["failed", "done"]
+    assert all("context_management" in r.body for r in model.message_requests)
+
+
+def test_a_compaction_block_without_content_never_becomes_the_start() -> None:
+    empty = {"type": "compaction", "content": None}
+    items = [HistoryItem(1, 1, "user", "message", [{"type": "text", "text": "first task"}]),
+             HistoryItem(2, 1, "assistant", "message", [empty, {"type": "text", "text": "ok"}]),
+             HistoryItem(3, 2, "user", "message", [{"type": "text", "text": "second task"}])]
+    messages = to_messages(items, "nonce")
+    assert messages[0]["content"] == [{"type": "text", "text": "first task"}]

@@ -162,3 +162,14 @@ def test_an_owner_address_with_a_name_is_the_address_alone(tmp_path: Path) -> No
     path = edit(write_config(tmp_path, 1143, 1025), '["owner@example.com"]',
                 '["Owner <Owner@Example.com>"]')
     assert load_settings(path, ENV).owner.addresses == ("owner@example.com",)
+def test_server_compaction_under_the_api_minimum_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = write_config(tmp_path, 1143, 1025,
+                        model_extra='compaction = "server"\nmax_context_tokens = 50000')
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, ENV)
+    message = str(error.value)
+    assert 'model.compaction = "server" needs model.max_context_tokens of at least 55556' \
+        in message and str(path) in message and "\n" not in message
+    big = write_config(tmp_path, 1143, 1025,
+                       model_extra='compaction = "server"\nmax_context_tokens = 200000')
+    assert load_settings(big, ENV).model.compaction == "server"

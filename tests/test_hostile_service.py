@@ -211,6 +211,14 @@ def test_a_hostile_model_and_tools_that_never_return_end_by_name_and_the_service
         dovecot.append(normal)
         after = smtp_server.wait_for(6, timeout=60)
         assert "Hello from the normal task." in replies_to(after, normal)[0]
+        # The command the time budget cut off is answered in the history: the conversation
+        # goes on, and the model is told the call was interrupted.
+        dovecot.append(owner_mail("[sleep] Again", "Say hello."))
+        wait_until(lambda: [t.state for t in store.tasks() if t.conversation_name == "sleep"]
+                   == ["failed", "done"], 60, "the next task of the stopped conversation")
+        interrupted = [r for req in model_server.message_requests for r in req.tool_results
+                       if "interrupted" in str(r["content"]) and r.get("is_error")]
+        assert interrupted
         assert_bounded(service, tmp_path / "data")
         assert service.stop() == 0
     finally:

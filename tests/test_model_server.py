@@ -17,9 +17,13 @@ from tests.support.model_server import (
     ModelServerError,
     RecordedRequest,
     Reply,
+    context_window_exceeded,
+    cut_tool_use,
     delayed,
     error,
     hang,
+    pause_turn,
+    refusal,
     text,
     tool_use,
     tool_uses,
@@ -408,6 +412,7 @@ def test_missing_fields_are_400(server: ModelServer, client: anthropic.Anthropic
 # ----------------------------------------------------------------------------- compaction
 
 COMPACT_BETA = "compact-2026-01-12"
+BIG: list[Any] = [{"role": "user", "content": "x" * 240_000}]  # over the 50,000-token minimum
 
 
 def _beta_create(client: anthropic.Anthropic, **kwargs: Any) -> Any:
@@ -432,7 +437,7 @@ def test_compaction_ignored_when_unsupported(
 ) -> None:
     server.script(text("plain"))
     message = _beta_create(
-        client, context_management=_compact_edit(1), betas=[COMPACT_BETA]
+        client, messages=BIG, context_management=_compact_edit(50_000), betas=[COMPACT_BETA]
     )  # over the trigger, but compaction is unsupported
     assert [b.type for b in message.content] == ["text"]
     assert server.requests[0].betas == [COMPACT_BETA]
@@ -444,12 +449,12 @@ def test_compaction_block_when_over_trigger(
 ) -> None:
     server.supports_compaction = True
     server.compaction_summary = lambda request: f"summary of {len(request.messages)} messages"
-    big = [{"role": "user", "content": "x" * 2000}]
+    big = BIG
     server.script(text("below"), text("after compaction"))
-    small = _beta_create(client, context_management=_compact_edit(1000), betas=[COMPACT_BETA])
+    small = _beta_create(client, context_management=_compact_edit(50_000), betas=[COMPACT_BETA])
     assert [b.type for b in small.content] == ["text"]
     message = _beta_create(
-        client, messages=big, context_management=_compact_edit(100), betas=[COMPACT_BETA]
+        client, messages=big, context_management=_compact_edit(50_000), betas=[COMPACT_BETA]
     )
     assert [b.type for b in message.content] == ["compaction", "text"]
     assert message.content[0].content == "summary of 1 messages"
@@ -463,7 +468,7 @@ def test_compaction_block_when_over_trigger(
         model=MODEL,
         max_tokens=100,
         messages=big,  # type: ignore[arg-type]
-        context_management=_compact_edit(100, pause=True),  # type: ignore[arg-type]
+        context_management=_compact_edit(50_000, pause=True),  # type: ignore[arg-type]
         betas=[COMPACT_BETA],
     ) as stream:
         paused = stream.get_final_message()
@@ -475,7 +480,7 @@ def test_compaction_block_when_over_trigger(
 
     # Round trip: blocks before the compaction block no longer count.
     resumed = [
-        {"role": "user", "content": "x" * 2000},
+        {"role": "user", "content": BIG[0]["content"]},
         {"role": "assistant", "content": [paused.content[0].model_dump(exclude_none=True)]},
         {"role": "user", "content": "go on"},
     ]
@@ -495,7 +500,7 @@ def test_explicit_summarize_compaction(server: ModelServer, client: anthropic.An
         _beta_create(
             client,
             compaction={"type": "summarize"},
-            context_management=_compact_edit(10),
+            context_management=_compact_edit(50_000),
             betas=["compact-2026-09-04"],
         )
 
@@ -526,3 +531,108 @@ def test_raw_sse_wire_format(server: ModelServer) -> None:
     for frame in frames:
         event_line, data_line = frame.split("\n")
         assert json.loads(data_line.removeprefix("data: "))["type"] == event_line[7:]
+
+
+# --------------------------------------------------------------------------- strict as the API
+
+
+def _refusal_of(client: anthropic.Anthropic, **kwargs: Any) -> str:
+    params: dict[str, Any] = {"model": MODEL, "max_tokens": 100, "messages": USER, **kwargs}
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.create(**params)
+    body = caught.value.body
+    assert isinstance(body, dict) and body["type"] == "error"
+    assert body["error"]["type"] == "invalid_request_error"
+    return str(body["error"]["message"])
+
+
+CALL = {"type": "tool_use", "id": "toolu_a", "name": "read_file", "input": {"path": "x"}}
+RESULT = {"type": "tool_result", "tool_use_id": "toolu_a", "content": "text"}
+
+
+def test_a_tool_use_left_unanswered_is_refused_as_the_api_refuses_it(
+        client: anthropic.Anthropic) -> None:
+    messages = [USER[0], {"role": "assistant", "content": [CALL]},
+                {"role": "user", "content": "next task"}]
+    message = _refusal_of(client, messages=messages)
+    assert "`tool_use` ids were found without `tool_result` blocks immediately after: " \
+           "toolu_a" in message
+
+
+def test_a_tool_result_after_text_or_without_its_call_is_refused(
+        client: anthropic.Anthropic) -> None:
+    late = [USER[0], {"role": "assistant", "content": [CALL]},
+            {"role": "user", "content": [{"type": "text", "text": "first"}, RESULT]}]
+    assert "without `tool_result` blocks immediately after" in _refusal_of(client, messages=late)
+    stray = [USER[0], {"role": "assistant", "content": [{"type": "text", "text": "hi"}]},
+             {"role": "user", "content": [RESULT]}]
+    assert "unexpected `tool_use_id`" in _refusal_of(client, messages=stray)
+
+
+def test_answered_tool_uses_pass(server: ModelServer, client: anthropic.Anthropic) -> None:
+    server.script(text("fine"))
+    messages = [USER[0], {"role": "assistant", "content": [CALL]},
+                {"role": "user", "content": [RESULT, {"type": "text", "text": "and more"}]}]
+    reply = client.messages.create(model=MODEL, max_tokens=10, messages=messages)  # type: ignore[arg-type]
+    assert reply.content[0].type == "text"
+
+
+def test_an_empty_text_block_is_refused(client: anthropic.Anthropic) -> None:
+    messages = [USER[0], {"role": "assistant", "content": [{"type": "text", "text": " "}]},
+                {"role": "user", "content": "again"}]
+    assert "must contain non-whitespace text" in _refusal_of(client, messages=messages)
+
+
+def test_a_fifth_cache_breakpoint_is_refused(client: anthropic.Anthropic) -> None:
+    cached = {"type": "text", "text": "part", "cache_control": {"type": "ephemeral"}}
+    messages = [{"role": "user", "content": [dict(cached) for _ in range(5)]}]
+    assert "A maximum of 4 blocks with cache_control" in _refusal_of(client, messages=messages)
+
+
+def test_a_tool_name_off_the_pattern_is_refused_and_an_mcp_name_passes(
+        server: ModelServer, client: anthropic.Anthropic) -> None:
+    schema = {"type": "object", "properties": {}}
+    bad = [{"name": "read file", "description": "d", "input_schema": schema}]
+    assert "String should match pattern" in _refusal_of(client, tools=bad)
+    server.script(text("ok"))
+    good = [{"name": "mcp__notes__search", "description": "d", "input_schema": schema}]
+    client.messages.create(model=MODEL, max_tokens=10, messages=USER, tools=good)  # type: ignore[arg-type]
+
+
+def test_a_compaction_trigger_under_the_minimum_is_refused(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        _beta_create(client, context_management=_compact_edit(35_000), betas=[COMPACT_BETA])
+    assert "greater than or equal to 50000" in str(caught.value)
+
+
+def test_a_lenient_server_lets_an_invalid_request_through(
+        server: ModelServer, client: anthropic.Anthropic) -> None:
+    server.strict = False
+    server.script(text("let through"))
+    messages = [USER[0], {"role": "assistant", "content": [CALL]},
+                {"role": "user", "content": "next"}]
+    reply = client.messages.create(model=MODEL, max_tokens=10, messages=messages)  # type: ignore[arg-type]
+    assert reply.content[0].type == "text"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_reasons_come_back_as_the_api_sends_them(
+        server: ModelServer, client: anthropic.Anthropic, stream: bool) -> None:
+    server.script(cut_tool_use("write_file", {"path": "a.txt"}),
+                  refusal([{"type": "text", "text": "I will"}], category="cyber",
+                          explanation="This looks like malware."),
+                  pause_turn("Searching"), context_window_exceeded())
+    replies = []
+    for _ in range(4):
+        params: dict[str, Any] = {"model": MODEL, "max_tokens": 100, "messages": USER}
+        if stream:
+            with client.messages.stream(**params) as events:
+                replies.append(events.get_final_message())
+        else:
+            replies.append(client.messages.create(**params))
+    cut, refused, paused, full = replies
+    assert cut.stop_reason == "max_tokens" and cut.content[-1].type == "tool_use"
+    assert refused.stop_reason == "refusal" and refused.stop_details is not None
+    assert refused.stop_details.explanation == "This looks like malware."
+    assert paused.stop_reason == "pause_turn"
+    assert full.stop_reason == "model_context_window_exceeded"

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from mailagent.agent import task_message
 from mailagent.config import ScheduleSettings
+from mailagent.messages import task_message
 from mailagent.scheduler import Scheduler
 from mailagent.store import NewTask, Store
 from mailagent.tools.files import ToolError

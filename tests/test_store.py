@@ -61,3 +61,67 @@ def test_thread_lookup_finds_the_conversation_of_a_known_message(store: Store) -
     assert match is not None
     assert (match.conversation_name, match.task_id) == ("taxes", task_id)
     assert store.find_thread(["<unknown@x>"]) is None
+
+
+CALL = {"type": "tool_use", "id": "toolu_old", "name": "read_file", "input": {"path": "a"}}
+
+
+def test_the_repair_migration_answers_calls_an_older_database_left_open(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from mailagent.store.repair import LOST
+
+    store = Store.open(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    first = store.record_task(None, new_task(), "test")
+    cid = store.task_work(first).conversation_id
+    with store.engine.begin() as connection:  # as an older version left them: not answered
+        connection.execute(text("UPDATE task SET state = 'cancelled' WHERE task_id = :t"),
+                           {"t": first})
+    store.append_history(cid, first, "user", [{"type": "text", "text": "do it"}])
+    store.append_history(cid, first, "assistant", [{"type": "text", "text": ""}, CALL])
+    second = store.record_task(None, new_task(), "test")
+    store.append_history(cid, second, "user", [{"type": "text", "text": "next"}])
+    store.append_history(cid, second, "assistant", [{"type": "text", "text": "ok"}, dict(
+        CALL, id="toolu_end")])
+    store.set_task_state(second, "running")
+    with store.engine.begin() as connection:
+        connection.execute(text("UPDATE task SET state = 'failed' WHERE task_id = :t"),
+                           {"t": second})
+        connection.execute(text("DELETE FROM migration WHERE name = :n"),
+                           {"n": "0009_answer_open_tool_calls"})
+    assert store.migrate() == ["0009_answer_open_tool_calls"]
+    history = [(item.role, item.content) for item in store.history(cid)]
+    assert history[1] == ("assistant", [CALL])  # the empty text is gone
+    assert history[2][1][0] == {"type": "tool_result", "tool_use_id": "toolu_old",
+                                "content": LOST, "is_error": True}
+    assert history[2][1][1] == {"type": "text", "text": "next"}
+    assert history[-1] == ("user", [{"type": "tool_result", "tool_use_id": "toolu_end",
+                                     "content": LOST, "is_error": True}])
+
+
+def test_a_task_ending_with_a_call_open_answers_it_in_the_history(store: Store) -> None:
+    task_id = store.record_task(None, new_task(), "test")
+    cid = store.task_work(task_id).conversation_id
+    store.set_task_state(task_id, "running")
+    store.append_history(cid, task_id, "assistant", [CALL])
+    store.finish_task(task_id, "cancelled", "cancelled by the owner")
+    [item] = [i for i in store.history(cid) if i.role == "user"]
+    assert item.content == [{"type": "tool_result", "tool_use_id": "toolu_old", "is_error": True,
+                             "content": "not run: the task was cancelled"}]
+
+
+def test_the_gate_before_every_request_mends_any_history() -> None:
+    from mailagent.store.repair import LOST, valid_messages
+
+    messages = [{"role": "user", "content": [{"type": "text", "text": "do it"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": ""}, CALL]},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "next"},
+                    {"type": "tool_result", "tool_use_id": "toolu_gone", "content": "x"}]}]
+    assert valid_messages(messages) == [
+        messages[0],
+        {"role": "assistant", "content": [CALL]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_old", "content": LOST,
+             "is_error": True},
+            {"type": "text", "text": "next"}]}]

@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
 from mailagent.errors import StoreError
+from mailagent.store.repair import close_open_calls
 from mailagent.store.tables import (
     MIGRATIONS,
     TASK_STATES,
@@ -436,6 +437,8 @@ def _move(s: Session, task_id: int, state: str, reason: str | None) -> Task:
         raise StoreError(f"task {task_id} cannot go from {task.state} to {state}")
     task.state, task.reason, task.updated_at = state, reason, utcnow()
     s.add(task)
+    if not TASK_TRANSITIONS[state]:  # the task's end: its open calls are answered (L7)
+        close_open_calls(s, task)
     _audit(s, f"task.{state}", reason or "", task.raw_message_id, task_id, {})
     return task
 
@@ -702,6 +705,8 @@ class Store(ScheduleStore):
                 task.state = "queued" if state == "approved" else "cancelled"
                 task.reason, task.updated_at = reason, utcnow()
                 s.add(task)
+                if task.state == "cancelled":
+                    close_open_calls(s, task)
             _audit(s, f"approval.{state}", reason, None, row.task_id,
                    {"operation": row.operation, "digest": row.digest})
             return True

@@ -314,6 +314,13 @@ def _sent_at(connection: Connection) -> None:
         _add_columns(connection, table, {"sent_at": "TIMESTAMP"})
 
 
+def _repair_histories(connection: Connection) -> None:
+    # Imported here: the repair builds on these tables, and this module declares them.
+    from mailagent.store.repair import repair_histories
+
+    repair_histories(connection)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_agent", _agent),
@@ -323,5 +330,6 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0006_schedules", _schedules),
     ("0007_probes", _probes),
     ("0008_sent_at", _sent_at),
+    ("0009_answer_open_tool_calls", _repair_histories),
 ]
 

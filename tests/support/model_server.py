@@ -73,6 +73,14 @@ block in the request are dropped from the token estimate, as the API drops them.
 The beta header itself is not checked.  The summary text is
 :attr:`ModelServer.compaction_summary` (a string or a callable of the request).
 
+Strictness: with :attr:`ModelServer.strict` (default ``True``) a request the real API
+refuses is refused here with its 400 ``invalid_request_error`` and a message worded like the
+API's: a ``tool_use`` not answered at the start of the next user message, a stray
+``tool_result``, an empty text block, more than 4 ``cache_control`` breakpoints, a tool name
+off ``^[a-zA-Z0-9_-]{1,64}$``, a compaction trigger under 50,000 (``tests/support/api_rules.py``
+cites the documentation of each). :func:`cut_tool_use`, :func:`refusal`, :func:`pause_turn`
+and :func:`context_window_exceeded` answer as the API does at those stop reasons.
+
 Authentication: with :attr:`ModelServer.api_key` set, a request must carry
 ``x-api-key: <key>`` *or* ``authorization: Bearer <key>`` -- note that the
 anthropic 2.x SDK sends ``api_key`` as ``Authorization: Bearer``, not
@@ -97,6 +105,8 @@ from types import TracebackType
 from typing import Any, TypeAlias, cast
 from urllib.parse import unquote, urlsplit
 
+from tests.support.api_rules import first_violation
+
 __all__ = [
     "DEFAULT_COMPACTION_TRIGGER",
     "DelayedReply",
@@ -109,9 +119,13 @@ __all__ = [
     "Reply",
     "ReplyFunction",
     "ScriptItem",
+    "context_window_exceeded",
+    "cut_tool_use",
     "delayed",
     "error",
     "hang",
+    "pause_turn",
+    "refusal",
     "text",
     "tool_use",
     "tool_uses",
@@ -203,6 +217,8 @@ class MessageReply:
     stop_sequence: str | None = None
     model: str | None = None
     """The ``model`` reported back; default: the request's model."""
+    stop_details: Mapping[str, Any] | None = None
+    """E.g. ``{"type": "refusal", "category": "cyber", "explanation": "..."}``."""
 
 
 @dataclass(frozen=True)
@@ -294,6 +310,47 @@ def tool_use(
     """An assistant message calling one tool (``stop_reason`` ``"tool_use"``)."""
     call = (name, input, tool_use_id or _tool_use_id())
     return tool_uses([call], text=text, stop_reason=stop_reason, usage=usage, model=model)
+
+
+def cut_tool_use(
+    name: str,
+    partial_input: Mapping[str, Any],
+    *,
+    text: str | None = None,
+    stop_reason: str = "max_tokens",
+) -> MessageReply:
+    """What the API answers when the output limit (``max_tokens``) or the context window
+    (``model_context_window_exceeded``) cuts the model off inside a tool call: the partial
+    ``tool_use`` is the last block, its input only what was written so far.
+    https://docs.claude.com/en/docs/build-with-claude/handling-stop-reasons"""
+    return tool_use(name, partial_input, text=text, stop_reason=stop_reason)
+
+
+def context_window_exceeded(partial_text: str = "The answer began") -> MessageReply:
+    """The model stopped because the context window is full.
+    https://docs.claude.com/en/docs/build-with-claude/handling-stop-reasons"""
+    return text(partial_text, stop_reason="model_context_window_exceeded")
+
+
+def refusal(
+    partial: Sequence[Mapping[str, Any]] = (),
+    *,
+    category: str | None = None,
+    explanation: str | None = None,
+) -> MessageReply:
+    """The model declined (``stop_reason`` ``"refusal"``), with what it had written before,
+    possibly a partial ``tool_use``, and ``stop_details`` naming why when the API knows.
+    https://docs.claude.com/en/docs/test-and-evaluate/strengthen-guardrails/handle-streaming-refusals"""
+    details = {"type": "refusal", "category": category, "explanation": explanation}
+    return MessageReply(content=tuple(dict(b) for b in partial), stop_reason="refusal",
+                        stop_details=details)
+
+
+def pause_turn(partial_text: str = "Still working") -> MessageReply:
+    """A long turn the API paused (``stop_reason`` ``"pause_turn"``); sending it back as the
+    last assistant message lets the model continue it.
+    https://docs.claude.com/en/docs/build-with-claude/handling-stop-reasons"""
+    return text(partial_text, stop_reason="pause_turn")
 
 
 def error(
@@ -473,6 +530,9 @@ class ModelServer:
             "Summary of the conversation so far."
         )
         self.min_cacheable_tokens: int = 0
+        self.strict: bool = True
+        """Refuse what the real API refuses (tests/support/api_rules.py). A test that needs an
+        invalid request through sets it False and says why."""
         self.cache_lookback_blocks: int = 20
 
         self._lock = threading.Lock()
@@ -709,6 +769,8 @@ class ModelServer:
             return error(400, "invalid_request_error", "messages: at least one message is required")
         if self.strict_models and request.model not in self.models:
             return error(404, "not_found_error", f"model: {request.model}")
+        if self.strict and (violation := first_violation(body)) is not None:
+            return error(400, "invalid_request_error", violation)
         if (
             self.supports_compaction
             and body.get("compaction") is not None
@@ -858,6 +920,7 @@ class ModelServer:
             "content": content,
             "stop_reason": reply.stop_reason,
             "stop_sequence": reply.stop_sequence,
+            "stop_details": dict(reply.stop_details) if reply.stop_details else None,
             "usage": usage,
         }
         if request.stream:
@@ -960,7 +1023,8 @@ def _sse_events(message: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any
     usage = dict(message["usage"])
     usage.pop("iterations", None)
     start_usage = {**usage, "output_tokens": 1}
-    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
+    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
+             "stop_details": None}
     start["usage"] = start_usage
     yield "message_start", {"type": "message_start", "message": start}
     yield "ping", {"type": "ping"}
@@ -1043,6 +1107,7 @@ def _sse_events(message: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any
             "delta": {
                 "stop_reason": message["stop_reason"],
                 "stop_sequence": message["stop_sequence"],
+                "stop_details": message.get("stop_details"),
             },
             "usage": usage,
         },

@@ -1,0 +1,150 @@
+"""The request rules of the real Messages API that the test double enforces.
+
+Each rule is a pure function of a request body returning the API's error message, or None.
+A request the real API refuses must be refused here too, or a test would pass against the
+double while the service fails against the API. Each rule cites the page that states it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+COMPACTION_MIN_TRIGGER = 50_000
+MAX_CACHE_BREAKPOINTS = 4
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+Rule = Callable[[Mapping[str, Any]], "str | None"]
+
+
+def _blocks(message: object) -> list[Any]:
+    if not isinstance(message, dict):
+        return []
+    content = message.get("content")
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return list(content) if isinstance(content, list) else []
+
+
+def _ids(blocks: list[Any], kind: str, key: str) -> list[str]:
+    return [str(b.get(key)) for b in blocks if isinstance(b, dict) and b.get("type") == kind]
+
+
+def tool_results_follow_tool_uses(body: Mapping[str, Any]) -> str | None:
+    """Every tool_use is answered by a tool_result with its id at the start of the very next
+    user message; no tool_result answers a tool_use the previous assistant message lacks.
+    https://docs.claude.com/en/docs/agents-and-tools/tool-use/implement-tool-use
+    ("Tool result blocks must immediately follow their corresponding tool use blocks ...
+    tool_result blocks must come FIRST in the content array")."""
+    messages = list(body.get("messages") or [])
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        blocks = _blocks(message)
+        previous = messages[index - 1] if index else {}
+        offered = set(_ids(_blocks(previous), "tool_use", "id")) \
+            if isinstance(previous, dict) and previous.get("role") == "assistant" else set()
+        stray = [i for i in _ids(blocks, "tool_result", "tool_use_id") if i not in offered]
+        if stray:
+            return (f"messages.{index}.content.0: unexpected `tool_use_id` found in "
+                    f"`tool_result` blocks: {stray[0]}. Each `tool_result` block must have a "
+                    "corresponding `tool_use` block in the previous message.")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        wanted = _ids(_blocks(message), "tool_use", "id")
+        if not wanted:
+            continue
+        following = messages[index + 1] if index + 1 < len(messages) else None
+        if following is None:
+            continue  # a prefill: the model continues this turn
+        leading: list[str] = []
+        for block in _blocks(following):
+            if not (isinstance(block, dict) and block.get("type") == "tool_result"):
+                break
+            leading.append(str(block.get("tool_use_id")))
+        missing = [i for i in wanted if i not in leading]
+        if missing:
+            return (f"messages.{index + 1}: `tool_use` ids were found without `tool_result` "
+                    f"blocks immediately after: {', '.join(missing)}. Each `tool_use` block "
+                    "must have a corresponding `tool_result` block in the next message.")
+    return None
+
+
+def no_empty_text(body: Mapping[str, Any]) -> str | None:
+    """Text blocks carry text: an empty one (or only white space) is refused.
+    https://docs.claude.com/en/api/messages ("text content blocks must be non-empty")."""
+    for index, message in enumerate(body.get("messages") or []):
+        for number, block in enumerate(_blocks(message)):
+            if isinstance(block, dict) and block.get("type") == "text" \
+                    and not str(block.get("text", "")).strip():
+                return (f"messages.{index}.content.{number}.text: text content blocks must "
+                        "contain non-whitespace text")
+    return None
+
+
+def at_most_four_breakpoints(body: Mapping[str, Any]) -> str | None:
+    """At most 4 blocks (tools, system and messages together) carry cache_control.
+    https://docs.claude.com/en/docs/build-with-claude/prompt-caching ("You can define up to
+    4 cache breakpoints")."""
+    blocks: list[Any] = list(body.get("tools") or [])
+    system = body.get("system")
+    if isinstance(system, list):
+        blocks += system
+    for message in body.get("messages") or []:
+        blocks += _blocks(message)
+    found = sum(1 for b in blocks if isinstance(b, dict) and b.get("cache_control") is not None)
+    if found > MAX_CACHE_BREAKPOINTS:
+        return (f"A maximum of {MAX_CACHE_BREAKPOINTS} blocks with cache_control may be "
+                f"provided. Found {found}.")
+    return None
+
+
+def tool_names_match_the_pattern(body: Mapping[str, Any]) -> str | None:
+    """Tool names are 1 to 64 letters, digits, `_` or `-`.
+    https://docs.claude.com/en/docs/agents-and-tools/tool-use/implement-tool-use
+    ("name: The name of the tool. Must match the regex ^[a-zA-Z0-9_-]{1,64}$")."""
+    for index, tool in enumerate(body.get("tools") or []):
+        name = tool.get("name") if isinstance(tool, dict) else None
+        if not isinstance(name, str) or not TOOL_NAME.match(name):
+            return (f"tools.{index}.custom.name: String should match pattern "
+                    f"'{TOOL_NAME.pattern}'")
+    return None
+
+
+def compaction_trigger_is_high_enough(body: Mapping[str, Any]) -> str | None:
+    """The compact_20260112 edit's trigger is at least 50,000 input tokens.
+    https://docs.claude.com/en/docs/build-with-claude/compaction ("trigger ... Must be at
+    least 50,000 tokens")."""
+    management = body.get("context_management")
+    edits = management.get("edits") if isinstance(management, dict) else None
+    for index, edit in enumerate(edits or []):
+        if not isinstance(edit, dict) or edit.get("type") != "compact_20260112":
+            continue
+        trigger = edit.get("trigger") or {}
+        value = trigger.get("value") if isinstance(trigger, dict) else None
+        if isinstance(value, int) and value < COMPACTION_MIN_TRIGGER:
+            return (f"context_management.edits.{index}.trigger.value: Input should be greater "
+                    f"than or equal to {COMPACTION_MIN_TRIGGER}")
+    return None
+
+
+RULES: tuple[Rule, ...] = (
+    tool_names_match_the_pattern,
+    at_most_four_breakpoints,
+    compaction_trigger_is_high_enough,
+    no_empty_text,
+    tool_results_follow_tool_uses,
+)
+
+
+def first_violation(body: Mapping[str, Any]) -> str | None:
+    """The message of the first rule the request breaks, as the API words it; None if valid.
+    Errors come back as https://docs.claude.com/en/api/errors shapes: a 400 with
+    {"type": "error", "error": {"type": "invalid_request_error", "message": ...}}."""
+    for rule in RULES:
+        message = rule(body)
+        if message is not None:
+            return message
+    return None
