@@ -76,15 +76,27 @@ class AttachmentPlan:
     not_attached: list[str]
 
 
+def attachment_name(name: str) -> str:
+    """A file name fit for a MIME header: one line, no control or invisible characters, no
+    folder separators, at most 120 characters with its extension kept."""
+    clean = clean_header(name, 400).replace("/", "_").replace("\\", "_").strip(". ") or "file"
+    if len(clean) <= 120:
+        return clean
+    stem, dot, extension = clean.rpartition(".")
+    return (stem[: 119 - len(extension)] + dot + extension) if dot and len(extension) < 10 \
+        else clean[:120]
+
+
 def plan_attachments(paths: Sequence[Path], max_bytes: int) -> AttachmentPlan:
     """Attach as they are if they fit; else one zip; else none, and say where they are."""
     present = [p for p in paths if p.is_file()]
     missing = [str(p) for p in paths if not p.is_file()]
     total = sum(p.stat().st_size for p in present)
     if total <= max_bytes:
-        files = [(p.name, p.read_bytes(), mimetypes.guess_type(p.name)[0]
-                  or "application/octet-stream") for p in present]
-        return AttachmentPlan(files, [p.name for p in present], missing)
+        names = [attachment_name(p.name) for p in present]
+        files = [(name, p.read_bytes(), mimetypes.guess_type(name)[0]
+                  or "application/octet-stream") for name, p in zip(names, present, strict=True)]
+        return AttachmentPlan(files, names, missing)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in present:

@@ -481,8 +481,7 @@ def test_a_mail_whose_template_does_not_render_still_goes_out_as_plain_text() ->
     assert message["X-Mailagent-Task"] == "7" and message["Auto-Submitted"] == "auto-replied"
 
 
-def test_a_file_that_cannot_be_attached_leaves_the_mail_going_out_without_it(
-        tmp_path: Path) -> None:
+def test_a_file_name_with_a_line_break_is_attached_under_a_clean_name(tmp_path: Path) -> None:
     odd = tmp_path / "report\nBcc: x@evil.example.txt"
     odd.write_text("numbers")
     outbound = compose(_smtp(), _target(), "completion", "completion.md.j2",
@@ -491,9 +490,10 @@ def test_a_file_that_cannot_be_attached_leaves_the_mail_going_out_without_it(
                         "scheduled": []}, [odd])
     message = email.message_from_bytes(outbound.raw, policy=default_policy)
     assert isinstance(message, EmailMessage)
-    assert list(message.iter_attachments()) == []
-    text = message.get_content()
-    assert "Here is the report." in text and "could not be attached" in text
+    [attached] = list(message.iter_attachments())
+    assert attached.get_filename() == "report Bcc: x@evil.example.txt"
+    assert attached.get_content() == "numbers"
+    assert "Here is the report." in message.get_body(preferencelist=("plain",)).get_content()
     assert message["Bcc"] is None and message["To"] == OWNER
 
 
