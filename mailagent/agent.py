@@ -64,6 +64,7 @@ class Outcome:
     reason: str = ""
     text: str = ""
     call: dict[str, Any] | None = None  # the tool_use block that waits for approval
+    account_limit: bool = False  # deferred because the account's spend limit or credit is used
 
 
 @dataclass
@@ -111,6 +112,28 @@ def is_compaction_unsupported(exc: ModelError) -> bool:
     """Whether a refusal says the endpoint does not take server-side compaction, as opposed
     to any other 400 (a bad history, a bad parameter), which must not switch it off."""
     return exc.status_code == 400 and UNSUPPORTED_COMPACTION.search(str(exc)) is not None
+
+
+SPEND_LIMIT_CODE = "enforced_spend_limit_reached"
+SPEND_LIMIT_TEXT = ("you have reached your specified", "credit balance is too low")
+
+
+def account_limit(exc: anthropic.APIStatusError) -> str | None:
+    """What to tell the owner when the account, not the request, is the problem: the tier's
+    monthly cap (429 with details.error_code enforced_spend_limit_reached), a spend limit the
+    owner set or credit used up (400 whose message says so), a billing error (402). See
+    https://docs.claude.com/en/api/errors. None for any other error."""
+    body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
+    inner = body.get("error")
+    error: dict[str, Any] = inner if isinstance(inner, dict) else body
+    found = error.get("details")
+    details: dict[str, Any] = found if isinstance(found, dict) else {}
+    message = str(error.get("message") or exc.message)
+    if exc.status_code == 402 or details.get("error_code") == SPEND_LIMIT_CODE or (
+            exc.status_code == 400 and any(t in message.lower() for t in SPEND_LIMIT_TEXT)):
+        return (f"the Anthropic account has reached its spend limit or is out of credit "
+                f"({exc.status_code}: {message})")
+    return None
 
 
 class Agent:
@@ -267,14 +290,19 @@ class Agent:
                 async with api.stream(**params) as stream:
                     return await stream.get_final_message()
             return await api.create(**params)
-        except (anthropic.RateLimitError, anthropic.InternalServerError,
-                anthropic.APIConnectionError) as exc:
-            raise ModelError(f"the model endpoint is busy or unreachable: {exc}",
-                             transient=True) from exc
         except anthropic.APIStatusError as exc:
+            if (limit := account_limit(exc)) is not None:
+                raise ModelError(limit, transient=True, status_code=exc.status_code,
+                                 account_limit=True) from exc
+            if isinstance(exc, anthropic.RateLimitError | anthropic.InternalServerError):
+                raise ModelError(f"the model endpoint is busy or unreachable: {exc}",
+                                 transient=True) from exc
             raise ModelError(f"the model endpoint refused the request "
                              f"({exc.status_code}): {exc.message}",
                              status_code=exc.status_code) from exc
+        except anthropic.APIConnectionError as exc:
+            raise ModelError(f"the model endpoint is busy or unreachable: {exc}",
+                             transient=True) from exc
         except anthropic.AnthropicError as exc:
             raise ModelError(f"model request failed: {exc}") from exc
 

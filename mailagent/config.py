@@ -127,6 +127,7 @@ class AgentSettings:
     daily_cost_usd: float = 20.0
     max_tool_output_chars: int = 20_000
     retry_after_seconds: float = 60.0
+    account_retry_seconds: float = 3600.0  # after a spend-limit or credit error
     approval_hours: float = 24.0
     # What the model can make persist is bounded (SECURITY.md R2): memory notes sit in every
     # system prompt of their conversation.

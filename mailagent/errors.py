@@ -59,10 +59,13 @@ class ModelError(MailagentError):
     """The model endpoint refused or failed a request."""
 
     def __init__(self, message: str, transient: bool = False,
-                 status_code: int | None = None) -> None:
+                 status_code: int | None = None, account_limit: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
         self.status_code = status_code
+        # The account's spend limit or credit is used up: no retry helps until the owner acts
+        # (or the limit resets), so tasks wait long and the owner is told once.
+        self.account_limit = account_limit
 
 
 class MailboxError(MailagentError):

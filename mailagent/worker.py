@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -64,6 +65,7 @@ log = logging.getLogger(__name__)
 FILE_TOOLS = ("list_files", "read_file", "write_file", "edit_file", "move_file", "delete_file",
               "search_files", "attach_file")
 BUDGET_STEP = "one more budget step"
+ACCOUNT_NOTICE_SECONDS = 24 * 3600  # the owner hears of a used-up account once a day
 
 FAILURE_ADVICE = (
     ("budget:", "It stopped at a budget limit. Send the task again in smaller steps, or raise "
@@ -181,6 +183,7 @@ class Worker:
         self.runners: dict[int, Runner] = {}  # task_id -> what runs its commands
         self.on_mail = on_mail
         self.cancelling: set[int] = set()
+        self.account_told_at: float | None = None  # when the owner last heard of the account
         self.policies = PolicyWatcher(settings.policies_dir, self.policy_broken)
         self.running: dict[int, asyncio.Task[None]] = {}
         self.conversations: dict[int, int] = {}  # task_id -> conversation_id
@@ -256,7 +259,8 @@ class Worker:
             outcome = Outcome("failed", f"budget: the task ran longer than {limit:g} s "
                               "(agent.max_task_seconds)")
         except ModelError as exc:
-            outcome = Outcome("deferred" if exc.transient else "failed", str(exc))
+            outcome = Outcome("deferred" if exc.transient else "failed", str(exc),
+                              account_limit=exc.account_limit)
         except asyncio.CancelledError:
             if work.task_id not in self.cancelling:
                 raise  # shutdown: the task stays running and resumes at the next start
@@ -273,7 +277,9 @@ class Worker:
 
     def record(self, task_id: int, outcome: Outcome) -> None:
         log.info("task %s task_id=%s reason=%s", outcome.state, task_id, outcome.reason)
-        if outcome.state == "deferred":
+        if outcome.state == "deferred" and outcome.account_limit:
+            self.wait_for_account(task_id, outcome.reason)
+        elif outcome.state == "deferred":
             wait = self.settings.agent.retry_after_seconds
             later = datetime.now(UTC) + timedelta(seconds=wait)
             if self.store.defer_task(task_id, later, outcome.reason):
@@ -331,6 +337,25 @@ class Worker:
         made = self.store.schedules_made_by(work.task_id)
         return {"run_note": self.schedules.run_note(work.data),
                 "scheduled": [self.schedules.confirmation(view) for view in made]}
+
+    def wait_for_account(self, task_id: int, reason: str) -> None:
+        """The account's spend limit or credit is used up: retrying every minute would only
+        fail again, so the task waits an hour at a time, and the owner hears of it once a day
+        (not once per task), with what to do."""
+        wait = self.settings.agent.account_retry_seconds
+        self.store.defer_task(task_id, datetime.now(UTC) + timedelta(seconds=wait), reason)
+        now = time.monotonic()
+        if self.account_told_at is not None and now - self.account_told_at < ACCOUNT_NOTICE_SECONDS:
+            return
+        self.account_told_at = now
+        body = (f"Task #{task_id} is waiting: {reason}.\n\nRaise the spend limit or add credit "
+                "in the Claude Console (Settings > Limits, and Billing), or wait for the limit "
+                f"to reset. This task, and any others meanwhile, are tried again every "
+                f"{wait / 60:g} minutes; I will not mail about this again today. Reply `cancel` "
+                "to drop this one.")
+        self.store.enqueue_mail(compose(self.settings.smtp, self.store.reply_target(task_id),
+                                        "notice", "command.md.j2", {"body": body}))
+        self.on_mail()
 
     def tell_deferred(self, task_id: int, reason: str, wait: float) -> None:
         """Once per task: the model endpoint is down, and the task will be tried again."""

@@ -19,7 +19,14 @@ from mailagent.store import ReplyTarget
 from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
 from tests.support.mail import AGENT, MX, OWNER, message_id_of, owner_mail
-from tests.support.model_server import ModelServer, error, text, tool_use
+from tests.support.model_server import (
+    ErrorReply,
+    ModelServer,
+    error,
+    spend_limit,
+    text,
+    tool_use,
+)
 from tests.support.service import ServiceProcess, wait_until
 from tests.support.smtp import RecordedMail, SmtpServer
 
@@ -510,3 +517,32 @@ def test_a_subject_quoted_from_a_forward_is_text_in_the_html_part_never_markup()
     assert "<img" not in html and "&lt;img src=" in html and "&amp; more" in html
     assert "<strong>bold</strong>" in html  # the Markdown still renders
     assert "<b>raw</b>" not in html  # and raw HTML in it stays text
+
+
+@pytest.mark.parametrize("refusal", [
+    spend_limit(),
+    error(400, "invalid_request_error", "You have reached your specified API usage limits. "
+          "You will regain access on 2027-01-01 at 00:00 UTC."),
+    error(402, "billing_error", "Your credit balance is too low to access the Anthropic API."),
+], ids=["tier-cap-429", "own-limit-400", "billing-402"])
+def test_a_used_up_spend_limit_is_told_once_and_the_tasks_wait_instead_of_failing(
+        dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
+        service: ServiceProcess, refusal: ErrorReply) -> None:
+    model_server.default = refusal
+    dovecot.append(owner_mail("First thing"))
+    dovecot.append(owner_mail("[other] Second thing"))  # another conversation: tried too
+    service.start()
+    [notice] = smtp_server.wait_for(1, timeout=30)
+    store = service.store()
+    waiting = wait_until(lambda: len([t for t in store.tasks(["queued"]) if t.reason]) == 2
+                         and store.tasks(["queued"]), 20, "both tasks deferred")
+    text = body(notice)
+    assert "spend limit or is out of credit" in text and "Claude Console" in text
+    assert "every 60 minutes" in text
+    assert all("spend limit" in (t.reason or "") for t in waiting)
+    time.sleep(2)  # no failure mail, no second notice, no retry every minute
+    assert len(smtp_server.messages) == 1
+    assert len(model_server.message_requests) == 2
+    assert store.tasks(["failed"]) == []
+    store.close()
+    service.stop()

@@ -230,6 +230,7 @@ class ErrorReply:
     message: str
     retry_after: float | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    details: Mapping[str, Any] | None = None  # error.details, e.g. a spend limit's error_code
 
 
 @dataclass(frozen=True)
@@ -360,14 +361,24 @@ def error(
     retry_after: float | None = None,
     *,
     headers: Mapping[str, str] | None = None,
+    details: Mapping[str, Any] | None = None,
 ) -> ErrorReply:
     """An error reply, e.g. ``error(529, "overloaded_error", "Overloaded", retry_after=0.01)``.
 
     The SDK ignores ``retry-after`` values <= 0 (it then backs off ~0.4-0.5 s), so
     use a small positive value such as 0.01 for fast retries.  ``headers`` adds
-    more, e.g. ``{"x-should-retry": "false"}``.
+    more, e.g. ``{"x-should-retry": "false"}``; ``details`` becomes ``error.details``.
     """
-    return ErrorReply(status, error_type, message, retry_after, dict(headers or {}))
+    return ErrorReply(status, error_type, message, retry_after, dict(headers or {}), details)
+
+
+def spend_limit() -> ErrorReply:
+    """The tier's monthly cap reached: a 429 ``rate_limit_error`` with no retry-after whose
+    ``error.details.error_code`` is ``enforced_spend_limit_reached`` (retrying fails until the
+    month turns; https://docs.claude.com/en/api/errors, https://docs.claude.com/en/api/rate-limits)."""
+    return error(429, "rate_limit_error", "You have reached your organization's monthly usage "
+                 "limit for your tier.", details={"error_code": "enforced_spend_limit_reached"},
+                 headers={"x-should-retry": "false"})
 
 
 def hang(seconds: float) -> Hang:
@@ -991,7 +1002,10 @@ class ModelServer:
             headers["retry-after"] = (
                 str(int(seconds)) if float(seconds).is_integer() else str(seconds)
             )
-        payload = {"type": "error", "error": {"type": reply.error_type, "message": reply.message}}
+        inner: dict[str, Any] = {"type": reply.error_type, "message": reply.message}
+        if reply.details is not None:
+            inner["details"] = dict(reply.details)
+        payload = {"type": "error", "error": inner}
         self._send_json(handler, reply.status, payload, headers)
 
     def _send_stream(self, handler: _Handler, message: Mapping[str, Any]) -> None:
