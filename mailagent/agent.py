@@ -34,6 +34,7 @@ from mailagent.content import fence
 from mailagent.errors import ModelError
 from mailagent.failpoints import failpoint
 from mailagent.messages import task_message, text_of, to_messages, tool_uses, with_cache_breakpoint
+from mailagent.prices import CACHE_READ_FACTOR, CACHE_WRITE_FACTOR, model_price, price_line
 from mailagent.store import HistoryItem, Store, TaskWork, Usage
 from mailagent.store.repair import valid_messages, without_empty_text
 from mailagent.tools.files import Judged, ToolError
@@ -143,6 +144,7 @@ class Agent:
                  failpoint_name: str | None = None) -> None:
         self.model, self.budgets, self.store = model, budgets, store
         self.failpoint_name = failpoint_name
+        self.price = model_price(model)
         # None: not known yet whether the endpoint takes server-side compaction ("auto").
         self.server_compaction: bool | None = {"server": True, "client": False}.get(
             model.compaction)
@@ -311,9 +313,10 @@ class Agent:
         read = max(0, int(getattr(usage, "cache_read_input_tokens", 0) or 0))
         write = max(0, int(getattr(usage, "cache_creation_input_tokens", 0) or 0))
         tokens_in, tokens_out = max(0, usage.input_tokens), max(0, usage.output_tokens)
-        price_in = self.model.input_usd_per_mtok / 1e6
-        cost = (tokens_in * price_in + write * price_in * 1.25 + read * price_in * 0.1
-                + tokens_out * self.model.output_usd_per_mtok / 1e6)
+        price_in, price_out = self.price.input_usd_per_mtok / 1e6, \
+            self.price.output_usd_per_mtok / 1e6
+        cost = (tokens_in * price_in + write * price_in * CACHE_WRITE_FACTOR
+                + read * price_in * CACHE_READ_FACTOR + tokens_out * price_out)
         return Usage(tokens_in, tokens_out, read, write, cost)
 
     def partial_text(self, conversation_id: int, task_id: int) -> str:
@@ -473,7 +476,10 @@ class Agent:
             messages = to_messages(items, ctx.nonce)
             if fixed + estimate_tokens(messages) <= budget * share:
                 return messages, compacted
-            cut = self.cut_point(items, int(budget * KEEP_AFTER_COMPACTION))
+            # The tail kept verbatim shrinks when the fixed part (system prompt, memory, tool
+            # definitions) is large, so that what is kept still fits under the threshold.
+            keep = min(int(budget * KEEP_AFTER_COMPACTION), int(budget * share) - fixed)
+            cut = self.cut_point(items, max(keep, 0))
             if cut is None:
                 break
             await self.compact(ctx, items[:cut], items[cut].entry_id)
@@ -542,4 +548,25 @@ async def check_model(model: ModelSettings) -> str:
             raise ModelError(f"cannot reach {where}: {exc}") from exc
         except anthropic.AnthropicError as exc:
             raise ModelError(f"model check failed: {exc}") from exc
-    return f"model {info.id} at {model.base_url or 'the Anthropic API'}"
+    return "\n".join([f"model {info.id} at {model.base_url or 'the Anthropic API'}",
+                      *model_details(info, model)])
+
+
+def model_details(info: Any, model: ModelSettings) -> list[str]:
+    """What the Models API says of the model's window and compaction, and what a token costs:
+    indented lines under check's model line."""
+    window = getattr(info, "max_input_tokens", None)
+    lines = [f"  context window: {window:,} tokens; requests are kept under "
+             f"{model.max_context_tokens:,} (model.max_context_tokens)" if window else
+             f"  context window: not reported; requests are kept under "
+             f"{model.max_context_tokens:,} (model.max_context_tokens)"]
+    if window and window < model.max_context_tokens:
+        lines.append(f"warning: model.max_context_tokens ({model.max_context_tokens:,}) is "
+                     f"above the model's window ({window:,}): lower it")
+    management = getattr(getattr(info, "capabilities", None), "context_management", None)
+    supported = getattr(getattr(management, "compact_20260112", None), "supported", None)
+    said = ("offered by the model" if supported is True else "not offered by the model"
+            if supported is False else "not reported (tried on the first request)")
+    lines.append(f"  server-side compaction: {said}; model.compaction = {model.compaction!r}")
+    lines.append(f"  price: {price_line(model)}")
+    return lines

@@ -108,9 +108,10 @@ class ModelSettings:
     max_retries: int = 2
     stream: bool = False
     compaction: str = "auto"  # auto | server | client
-    # Prices in US dollars per million tokens; cache writes and reads are priced from input.
-    input_usd_per_mtok: float = 3.0
-    output_usd_per_mtok: float = 15.0
+    # Prices in US dollars per million tokens, None: from mailagent's table for the model
+    # (prices.py); cache writes and reads are priced from input.
+    input_usd_per_mtok: float | None = None
+    output_usd_per_mtok: float | None = None
 
 
 @dataclass(frozen=True)
@@ -455,6 +456,15 @@ def _canary(s: _Section) -> CanarySettings:
                           address=s.get("address", str, None))
 
 
+def _price(s: _Section, key: str) -> float | None:
+    if not s.has(key):
+        return None
+    value = float(s.get(key, float))
+    if value < 0:
+        raise ConfigError(f"model.{key} is {value} in {s.path}: a price cannot be negative")
+    return value
+
+
 def _model(s: _Section, environ: Mapping[str, str]) -> ModelSettings:
     key_env = s.get("api_key_env", str, "ANTHROPIC_API_KEY")
     api_key = s.get("api_key", str, None)
@@ -470,8 +480,8 @@ def _model(s: _Section, environ: Mapping[str, str]) -> ModelSettings:
         max_retries=s.get("max_retries", int, d.max_retries),
         stream=s.get("stream", bool, d.stream),
         compaction=s.choice("compaction", ("auto", "server", "client"), d.compaction),
-        input_usd_per_mtok=s.get("input_usd_per_mtok", float, d.input_usd_per_mtok),
-        output_usd_per_mtok=s.get("output_usd_per_mtok", float, d.output_usd_per_mtok),
+        input_usd_per_mtok=_price(s, "input_usd_per_mtok"),
+        output_usd_per_mtok=_price(s, "output_usd_per_mtok"),
     )
     if settings.compaction == "server" and not is_server_compaction_possible(
             settings.max_context_tokens):

@@ -369,7 +369,8 @@ def test_two_hundred_tasks_stay_within_the_context_budget(
         tmp_path: Path, model: ModelServer, home: Path) -> None:
     settings, store = many_tasks(tmp_path, model, home, 200)
     settle(settings, store, home, timeout=240)
-    assert [t.state for t in store.tasks()] == ["done"] * 200
+    failed = [t.reason for t in store.tasks() if t.state != "done"]
+    assert not failed, failed[:2]
     requests = model.message_requests
     assert max(request_sizes(model)) <= settings.model.max_context_tokens
     summaries = [r for r in requests if "transcript" in json.dumps(r.body["messages"])]

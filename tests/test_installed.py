@@ -169,6 +169,10 @@ def test_the_installed_check_passes_on_a_good_config(
     assert "system.md.j2" in templates and "completion.md.j2" in templates
     assert "ok: IMAP login as agent@example.com" in result.stdout
     assert "ok: model claude-test-model" in result.stdout
+    # What the Models API says of the model, and what a token costs, under the model line.
+    assert "  context window: 200,000 tokens" in result.stdout
+    assert "  server-side compaction: offered by the model" in result.stdout
+    assert "  price: $3 in, $15 out per million tokens (estimated" in result.stdout
 
 
 def test_the_installed_policy_explain_names_the_rule(installed: Installed,

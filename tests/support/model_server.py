@@ -769,6 +769,11 @@ class ModelServer:
             "display_name": model_id,
             "created_at": "2025-01-01T00:00:00Z",
             "lifecycle": "active",
+            # As the Models API reports them (https://docs.claude.com/en/api/models/get).
+            "max_input_tokens": 200_000,
+            "max_tokens": 64_000,
+            "capabilities": {"context_management": {
+                "supported": True, "compact_20260112": {"supported": True}}},
         }
 
     def _validate(self, request: RecordedRequest) -> ErrorReply | None:
