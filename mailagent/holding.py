@@ -90,11 +90,13 @@ class Holding:
             "runs_at": self.runs_at(inbound.owner_address, now).strftime("%Y-%m-%d %H:%M")})
 
     def runs_at(self, owner_address: str, now: datetime) -> datetime:
-        """About when held mail of this address starts to run by itself (UTC)."""
+        """About when held mail of this address starts to run by itself (UTC): when the oldest
+        reply counted in the hour leaves it."""
         taken = self.store.replies_taken_since(owner_address, now - WINDOW)
-        if taken < self.limits.max_mails_per_hour:
+        first = self.store.first_reply_taken_since(owner_address, now - WINDOW)
+        if taken < self.limits.max_mails_per_hour or first is None:
             return now
-        return now + WINDOW  # a bound: the oldest reply counted leaves the window before then
+        return first + WINDOW
 
     def due(self, now: datetime) -> list[tuple[int, str]]:
         """(raw_message_id, how) of held mail to run now, oldest first: all that the owner

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import email
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from mailagent.config import LimitSettings
@@ -62,6 +63,8 @@ def test_a_flood_of_replies_to_our_mail_is_held_with_one_notice_and_not_answered
     assert (notice.kind, notice.recipient) == ("held", OWNER)
     body = email.message_from_bytes(notice.raw).get_payload()[0].get_payload(decode=True)
     assert b"release" in body and b"held" in body
+    runs_at = store.tasks()[0].created_at + timedelta(hours=1)  # the oldest counted reply ages out
+    assert f"by {runs_at:%Y-%m-%d %H:%M} UTC".encode() in body
     later = Service(settings, Store.open(settings.database_url))  # a restart loses nothing
     assert len(later.store.held()) == 4
 

@@ -772,6 +772,19 @@ class Store(HeldStore):
                 Command.created_at >= since)).one()
             return int(tasks) + int(commands)
 
+    def first_reply_taken_since(self, owner_address: str, since: datetime) -> datetime | None:
+        """When the oldest of the replies that `replies_taken_since` counts was taken up."""
+        since = _utc(since) or since
+        with self.session() as s:
+            first = s.exec(select(func.min(Task.created_at)).where(
+                Task.owner_address == owner_address, col(Task.answers_us).is_(True),
+                col(Task.raw_message_id).is_not(None), Task.created_at >= since)).one()
+            command = s.exec(select(func.min(Command.created_at)).where(
+                Command.owner_address == owner_address, col(Command.answers_us).is_(True),
+                Command.created_at >= since)).one()
+            times = [_utc(t) for t in (first, command) if t is not None]
+            return min(t for t in times if t is not None) if times else None
+
     def cost_since(self, since: datetime) -> float:
         with self.session() as s:
             total = s.exec(select(func.sum(Task.cost_usd)).where(Task.updated_at >= since)).one()
