@@ -2,7 +2,8 @@
 
 In: a pending `CommandWork` (recognised by threads from the owner's own subject or first line),
 the store, and the worker's `cancel`. Out: the Markdown text of the reply. Side effects: only
-what the command says (a cancelled task, a forgotten note, files restored by `undo`).
+what the command says (a cancelled task, a forgotten note, files restored by `undo`, held mail
+marked to run by `release`).
 It must never act on anything but the authenticated owner's command and the task of the thread
 it was sent in.
 """
@@ -32,6 +33,7 @@ Commands (the whole subject, or the first line of your mail):
 - `memory`: what I remember in this conversation; `forget N` removes note N
 - `cancel`: in a task's thread, stops that task
 - `undo`: in a task's thread, reverts that task's file changes
+- `release`: runs now all your mail held by the hourly limit on replies to my mail
 - `schedules`: scheduled tasks, numbered; `pause N`, `resume N`, `cancel N`, `run N now`
   change schedule N (in a schedule's thread, `pause`, `resume` and `run now` need no number).
   Ask me in a mail for something recurring, e.g. "every weekday at 08:00, summarise the new
@@ -49,6 +51,7 @@ def answer(command: CommandWork, store: Store, cancel: Callable[[int], str],
     handlers: dict[str, Callable[[], str]] = {
         "help": lambda: HELP,
         "status": lambda: status_text(store),
+        "release": lambda: release_text(store, command),
         "memory": lambda: memory_text(store, command),
         "forget": lambda: forget_text(store, command),
         "cancel": lambda: cancel(command.task_id) if command.task_id else NOT_IN_THREAD,
@@ -104,12 +107,26 @@ def status_text(store: Store) -> str:
         on = sum(1 for v in live if v.state == "active")
         lines += ["", f"**Schedules**: {on} active, {len(live) - on} paused; reply "
                       "`schedules` for the list."]
+    held = store.held()
+    if held:
+        lines += ["", f"**Held mail**: {len(held)}, kept back by the hourly limit on replies to "
+                      "my mail; it runs by itself as the limit allows. Reply `release` to run "
+                      "it now."]
     lines += ["", *canary_lines(store)]
     trouble = store.outbox(["failed", "unknown"])
     if trouble:
         lines += ["", "**Mail that could not be sent**"]
         lines += [f"- {m.subject} to {m.recipient}: {m.state}, {m.last_error}" for m in trouble]
     return "\n".join(lines)
+
+
+def release_text(store: Store, command: CommandWork) -> str:
+    """`release`: every held mail of the owner who asks runs now, oldest first."""
+    count = store.request_release(command.reply.recipient)
+    if count == 0:
+        return "No mail from you is held; there is nothing to release."
+    return (f"{count} held mail{'s' if count != 1 else ''} from you now "
+            f"run{'' if count != 1 else 's'}, oldest first; each is answered in its own thread.")
 
 
 def _conversation_id(store: Store, command: CommandWork) -> int | None:

@@ -176,7 +176,7 @@ class LimitSettings:
     max_attachment_bytes: int = 20 * 1024 * 1024
     max_age_days: float = 14.0
     max_future_minutes: float = 60.0
-    max_mails_per_hour: int = 60  # per owner address: more is a loop, and is not answered (S4)
+    max_mails_per_hour: int = 60  # replies to our mail per owner address; more are held (S4)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,6 @@ class IntakeRules:
     limits: LimitSettings
     now: datetime
     is_ours: Callable[[str], bool] = lambda _message_id: False
-    mails_last_hour: Callable[[str], int] = lambda _address: 0  # accepted from this owner
     dnsfunc: Callable[..., bytes | None] | None = None
 
 
@@ -69,11 +68,12 @@ class Inbound:
     quoted_text: str
     forwarded: tuple[str, ...]
     attachments: tuple[Attachment, ...] = field(default=())
+    answers_us: bool = False  # In-Reply-To or References names mail we sent: see `answers_us`
 
 
 @dataclass(frozen=True)
 class Rejection:
-    kind: str  # limit | malformed | loop | unauthenticated | replay | rate
+    kind: str  # limit | malformed | loop | unauthenticated | replay
     reason: str
     tell_owner: bool = False  # only for mail that did come from the authenticated owner
     detail: dict[str, Any] = field(default_factory=dict)
@@ -296,11 +296,16 @@ def sent_at(headers: Message) -> datetime | None:
     return date if date.tzinfo else date.replace(tzinfo=UTC)
 
 
-def _sent_lately(headers: Message, now: datetime) -> bool:
-    """Whether the mail's Date is within the last hour (or unknown): only such mail can be part
-    of a loop running now. Older mail is a backlog (the computer slept), never rate-limited."""
-    date = sent_at(headers)
-    return date is None or date >= now - timedelta(hours=1)
+def answers_us(headers: Message, is_ours: Callable[[str], bool]) -> bool:
+    """Whether this mail replies to mail we sent (an id of ours in In-Reply-To or References).
+
+    Only such mail can be part of a mail loop: a loop needs mailagent in it, an auto-responder
+    answering our answers. New mail from the owner's phone answers nothing of ours, so the
+    per-sender rate limit never counts it and a backlog of new tasks is never held (S4).
+    """
+    ids = (*message_ids(str(headers.get("In-Reply-To", ""))),
+           *message_ids(str(headers.get("References", ""))))
+    return any(is_ours(message_id) for message_id in dict.fromkeys(ids))
 
 
 # ---------------------------------------------------------------- the MIME tree
@@ -404,11 +409,6 @@ def read_inbound(raw: bytes, size: int, rules: IntakeRules) -> Inbound | Rejecti
     owner, how = authenticate_sender(raw, headers, rules)
     if owner is None:
         return limited or Rejection("unauthenticated", how)
-    recent = rules.mails_last_hour(owner) if _sent_lately(headers, rules.now) else 0
-    if recent >= rules.limits.max_mails_per_hour:
-        # Not answered: so many mails in an hour is most likely a loop with an auto-responder.
-        return Rejection("rate", f"{recent} mails from {owner} in the last hour, the limit is "
-                         f"{rules.limits.max_mails_per_hour} (limits.max_mails_per_hour)")
     checked = limited or _check_owner_mail(raw, size, headers, rules)
     if isinstance(checked, Rejection):
         ids = message_ids(str(headers.get("Message-ID", "")))
@@ -417,7 +417,8 @@ def read_inbound(raw: bytes, size: int, rules: IntakeRules) -> Inbound | Rejecti
                        message_id=ids[0] if ids else None,
                        references=message_ids(str(headers.get("References", ""))))
     subject, parts = checked
-    return _inbound(owner, how, headers, subject, parts)
+    return replace(_inbound(owner, how, headers, subject, parts),
+                   answers_us=answers_us(headers, rules.is_ours))
 
 
 def _check_owner_mail(raw: bytes, size: int, headers: Message,

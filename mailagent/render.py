@@ -86,6 +86,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
                       "scheduled": ["Scheduled #1: every day at 08:00 (UTC)"]},
     "command.md.j2": {"body": "status"},
     "refused.md.j2": {"reason": "too large", "kind": "limit"},
+    "held.md.j2": {"count": 2, "reason": "61 replies to my mail in the last hour", "limit": 60,
+                   "runs_at": "2026-01-01 09:00"},
     "budget.md.j2": {"task_id": 1, "reason": "budget: 40 turns", "tokens": 10, "cost": 0.01,
                      "partial": "Half done.", "hours": 24.0},
     "approval.md.j2": {"task_id": 1, "operation": "delete /a.txt", "reason": "policy asks",

@@ -9,11 +9,12 @@ each message: whatever goes wrong is recorded with its reason and the service go
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from mailagent.agent import Agent
@@ -22,6 +23,7 @@ from mailagent.config import Settings
 from mailagent.connectors import Connectors
 from mailagent.errors import MailagentError
 from mailagent.failpoints import failpoint
+from mailagent.holding import Hold, Holding
 from mailagent.instance import instance_lock
 from mailagent.intake import Inbound, IntakeRules, Rejection, content_key, read_inbound
 from mailagent.keepawake import KeepAwake
@@ -31,13 +33,14 @@ from mailagent.render import check_templates
 from mailagent.sandbox import find_sandbox
 from mailagent.scheduler import Scheduler
 from mailagent.store import NewCommand, NewTask, Outbound, ReplyTarget, Store
-from mailagent.threads import CommandRoute, route
+from mailagent.threads import CommandRoute, TaskRoute, route
 from mailagent.worker import Worker
 from mailagent.workspace import save_attachments, workspace_dir
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+HELD_POLL_SECONDS = 2.0  # how soon `release` and a freed hour let held mail run
 
 
 class Service:
@@ -49,6 +52,7 @@ class Service:
                                settings.limits.max_age_days)
         self.stopping = threading.Event()
         self.canary = Canary(settings, store)
+        self.holding = Holding(store, settings.limits, settings.smtp)
         self.on_new_task: Callable[[], None] = lambda: None
         self.on_mail: Callable[[], None] = lambda: None
 
@@ -97,6 +101,7 @@ class Service:
         self.canary.tell_owner, self.canary.on_mail = worker.tell_owner, wake_postman
         probing = asyncio.create_task(self.canary.run(stop))
         watching = asyncio.create_task(asyncio.to_thread(self.watch))
+        releasing = asyncio.create_task(self.run_held_mail(stop))
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, stop.set)
@@ -114,6 +119,7 @@ class Service:
         await posting
         await connecting
         await probing
+        await releasing
         await agent.close()
         keep_awake.release()
         stopped.cancel()
@@ -195,8 +201,29 @@ class Service:
         for raw_message_id in self.store.unprocessed_raw_ids():
             self.process(raw_message_id)
 
-    def process(self, raw_message_id: int) -> None:
-        """Intake, threads, and the durable outcome of one stored message; never raises."""
+    async def run_held_mail(self, stop: asyncio.Event) -> None:
+        """Run held mail as `release` and the hour allow, until `stop`."""
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.run_held, datetime.now(UTC))
+            except MailagentError as exc:  # the database is busy or gone: try again shortly
+                log.warning("cannot run held mail: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), HELD_POLL_SECONDS)
+
+    def run_held(self, now: datetime) -> int:
+        """Process the held mail that may run at `now`, oldest first; how many ran."""
+        ran = 0
+        for raw_message_id, how in self.holding.due(now):
+            log.info("held mail runs raw_message_id=%s released=%s", raw_message_id, how)
+            self.process(raw_message_id, released=how)
+            ran += 1
+        return ran
+
+    def process(self, raw_message_id: int, released: str | None = None) -> None:
+        """Intake, threads, and the durable outcome of one stored message; never raises.
+        `released` says how held mail was let go (`by_owner`, `by_itself`): it is not held
+        again."""
         raw, size, attempts = self.store.begin_processing(raw_message_id)
         if attempts > MAX_ATTEMPTS:
             self.store.record_rejection(raw_message_id, "intake.error",
@@ -207,14 +234,12 @@ class Service:
                 return  # our own liveness probe, back: recorded, never a task
             now = datetime.now(UTC)
             rules = IntakeRules(self.settings.owner, self.settings.limits, now,
-                                is_ours=self.store.is_our_message_id,
-                                mails_last_hour=lambda address: self.store.mails_from_since(
-                                    address, now - timedelta(hours=1)))
+                                is_ours=self.store.is_our_message_id)
             outcome = read_inbound(raw, size, rules)
             if isinstance(outcome, Rejection):
                 self.reject(raw_message_id, outcome)
             else:
-                self.accept(raw_message_id, outcome)
+                self.accept(raw_message_id, outcome, now, released)
         except Exception as exc:  # the one catch-all per message: record it and go on
             log.exception("processing raw_message_id=%s failed", raw_message_id)
             self.store.record_rejection(raw_message_id, "intake.error",
@@ -235,21 +260,48 @@ class Service:
         if mail is not None:
             self.on_mail()
 
-    def accept(self, raw_message_id: int, inbound: Inbound) -> None:
+    def accept(self, raw_message_id: int, inbound: Inbound, now: datetime | None = None,
+               released: str | None = None) -> None:
         thread = self.store.find_thread([*inbound.references, *inbound.in_reply_to])
         destination = route(inbound, thread)
-        references = (*inbound.references, *inbound.in_reply_to)
+        if released is None:
+            hold = self.holding.check(inbound, thread, destination, now or datetime.now(UTC))
+            if hold is not None:
+                self.hold(raw_message_id, inbound, hold, now or datetime.now(UTC))
+                return
         if isinstance(destination, CommandRoute):
-            command_id = self.store.record_command(raw_message_id, NewCommand(
-                name=destination.name, argument=destination.argument,
-                conversation_name=destination.conversation_name, task_id=destination.task_id,
-                owner_address=inbound.owner_address, subject=inbound.subject,
-                message_id=inbound.message_id, references=references, sent_at=inbound.date,
-            ), reason=f"command from {inbound.owner_address} ({inbound.authenticated_by})")
-            log.info("command raw_message_id=%s command_id=%s name=%s", raw_message_id,
-                     command_id, destination.name)
-            self.on_new_task()
-            return
+            self.accept_command(raw_message_id, inbound, destination)
+        else:
+            self.accept_task(raw_message_id, inbound, destination, released)
+
+    def hold(self, raw_message_id: int, inbound: Inbound, hold: Hold, now: datetime) -> None:
+        """Keep owner mail back, never drop it (SECURITY.md S4, L6); tell the owner at most
+        once an hour."""
+        notice = self.holding.notice(inbound, hold, now)
+        self.store.hold(raw_message_id, inbound.owner_address, hold.reason, hold.runs_by_itself,
+                        notice)
+        log.info("held raw_message_id=%s runs_by_itself=%s reason=%s", raw_message_id,
+                 hold.runs_by_itself, hold.reason)
+        if notice is not None:
+            self.on_mail()
+
+    def accept_command(self, raw_message_id: int, inbound: Inbound,
+                       destination: CommandRoute) -> None:
+        references = (*inbound.references, *inbound.in_reply_to)
+        command_id = self.store.record_command(raw_message_id, NewCommand(
+            name=destination.name, argument=destination.argument,
+            conversation_name=destination.conversation_name, task_id=destination.task_id,
+            owner_address=inbound.owner_address, subject=inbound.subject,
+            message_id=inbound.message_id, references=references, sent_at=inbound.date,
+            answers_us=inbound.answers_us,
+        ), reason=f"command from {inbound.owner_address} ({inbound.authenticated_by})")
+        log.info("command raw_message_id=%s command_id=%s name=%s", raw_message_id,
+                 command_id, destination.name)
+        self.on_new_task()
+
+    def accept_task(self, raw_message_id: int, inbound: Inbound, destination: TaskRoute,
+                    released: str | None) -> None:
+        references = (*inbound.references, *inbound.in_reply_to)
         workspace = workspace_dir(self.settings.workspaces_dir, destination.conversation_name)
         attachments = save_attachments(workspace, raw_message_id, inbound.attachments)
         receipt = self.receipt(inbound, references) if self.settings.smtp.send_receipts else None
@@ -260,8 +312,9 @@ class Service:
             instruction=inbound.typed_text,
             data={"quoted_text": inbound.quoted_text, "forwarded": list(inbound.forwarded),
                   "attachments": attachments, "continues_task_id": destination.continues_task_id,
-                  "date": inbound.date.isoformat() if inbound.date else None},
-            sent_at=inbound.date,
+                  "date": inbound.date.isoformat() if inbound.date else None,
+                  "released": released},
+            sent_at=inbound.date, answers_us=inbound.answers_us,
         ), reason=f"task from {inbound.owner_address} ({inbound.authenticated_by})",
             receipt=receipt)
         log.info("task queued raw_message_id=%s task_id=%s conversation=%s", raw_message_id,

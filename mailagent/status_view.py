@@ -2,9 +2,10 @@
 
 In: an open `Store`. Out: text on stdout. The JSON keys are a stable interface for scripts:
 `conversations`, `tasks`, `schedules`, `approvals`, `outbox`, `commands`, `connectors`,
-`refusals`, each a list of objects, and `inbound`, what the liveness probe last said; times in
-ISO 8601 UTC. Plain lines (the form when stdout is not a terminal)
-keep the wording scripts already grep for. Reads only; never shows a mail body or a secret.
+`refusals`, `held` (owner mail kept back by the rate limit), each a list of objects, and
+`inbound`, what the liveness probe last said; times in ISO 8601 UTC. Plain lines (the form when
+stdout is not a terminal) keep the wording scripts already grep for. Reads only; never shows a
+mail body or a secret.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mailagent.store.views import (
     AuditView,
     CommandView,
     ConversationView,
+    HeldView,
     OutboxView,
     ScheduleView,
     TaskView,
@@ -45,6 +47,7 @@ class Snapshot:
     connectors: list[AuditView]  # the latest event of each MCP server
     refusals: list[AuditView]
     inbound: list[str]  # the liveness probe's verdict
+    held: list[HeldView]  # owner mail kept back by the per-sender rate limit
 
 
 def take_snapshot(store: Store) -> Snapshot:
@@ -55,8 +58,8 @@ def take_snapshot(store: Store) -> Snapshot:
         commands=[c for c in store.commands() if c.state == "pending"],
         connectors=_latest_per_server(store.audit_events("mcp.server", limit=200)),
         refusals=[e for e in store.audit_events("intake.", limit=10)
-                  if e.kind != "intake.duplicate"],
-        inbound=canary_lines(store))
+                  if e.kind not in ("intake.duplicate", "intake.held")],
+        inbound=canary_lines(store), held=store.held())
 
 
 def _latest_per_server(events: list[AuditView]) -> list[AuditView]:
@@ -94,6 +97,10 @@ def as_json(snap: Snapshot) -> dict[str, Any]:
         "refusals": [{"at": _iso(e.at), "kind": e.kind, "reason": e.reason}
                      for e in snap.refusals],
         "inbound": " ".join(snap.inbound),
+        "held": [{"raw_message_id": h.raw_message_id, "owner": h.owner_address,
+                  "reason": h.reason, "held_at": _iso(h.held_at),
+                  "runs_by_itself": h.runs_by_itself, "release_requested": h.release_requested}
+                 for h in snap.held],
     }
 
 
@@ -124,6 +131,9 @@ def plain_lines(snap: Snapshot) -> list[str]:
     lines.append("Connectors (MCP):")
     lines += [f"  {e.reason} ({e.at:%Y-%m-%d %H:%M} UTC)" for e in snap.connectors]
     lines += snap.inbound
+    lines.append(f"Held mail: {len(snap.held)} (reply `release` by mail to run it now)")
+    lines += [f"  {h.held_at:%Y-%m-%d %H:%M} from {h.owner_address}: {h.reason}"
+              for h in snap.held]
     lines.append("Recent refusals:")
     lines += [f"  {e.at:%Y-%m-%d %H:%M} {e.kind}: {e.reason}" for e in snap.refusals]
     return lines
@@ -164,5 +174,8 @@ def print_rich(snap: Snapshot, console: Console | None = None) -> None:
         for e in snap.connectors]))
     for line in snap.inbound:
         console.print(Text(line))
+    console.print(_table(f"Held mail: {len(snap.held)} (reply `release` by mail to run it now)",
+                         ["held (UTC)", "from", "reason"], [
+        [f"{h.held_at:%Y-%m-%d %H:%M}", h.owner_address, h.reason] for h in snap.held]))
     console.print(_table("Recent refusals", ["when", "kind", "reason"], [
         [f"{e.at:%Y-%m-%d %H:%M}", e.kind, e.reason] for e in snap.refusals]))

@@ -15,7 +15,7 @@ SEAMS = {
     "dkim": {"intake.py"},
     "authres": {"intake.py"},
     "sqlmodel": {"store/__init__.py", "store/tables.py", "store/schedules.py",
-                 "store/canary.py", "store/progress.py", "store/repair.py"},
+                 "store/canary.py", "store/progress.py", "store/repair.py", "store/held.py"},
     "sqlalchemy": {"store/__init__.py", "store/tables.py", "store/repair.py"},
     "jinja2": {"render.py"},
     "markdown_it": {"render.py"},

@@ -1,19 +1,20 @@
-"""Who gets our mail and what it carries: replies only to the authenticated owner (S3), one
-sender's flood is not answered (S4 rate limit), header values from content cannot add headers
-(E1), and an attachment is sent only if policy allows reading it when the mail is made (E3)."""
+"""Who gets our mail and what it carries: replies only to the authenticated owner (S3), new mail
+is never rate-limited and a flood of replies to our mail is held, never dropped (S4 rate limit),
+header values from content cannot add headers (E1), and an attachment is sent only if policy
+allows reading it when the mail is made (E3)."""
 
 from __future__ import annotations
 
 import base64
 import email
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from mailagent.config import LimitSettings
 from mailagent.mailbox import Fetched
 from mailagent.service import Service
-from mailagent.store import Store
+from mailagent.store import Outbound, Store
 from tests.support.config import settings_for_tests, write_config
 from tests.support.dovecot import Dovecot
 from tests.support.mail import OWNER, owner_mail
@@ -24,38 +25,48 @@ from tests.support.smtp import SmtpServer
 EVIL = "evil@attacker.example"
 
 
-def test_a_flood_from_one_owner_address_is_recorded_and_not_answered(tmp_path: Path) -> None:
+def our_mail(store: Store, subject: str = "Re: Summarise the reports") -> str:
+    """A mail we sent to the owner (as a completion would be): its Message-ID is ours."""
+    message_id = f"<ours-{time.monotonic_ns()}@example.com>"
+    store.enqueue_mail(Outbound(message_id, "completion", OWNER, subject, b"x"))
+    return message_id
+
+
+def test_new_mail_from_the_owner_is_never_rate_limited(tmp_path: Path) -> None:
+    # A loop needs our mail in it: new mail from the phone answers nothing we sent.
     settings = settings_for_tests(tmp_path, limits=LimitSettings(max_mails_per_hour=3))
     store = Store.open(settings.database_url)
     service = Service(settings, store)
-    for uid in range(1, 7):
+    for uid in range(1, 8):
         raw = owner_mail(f"Task {uid}", "status" if uid == 2 else f"Do thing {uid}.")
         service.receive(Fetched("INBOX", 1, uid, raw, len(raw)))
-    outcomes = store.raw_outcomes()
-    assert [o for _, _, o, _ in outcomes] == ["task", "command", "task"] + ["rejected"] * 3
-    for _, state, _, reason in outcomes[3:]:
-        assert state == "processed"
-        assert "limits.max_mails_per_hour" in (reason or "")
-    assert store.outbox() == []  # a loop is broken by silence, not by one more mail
-    assert len(store.tasks()) == 2
+    assert [o for _, _, o, _ in store.raw_outcomes()] == ["task", "command"] + ["task"] * 5
+    assert store.held() == [] and store.outbox() == []
 
 
-def test_a_backlog_written_over_hours_is_not_taken_for_a_flood(tmp_path: Path) -> None:
-    # Six mails written hours ago, picked up at once after the computer woke: all are tasks;
-    # only mail sent within the last hour counts, and it counts by when it was sent.
+def test_a_flood_of_replies_to_our_mail_is_held_with_one_notice_and_not_answered(
+        tmp_path: Path) -> None:
     settings = settings_for_tests(tmp_path, limits=LimitSettings(max_mails_per_hour=3))
     store = Store.open(settings.database_url)
     service = Service(settings, store)
-    written = datetime.now(UTC) - timedelta(hours=5)
-    for uid in range(1, 7):
-        raw = owner_mail(f"Task {uid}", f"Do thing {uid}.", date=written + timedelta(minutes=uid))
+    ours = our_mail(store)
+    for uid in range(1, 8):
+        raw = owner_mail("Re: Summarise the reports", f"Thanks {uid}.", in_reply_to=ours)
         service.receive(Fetched("INBOX", 1, uid, raw, len(raw)))
-    fresh = [owner_mail(f"Now {n}", f"Do fresh thing {n}.") for n in range(4)]
-    for uid, raw in enumerate(fresh, start=7):
-        service.receive(Fetched("INBOX", 1, uid, raw, len(raw)))
-    outcomes = [o for _, _, o, _ in store.raw_outcomes()]
-    assert outcomes == ["task"] * 9 + ["rejected"]
-    assert len(store.tasks()) == 9
+    outcomes = store.raw_outcomes()
+    assert [o for _, _, o, _ in outcomes] == ["task"] * 3 + ["held"] * 4
+    assert [state for _, state, _, _ in outcomes[3:]] == ["held"] * 4
+    assert "limits.max_mails_per_hour" in (outcomes[3][3] or "")
+    assert len(store.tasks()) == 3  # nothing held reaches the model
+    assert [h.raw_message_id for h in store.held()] == [i for i, *_ in outcomes[3:]]
+    [notice] = store.outbox()[1:]  # one notice, not one per held mail
+    assert (notice.kind, notice.recipient) == ("held", OWNER)
+    body = email.message_from_bytes(notice.raw).get_payload()[0].get_payload(decode=True)
+    assert b"release" in body and b"held" in body
+    runs_at = store.tasks()[0].created_at + timedelta(hours=1)  # the oldest counted reply ages out
+    assert f"by {runs_at:%Y-%m-%d %H:%M} UTC".encode() in body
+    later = Service(settings, Store.open(settings.database_url))  # a restart loses nothing
+    assert len(later.store.held()) == 4
 
 
 def start(tmp_path: Path, dovecot: Dovecot, smtp: SmtpServer, model: ModelServer,

@@ -32,6 +32,7 @@ from mailagent.store.tables import (
     AuditEvent,
     Command,
     Conversation,
+    HeldMail,
     HistoryEntry,
     MailboxState,
     MemoryNote,
@@ -48,6 +49,7 @@ from mailagent.store.views import (
     CommandView,
     CommandWork,
     ConversationView,
+    HeldView,
     HistoryItem,
     NewCommand,
     NewSchedule,
@@ -74,6 +76,7 @@ __all__ = [
     "CommandView",
     "CommandWork",
     "ConversationView",
+    "HeldView",
     "HistoryItem",
     "NewCommand",
     "NewSchedule",
@@ -310,7 +313,7 @@ class MailStore:
                 owner_address=new.owner_address, subject=new.subject, message_id=new.message_id,
                 references=" ".join(new.references), instruction=new.instruction,
                 data_json=json.dumps(new.data), created_at=now, updated_at=now,
-                sent_at=_utc(new.sent_at),
+                sent_at=_utc(new.sent_at), answers_us=new.answers_us,
             )
             s.add(task)
             s.flush()
@@ -335,7 +338,7 @@ class MailStore:
                 task_id=new.task_id, name=new.name, argument=new.argument,
                 owner_address=new.owner_address, subject=new.subject, message_id=new.message_id,
                 references=" ".join(new.references), created_at=utcnow(),
-                sent_at=_utc(new.sent_at),
+                sent_at=_utc(new.sent_at), answers_us=new.answers_us,
             )
             s.add(command)
             s.flush()
@@ -516,6 +519,9 @@ def _processed(s: Session, raw_message_id: int | None, outcome: str, reason: str
     if row is not None:
         row.state, row.outcome, row.reason = "processed", outcome, reason
         s.add(row)
+    held = s.get(HeldMail, raw_message_id)
+    if held is not None:  # held mail that ran: no longer held, in the same commit
+        s.delete(held)
 
 
 def _work(task: Task, conversation_name: str) -> TaskWork:
@@ -527,10 +533,10 @@ def _work(task: Task, conversation_name: str) -> TaskWork:
     )
 
 
-from mailagent.store.schedules import ScheduleStore  # noqa: E402 (it builds on MailStore)
+from mailagent.store.held import HeldStore  # noqa: E402 (it builds on MailStore)
 
 
-class Store(ScheduleStore):
+class Store(HeldStore):
     """Every read and write of mailagent's state; the agent's side: tasks, history, tool calls,
     memory. Safe to share between threads."""
 
@@ -757,19 +763,32 @@ class Store(ScheduleStore):
             task.cost_usd += usage.cost_usd
             s.add(task)
 
-    def mails_from_since(self, owner_address: str, since: datetime) -> int:
-        """Tasks and commands made by mail from this address that was sent (by its Date) since
-        `since`: the per-sender rate limit of SECURITY.md S4. Counting by the Date, not by when
-        we took the mail, lets a backlog of mail written over a night of sleep through."""
+    def replies_taken_since(self, owner_address: str, since: datetime) -> int:
+        """Tasks and commands made, since `since`, from this address's replies to our mail: the
+        per-sender rate limit of SECURITY.md S4. A loop needs our mail in it, so only replies
+        count; and they count by when we took them up, so held mail counts when it runs."""
         since = _utc(since) or since
         with self.session() as s:
             tasks = s.exec(select(func.count()).select_from(Task).where(
-                Task.owner_address == owner_address, col(Task.raw_message_id).is_not(None),
-                func.coalesce(Task.sent_at, Task.created_at) >= since)).one()
+                Task.owner_address == owner_address, col(Task.answers_us).is_(True),
+                col(Task.raw_message_id).is_not(None), Task.created_at >= since)).one()
             commands = s.exec(select(func.count()).select_from(Command).where(
-                Command.owner_address == owner_address,
-                func.coalesce(Command.sent_at, Command.created_at) >= since)).one()
+                Command.owner_address == owner_address, col(Command.answers_us).is_(True),
+                Command.created_at >= since)).one()
             return int(tasks) + int(commands)
+
+    def first_reply_taken_since(self, owner_address: str, since: datetime) -> datetime | None:
+        """When the oldest of the replies that `replies_taken_since` counts was taken up."""
+        since = _utc(since) or since
+        with self.session() as s:
+            first = s.exec(select(func.min(Task.created_at)).where(
+                Task.owner_address == owner_address, col(Task.answers_us).is_(True),
+                col(Task.raw_message_id).is_not(None), Task.created_at >= since)).one()
+            command = s.exec(select(func.min(Command.created_at)).where(
+                Command.owner_address == owner_address, col(Command.answers_us).is_(True),
+                Command.created_at >= since)).one()
+            times = [_utc(t) for t in (first, command) if t is not None]
+            return min(t for t in times if t is not None) if times else None
 
     def cost_since(self, since: datetime) -> float:
         with self.session() as s:

@@ -56,7 +56,7 @@ class RawMessage(SQLModel, table=True):
     size: int
     truncated: bool = False
     received_at: datetime
-    state: str = "received"  # received -> processed
+    state: str = "received"  # received -> processed, or received -> held -> received
     outcome: str | None = None  # task | command | rejected
     reason: str | None = None
     attempts: int = 0
@@ -83,7 +83,8 @@ class Task(SQLModel, table=True):
     reason: str | None = None
     created_at: datetime
     updated_at: datetime
-    sent_at: datetime | None = None  # the mail's Date: the per-sender rate limit counts by it
+    sent_at: datetime | None = None  # the mail's Date
+    answers_us: bool = False  # it replies to our mail: the per-sender rate limit counts it
     not_before: datetime | None = None  # a task put back after overload waits until then
     turns: int = 0
     tool_calls: int = 0
@@ -155,6 +156,7 @@ class Command(SQLModel, table=True):
     state: str = Field(default="pending", index=True)  # pending -> done
     created_at: datetime
     sent_at: datetime | None = None  # the mail's Date, as for a task
+    answers_us: bool = False  # as for a task
 
 
 class ThreadRef(SQLModel, table=True):
@@ -239,6 +241,19 @@ class Schedule(SQLModel, table=True):
     updated_at: datetime
 
 
+class HeldMail(SQLModel, table=True):
+    """Owner mail kept back by the per-sender rate limit (SECURITY.md S4, L6): its raw message
+    stays stored, and it runs by itself as the limit allows, or when the owner says `release`."""
+
+    __tablename__ = "held_mail"
+    raw_message_id: int = Field(primary_key=True, foreign_key="raw_message.raw_message_id")
+    owner_address: str = Field(index=True)
+    reason: str
+    held_at: datetime
+    runs_by_itself: bool = True  # False: it may be part of a loop, so only `release` runs it
+    release_requested_at: datetime | None = None
+
+
 def _initial(connection: Connection) -> None:
     tables = [
         SQLModel.metadata.tables[name]
@@ -321,6 +336,12 @@ def _repair_histories(connection: Connection) -> None:
     repair_histories(connection)
 
 
+def _held(connection: Connection) -> None:
+    for table in ("task", "command"):
+        _add_columns(connection, table, {"answers_us": "BOOLEAN NOT NULL DEFAULT 0"})
+    SQLModel.metadata.create_all(connection, tables=[SQLModel.metadata.tables["held_mail"]])
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_agent", _agent),
@@ -331,5 +352,6 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0007_probes", _probes),
     ("0008_sent_at", _sent_at),
     ("0009_answer_open_tool_calls", _repair_histories),
+    ("0010_held_mail", _held),
 ]
 

@@ -74,6 +74,7 @@ class NewTask:
     instruction: str
     data: dict[str, Any]
     sent_at: datetime | None = None  # the mail's Date header
+    answers_us: bool = False  # it replies to our mail (counted by the rate limit)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,19 @@ class NewCommand:
     message_id: str | None
     references: tuple[str, ...]
     sent_at: datetime | None = None  # the mail's Date header
+    answers_us: bool = False  # it replies to our mail (counted by the rate limit)
+
+
+@dataclass(frozen=True)
+class HeldView:
+    """A held mail: its raw message, whose it is, why it waits and how it may run."""
+
+    raw_message_id: int
+    owner_address: str
+    reason: str
+    held_at: datetime
+    runs_by_itself: bool
+    release_requested: bool
 
 
 
