@@ -119,6 +119,12 @@ SPEND_LIMIT_CODE = "enforced_spend_limit_reached"
 SPEND_LIMIT_TEXT = ("you have reached your specified", "credit balance is too low")
 
 
+def _count(part: Any, name: str) -> int:
+    """A token count of a usage object or dict; below zero would buy budget back, so 0."""
+    value = part.get(name) if isinstance(part, dict) else getattr(part, name, 0)
+    return max(0, int(value or 0))
+
+
 def account_limit(exc: anthropic.APIStatusError) -> str | None:
     """What to tell the owner when the account, not the request, is the problem: the tier's
     monthly cap (429 with details.error_code enforced_spend_limit_reached), a spend limit the
@@ -309,10 +315,15 @@ class Agent:
             raise ModelError(f"model request failed: {exc}") from exc
 
     def usage(self, usage: Any) -> Usage:
-        # Counts below zero would buy budget back: an endpoint's figures count only upwards.
-        read = max(0, int(getattr(usage, "cache_read_input_tokens", 0) or 0))
-        write = max(0, int(getattr(usage, "cache_creation_input_tokens", 0) or 0))
-        tokens_in, tokens_out = max(0, usage.input_tokens), max(0, usage.output_tokens)
+        """Tokens and cost of one response. With server-side compaction the top-level figures
+        are the message's alone and `usage.iterations` lists every sampling, the compaction's
+        included (https://docs.claude.com/en/docs/build-with-claude/compaction): then the
+        iterations are what is billed."""
+        parts = list(getattr(usage, "iterations", None) or []) or [usage]
+        tokens_in, tokens_out, read, write = (
+            sum(_count(part, name) for part in parts)
+            for name in ("input_tokens", "output_tokens", "cache_read_input_tokens",
+                         "cache_creation_input_tokens"))
         price_in, price_out = self.price.input_usd_per_mtok / 1e6, \
             self.price.output_usd_per_mtok / 1e6
         cost = (tokens_in * price_in + write * price_in * CACHE_WRITE_FACTOR

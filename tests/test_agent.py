@@ -476,6 +476,13 @@ def test_an_endpoint_with_server_compaction_keeps_the_context_bounded_itself(
     compacted = [r for r in requests if '"type": "compaction"' in json.dumps(r.body["messages"])]
     assert compacted, "the endpoint's compaction blocks were not sent back"
     assert max(request_sizes(model)) <= settings.model.max_context_tokens
+    # Compaction's own sampling is billed: the tasks' tokens include every iteration.
+    counted = sum(t.tokens for t in map(store.task_work, [t.task_id for t in store.tasks()]))
+    billed = sum(sum(it.get(k, 0) for k in ("input_tokens", "output_tokens",
+                                             "cache_read_input_tokens",
+                                             "cache_creation_input_tokens"))
+                 for r in model.responses for it in r["usage"].get("iterations") or [r["usage"]])
+    assert counted == billed
 
 
 def test_an_endpoint_refusing_the_compaction_beta_falls_back_to_client_side(

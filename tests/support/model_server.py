@@ -548,6 +548,7 @@ class ModelServer:
 
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
+        self._responses: list[dict[str, Any]] = []
         self._queue: deque[ScriptItem] = deque()
         self._cache: set[tuple[str, str]] = set()
         self._failures: list[BaseException] = []
@@ -646,6 +647,12 @@ class ModelServer:
         """A snapshot of every request received so far, in arrival order."""
         with self._lock:
             return list(self._requests)
+
+    @property
+    def responses(self) -> list[dict[str, Any]]:
+        """Every message answered (not errors), as sent, usage included."""
+        with self._lock:
+            return list(self._responses)
 
     @property
     def message_requests(self) -> list[RecordedRequest]:
@@ -939,6 +946,8 @@ class ModelServer:
             "stop_details": dict(reply.stop_details) if reply.stop_details else None,
             "usage": usage,
         }
+        with self._lock:
+            self._responses.append(message)
         if request.stream:
             self._send_stream(handler, message)
         else:
