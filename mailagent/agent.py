@@ -119,6 +119,17 @@ SPEND_LIMIT_CODE = "enforced_spend_limit_reached"
 SPEND_LIMIT_TEXT = ("you have reached your specified", "credit balance is too low")
 
 
+# Error types worth a retry whatever the status: an `error` event in a stream that began with
+# 200 (overloaded mid-stream) comes as a status error of 200 (https://docs.claude.com/en/api/errors).
+TRANSIENT_ERRORS = frozenset({"overloaded_error", "api_error", "rate_limit_error"})
+
+
+def _error_type(exc: anthropic.APIStatusError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    inner = body.get("error")
+    return str(inner.get("type", "")) if isinstance(inner, dict) else ""
+
+
 def _count(part: Any, name: str) -> int:
     """A token count of a usage object or dict; below zero would buy budget back, so 0."""
     value = part.get(name) if isinstance(part, dict) else getattr(part, name, 0)
@@ -302,7 +313,8 @@ class Agent:
             if (limit := account_limit(exc)) is not None:
                 raise ModelError(limit, transient=True, status_code=exc.status_code,
                                  account_limit=True) from exc
-            if isinstance(exc, anthropic.RateLimitError | anthropic.InternalServerError):
+            if isinstance(exc, anthropic.RateLimitError | anthropic.InternalServerError) or \
+                    _error_type(exc) in TRANSIENT_ERRORS:
                 raise ModelError(f"the model endpoint is busy or unreachable: {exc}",
                                  transient=True) from exc
             raise ModelError(f"the model endpoint refused the request "

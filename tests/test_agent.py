@@ -24,6 +24,7 @@ from tests.support.model_server import (
     RecordedRequest,
     Reply,
     error,
+    overloaded_mid_stream,
     text,
     tool_use,
 )
@@ -518,3 +519,16 @@ def test_a_compaction_block_without_content_never_becomes_the_start() -> None:
              HistoryItem(3, 2, "user", "message", [{"type": "text", "text": "second task"}])]
     messages = to_messages(items, "nonce")
     assert messages[0]["content"] == [{"type": "text", "text": "first task"}]
+
+
+def test_an_overload_in_the_middle_of_a_stream_defers_the_task_instead_of_failing_it(
+        tmp_path: Path, model: ModelServer, home: Path) -> None:
+    settings = make_settings(tmp_path, model, home, retry_after_seconds=0.2)
+    settings = replace(settings, model=replace(settings.model, stream=True))
+    store = open_store(settings)
+    add_task(store, "hello")
+    model.script(overloaded_mid_stream(), text("Hello after the overload."))
+    settle(settings, store, home, until=lambda: store.tasks()[0].state == "done")
+    [task] = store.tasks()
+    assert task.state == "done"
+    assert len(model.message_requests) == 2 and all(r.stream for r in model.message_requests)

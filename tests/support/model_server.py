@@ -219,6 +219,9 @@ class MessageReply:
     """The ``model`` reported back; default: the request's model."""
     stop_details: Mapping[str, Any] | None = None
     """E.g. ``{"type": "refusal", "category": "cyber", "explanation": "..."}``."""
+    stream_error: Mapping[str, str] | None = None
+    """An ``error`` event after ``message_start`` (the stream then ends), as the API sends
+    when it is overloaded mid-stream; a request that does not stream gets it as a 529."""
 
 
 @dataclass(frozen=True)
@@ -370,6 +373,12 @@ def error(
     more, e.g. ``{"x-should-retry": "false"}``; ``details`` becomes ``error.details``.
     """
     return ErrorReply(status, error_type, message, retry_after, dict(headers or {}), details)
+
+
+def overloaded_mid_stream() -> MessageReply:
+    """A stream that starts and then fails with an ``overloaded_error`` event."""
+    return MessageReply(content=({"type": "text", "text": "never sent"},),
+                        stream_error={"type": "overloaded_error", "message": "Overloaded"})
 
 
 def spend_limit() -> ErrorReply:
@@ -946,10 +955,15 @@ class ModelServer:
             "stop_details": dict(reply.stop_details) if reply.stop_details else None,
             "usage": usage,
         }
-        with self._lock:
-            self._responses.append(message)
+        if reply.stream_error is not None and not request.stream:
+            self._send_error(handler, error(529, reply.stream_error["type"],
+                                            reply.stream_error["message"]))
+            return
+        if reply.stream_error is None:
+            with self._lock:
+                self._responses.append(message)
         if request.stream:
-            self._send_stream(handler, message)
+            self._send_stream(handler, message, reply.stream_error)
         else:
             self._send_json(handler, 200, message)
 
@@ -1022,14 +1036,18 @@ class ModelServer:
         payload = {"type": "error", "error": inner}
         self._send_json(handler, reply.status, payload, headers)
 
-    def _send_stream(self, handler: _Handler, message: Mapping[str, Any]) -> None:
+    def _send_stream(self, handler: _Handler, message: Mapping[str, Any],
+                     failure: Mapping[str, str] | None = None) -> None:
         handler.send_response(200)
         handler.send_header("content-type", "text/event-stream; charset=utf-8")
         handler.send_header("cache-control", "no-cache")
         handler.send_header("transfer-encoding", "chunked")
         handler.send_header("request-id", self._request_id())
         handler.end_headers()
-        for index, (event, data) in enumerate(_sse_events(message)):
+        events = list(_sse_events(message))
+        if failure is not None:  # https://docs.claude.com/en/docs/build-with-claude/streaming
+            events = [*events[:2], ("error", {"type": "error", "error": dict(failure)})]
+        for index, (event, data) in enumerate(events):
             if (
                 index
                 and self.stream_event_delay > 0
