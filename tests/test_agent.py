@@ -532,3 +532,8 @@ def test_an_overload_in_the_middle_of_a_stream_defers_the_task_instead_of_failin
     [task] = store.tasks()
     assert task.state == "done"
     assert len(model.message_requests) == 2 and all(r.stream for r in model.message_requests)
+
+
+def test_the_token_estimate_counts_cjk_text_as_a_token_a_character() -> None:
+    assert estimate_tokens("会议纪要发布推迟到十四号。" * 100) >= 1300
+    assert estimate_tokens("The release moves to the 14th. " * 100) < 1100
