@@ -102,7 +102,8 @@ def try_model(asker: Asker, answers: Answers) -> tuple[int, str] | None:
     model = ModelSettings(name=answers.model_name, base_url=answers.model_base_url or None,
                           api_key=answers.api_key or None, timeout_seconds=30)
     try:
-        asker.say(f"  {asyncio.run(check_model(model))}: ok")
+        first, *details = asyncio.run(check_model(model)).splitlines()
+        asker.say("\n".join([f"  {first}: ok", *details]))
     except ModelError as exc:
         if exc.status_code in (REFUSED, UNKNOWN):
             return exc.status_code, str(exc)

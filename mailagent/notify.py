@@ -16,6 +16,7 @@ import io
 import logging
 import mimetypes
 import random
+import secrets
 import ssl
 import time
 import zipfile
@@ -23,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid, parseaddr
+from email.utils import formatdate, parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,11 @@ class SendOutcome:
 
 def new_message_id(from_address: str) -> str:
     domain = parseaddr(from_address)[1].rpartition("@")[2] or "mailagent.invalid"
-    return make_msgid(idstring="mailagent", domain=clean_header(domain, 200))
+    # Not email.utils.make_msgid: it draws from the process-wide `random`, which anything may
+    # seed (a test framework does, per example), and a repeated Message-ID would break the
+    # outbox's exactly-once send (SECURITY.md L2). 128 bits from the OS instead.
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    return f"<{stamp}.{secrets.token_hex(16)}.mailagent@{clean_header(domain, 200)}>"
 
 
 def reply_subject(subject: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mailagent.config import SmtpSettings
-from mailagent.notify import compose
+from mailagent.notify import compose, new_message_id
 from mailagent.store import ReplyTarget
 from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
@@ -546,3 +546,16 @@ def test_a_used_up_spend_limit_is_told_once_and_the_tasks_wait_instead_of_failin
     assert store.tasks(["failed"]) == []
     store.close()
     service.stop()
+
+
+def test_message_ids_stay_unique_whoever_seeds_the_random_module() -> None:
+    """Another library (or a test framework) may seed `random`; two mails composed in the same
+    instant must still get two Message-IDs, or the outbox would take one for the other."""
+    import random
+
+    ids = set()
+    for _ in range(50):
+        random.seed(7)
+        ids.add(new_message_id("Agent <agent@example.com>"))
+    assert len(ids) == 50
+    assert all(i.startswith("<") and i.endswith("@example.com>") for i in ids)
