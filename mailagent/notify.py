@@ -64,9 +64,10 @@ def new_message_id(from_address: str) -> str:
     domain = parseaddr(from_address)[1].rpartition("@")[2] or "mailagent.invalid"
     # Not email.utils.make_msgid: it draws from the process-wide `random`, which anything may
     # seed (a test framework does, per example), and a repeated Message-ID would break the
-    # outbox's exactly-once send (SECURITY.md L2). 128 bits from the OS instead.
+    # outbox's exactly-once send (SECURITY.md L2). 96 bits from the OS instead, kept short so
+    # that the header is never folded onto a second line.
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-    return f"<{stamp}.{secrets.token_hex(16)}.mailagent@{clean_header(domain, 200)}>"
+    return f"<{stamp}.{secrets.token_urlsafe(12)}@{clean_header(domain, 200)}>"
 
 
 def reply_subject(subject: str) -> str:

@@ -559,3 +559,9 @@ def test_message_ids_stay_unique_whoever_seeds_the_random_module() -> None:
         ids.add(new_message_id("Agent <agent@example.com>"))
     assert len(ids) == 50
     assert all(i.startswith("<") and i.endswith("@example.com>") for i in ids)
+
+
+def test_a_reply_s_message_id_header_stays_on_one_line() -> None:
+    outbound = compose(_smtp(), _target(), "notice", "command.md.j2", {"body": "ok"})
+    line = next(x for x in outbound.raw.splitlines() if x.lower().startswith(b"message-id:"))
+    assert line == f"Message-ID: {outbound.message_id}".encode()
