@@ -56,14 +56,21 @@ NO_MODEL = ("mailagent demo needs a model and found none: set ANTHROPIC_API_KEY 
 
 SILENT_END_SECONDS = 10.0  # a task that ended this long ago with no mail on its way: say so
 ENDED = ("done", "failed", "cancelled")
-LABELS = {"done": "completion mail", "failed": "failure mail",
-          "waiting_approval": "approval request", "paused": "budget question"}
-WHAT_TO_DO = {
-    "failed": "the reply above says why; the service log is {log}",
-    "queued": "the task is waiting to be tried again: check that the model endpoint "
-              "({endpoint}) is up and takes your key, then run the demo again",
-    "waiting_approval": "answer it with `mailagent demo --keep` or a mail client",
-    "paused": "answer it with `mailagent demo --keep` or a mail client",
+# What a mail about the demo's task is, by the state of the task when it arrived: its label,
+# what happened, and what to do. Only "done" is a completion.
+REPLY_KINDS: dict[str, tuple[str, str, str]] = {
+    "done": ("completion mail", "the task is done", ""),
+    "failed": ("failure mail", "the task failed",
+               "the reply above says why; the service log is {log}"),
+    "queued": ("mail", "the task could not reach the model",
+               "check that the model endpoint ({endpoint}) is up and takes your key, then run "
+               "the demo again"),
+    "waiting_approval": ("approval request", "the task waits for your approval",
+                         "run the demo with --keep and reply `approve` from a mail client "
+                         "logged in to the servers above"),
+    "paused": ("budget question", "the task stopped at its budget",
+               "run the demo with --keep and reply `continue` from a mail client logged in "
+               "to the servers above"),
 }
 
 
@@ -77,7 +84,7 @@ class Reply:
 
     @property
     def label(self) -> str:
-        return LABELS.get(self.state, "mail")
+        return REPLY_KINDS.get(self.state, ("mail", "", ""))[0]
 
 
 @dataclass(frozen=True)
@@ -395,13 +402,10 @@ def verdict(reply: Reply, demo: Demo) -> None:
     """Raise DemoFailed, with what to do, unless the reply is a completion."""
     if reply.state == "done":
         return
-    endpoint = demo.model.base_url or "the Anthropic API"
-    advice = WHAT_TO_DO.get(reply.state, "the service log is {log}").format(
-        log=demo.layout.log, endpoint=endpoint)
-    what = {"queued": "the task could not reach the model", "failed": "the task failed",
-            "waiting_approval": "the task waits for your approval",
-            "paused": "the task stopped at its budget"}.get(reply.state,
-                                                             f"the task is {reply.state}")
+    _, what, advice = REPLY_KINDS.get(reply.state, ("mail", f"the task is {reply.state}",
+                                                     "the service log is {log}"))
+    advice = advice.format(log=demo.layout.log, endpoint=demo.model.base_url or
+                           "the Anthropic API")
     reason = f": {reply.reason}" if reply.reason else ""
     raise DemoFailed(f"{what}{reason}; {advice}")
 

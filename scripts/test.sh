@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command of README.md: installs what the tests need, then runs lint, types and tests.
-# tests/test_installed*.py build the wheel and install it with pipx outside the tree, as a user
-# does; the other tests use the editable install in .venv.
+# It builds the wheel and installs it with pipx outside the tree, as a user does, for
+# tests/test_installed*.py; the other tests use the editable install in .venv.
 # On Debian as root it installs Dovecot, OpenSSL, bubblewrap and libfaketime (the schedule
 # tests move the service's clock with it) when they are missing.
 set -euo pipefail
@@ -44,4 +44,10 @@ echo "testing with $("$python" --version)"
 
 .venv/bin/ruff check mailagent tests
 .venv/bin/mypy mailagent
+
+# What a user installs is what is tested: the wheel, built from a clean copy of this tree and
+# installed with pipx into a fresh environment outside it (tests/test_installed*.py run it).
+installed=$(mktemp -d "${TMPDIR:-/tmp}/mailagent-installed-XXXXXX")
+.venv/bin/python -m tests.support.installed "$installed"
+export MAILAGENT_INSTALLED="$installed"
 .venv/bin/python -m pytest -q "$@"

@@ -4,10 +4,7 @@ which calls of the ended task ran and which did not."""
 
 from __future__ import annotations
 
-import email
 from collections.abc import Iterator
-from email.message import EmailMessage
-from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +24,7 @@ from tests.support.model_server import (
     tool_uses,
 )
 from tests.support.service import ServiceProcess, wait_until
-from tests.support.smtp import RecordedMail, SmtpServer
+from tests.support.smtp import SmtpServer
 
 
 @pytest.fixture
@@ -39,10 +36,14 @@ def service(tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer,
     process.kill()
 
 
-def parsed(mail: RecordedMail) -> EmailMessage:
-    message = email.message_from_bytes(mail.raw, policy=default_policy)
-    assert isinstance(message, EmailMessage)
-    return message
+def ask_to_delete(tmp_path: Path, dovecot: Dovecot, model_server: ModelServer,
+                  service: ServiceProcess, agent: str) -> Path:
+    """A task whose model asks to delete old.txt, which waits for the owner's approval."""
+    folder = configure(tmp_path, agent)
+    model_server.script(tool_use("delete_file", {"path": str(folder / "old.txt")}, "toolu_del"))
+    dovecot.append(owner_mail("Clean up", "Delete the old records file."))
+    service.start()
+    return folder
 
 
 def configure(tmp_path: Path, agent: str) -> Path:
@@ -84,12 +85,9 @@ def next_task_is_answered(dovecot: Dovecot, service: ServiceProcess,
 def test_after_a_denied_approval_the_next_task_is_answered_knowing_it_did_not_run(
         tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
         service: ServiceProcess) -> None:
-    folder = configure(tmp_path, "approval_hours = 24")
-    model_server.script(tool_use("delete_file", {"path": str(folder / "old.txt")}, "toolu_del"))
-    dovecot.append(owner_mail("Clean up", "Delete the old records file."))
-    service.start()
+    folder = ask_to_delete(tmp_path, dovecot, model_server, service, "approval_hours = 24")
     [question] = smtp_server.wait_for(1, timeout=20)
-    dovecot.append(owner_mail("Re: Clean up", "deny", in_reply_to=parsed(question)["Message-ID"]))
+    dovecot.append(owner_mail("Re: Clean up", "deny", in_reply_to=question.message()["Message-ID"]))
     store = service.store()
     wait_until(lambda: store.tasks()[0].state == "cancelled", 20, "the denied task")
     request = next_task_is_answered(dovecot, service, model_server)
@@ -102,13 +100,10 @@ def test_after_a_denied_approval_the_next_task_is_answered_knowing_it_did_not_ru
 def test_after_a_cancel_while_waiting_the_next_task_is_answered(
         tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
         service: ServiceProcess) -> None:
-    folder = configure(tmp_path, "approval_hours = 24")
-    model_server.script(tool_use("delete_file", {"path": str(folder / "old.txt")}, "toolu_del"))
-    dovecot.append(owner_mail("Clean up", "Delete the old records file."))
-    service.start()
+    ask_to_delete(tmp_path, dovecot, model_server, service, "approval_hours = 24")
     [question] = smtp_server.wait_for(1, timeout=20)
     dovecot.append(owner_mail("Re: Clean up", "cancel",
-                              in_reply_to=parsed(question)["Message-ID"]))
+                              in_reply_to=question.message()["Message-ID"]))
     store = service.store()
     wait_until(lambda: store.tasks()[0].state == "cancelled", 20, "the cancelled task")
     request = next_task_is_answered(dovecot, service, model_server)
@@ -215,10 +210,7 @@ def test_a_paused_turn_is_continued_and_answered(
 def test_after_an_approval_expires_the_next_task_is_answered_knowing_it_did_not_run(
         tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
         service: ServiceProcess) -> None:
-    folder = configure(tmp_path, "approval_hours = 0.0005")
-    model_server.script(tool_use("delete_file", {"path": str(folder / "old.txt")}, "toolu_del"))
-    dovecot.append(owner_mail("Clean up", "Delete the old records file."))
-    service.start()
+    ask_to_delete(tmp_path, dovecot, model_server, service, "approval_hours = 0.0005")
     smtp_server.wait_for(2, timeout=20)  # the question, then the notice that it expired
     store = service.store()
     wait_until(lambda: store.tasks()[0].state == "cancelled", 20, "the expired task")

@@ -5,12 +5,10 @@ that answers all our mail cannot keep an exchange going."""
 
 from __future__ import annotations
 
-import email
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from email.message import Message
 from pathlib import Path
 
 from mailagent.commands import HELP
@@ -29,26 +27,15 @@ from tests.support.service import ServiceProcess, wait_until
 from tests.support.smtp import RecordedMail, SmtpServer
 
 
-def parsed(mail: RecordedMail) -> Message:
-    return email.message_from_bytes(mail.raw)
-
-
-def text_of(mail: RecordedMail) -> str:
-    part = next(p for p in parsed(mail).walk() if p.get_content_type() == "text/plain")
-    payload = part.get_payload(decode=True)
-    assert isinstance(payload, bytes)
-    return payload.decode()
-
-
 def notices(smtp: SmtpServer) -> list[RecordedMail]:
-    return [m for m in smtp.messages if "held, not answered yet" in text_of(m)]
+    return [m for m in smtp.messages if "held, not answered yet" in m.text()]
 
 
 def answered(smtp: SmtpServer) -> set[str]:
     """The Message-IDs that our sent mail (other than notices of held mail) answers."""
     held = notices(smtp)
-    return {str(parsed(m)["In-Reply-To"]) for m in smtp.messages
-            if parsed(m)["In-Reply-To"] and m not in held}
+    return {str(m.message()["In-Reply-To"]) for m in smtp.messages
+            if m.message()["In-Reply-To"] and m not in held}
 
 
 def test_two_hundred_new_tasks_mailed_while_the_computer_was_off_are_all_answered(
@@ -87,7 +74,7 @@ def test_replies_over_the_limit_wait_with_one_notice_until_release_even_across_a
     service = start(tmp_path, dovecot, smtp_server, model_server)
     try:
         [first] = smtp_server.wait_for(1, timeout=30)
-        ours = str(parsed(first)["Message-ID"])
+        ours = str(first.message()["Message-ID"])
         replies = [owner_mail("Re: Summarise the reports", f"And now part {n}.",
                               in_reply_to=ours) for n in range(5)]
         for raw in replies:
@@ -96,8 +83,8 @@ def test_replies_over_the_limit_wait_with_one_notice_until_release_even_across_a
         store = service.store()
         wait_until(lambda: len(store.held()) == 2, 10, "two held mails")
         [notice] = notices(smtp_server)
-        assert "1 mail from you is held" in text_of(notice)
-        assert "Reply `release`" in text_of(notice)
+        assert "1 mail from you is held" in notice.text()
+        assert "Reply `release`" in notice.text()
         late = owner_mail("Re: Summarise the reports", "One more part.", in_reply_to=ours)
         dovecot.append(late)
         wait_until(lambda: len(store.held()) == 3, 10, "the late reply held too")
@@ -112,15 +99,15 @@ def test_replies_over_the_limit_wait_with_one_notice_until_release_even_across_a
         status = owner_mail("status", "")  # new mail: never held, answered without the model
         dovecot.append(status)
         [*_, status_reply] = smtp_server.wait_for(6, timeout=30)
-        assert "**Held mail**: 3" in text_of(status_reply)
-        release = owner_mail("Re: held", "release", in_reply_to=str(parsed(notice)["Message-ID"]))
+        assert "**Held mail**: 3" in status_reply.text()
+        release = owner_mail("Re: held", "release", in_reply_to=str(notice.message()["Message-ID"]))
         dovecot.append(release)
         smtp_server.wait_for(6 + 1 + 3, timeout=30)
         held_ids = {message_id_of(r) for r in [*replies[3:], late]}
         assert held_ids <= answered(smtp_server)
         reply = next(m for m in smtp_server.messages
-                     if parsed(m)["In-Reply-To"] == message_id_of(release))
-        assert "3 held mails from you now run" in text_of(reply)
+                     if m.message()["In-Reply-To"] == message_id_of(release))
+        assert "3 held mails from you now run" in reply.text()
         assert service.store().held() == []
         assert service.stop() == 0
     finally:
@@ -157,7 +144,7 @@ def test_held_mail_runs_by_itself_oldest_first_once_the_hour_allows(
         dovecot.append(task)
         [first] = smtp_server.wait_for(1, timeout=30)
         replies = [owner_mail("Re: Summarise the reports", f"Part {n}.", date=clock.now(),
-                              in_reply_to=str(parsed(first)["Message-ID"])) for n in range(5)]
+                              in_reply_to=str(first.message()["Message-ID"])) for n in range(5)]
         for raw in replies:
             dovecot.append(raw)
         smtp_server.wait_for(1 + 2 + 1, timeout=30)  # two answered, then a notice

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.dovecot import Dovecot
-from tests.support.installed import Installed, build_and_install
+from tests.support.installed import Installed, installed_for_tests
 from tests.support.model_server import ModelServer
 from tests.support.smtp import SmtpServer
 
@@ -52,5 +52,6 @@ def model_server() -> Iterator[ModelServer]:
 @pytest.fixture(scope="session")
 def installed() -> Installed:
     """mailagent built as a wheel and installed with pipx outside the source tree, once per
-    session; `installed.run(...)` runs it as a user does."""
-    return build_and_install()
+    session (the one scripts/test.sh made, when it runs the tests); `installed.run(...)` runs
+    it as a user does."""
+    return installed_for_tests()

@@ -16,7 +16,8 @@ from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parents[2]
 # Variables that would let the installed program see the sources or the test environment.
-LEAKY = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "MAILAGENT_CONFIG", "ANTHROPIC_API_KEY",
+LEAKY = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "MAILAGENT_CONFIG", "MAILAGENT_INSTALLED",
+         "ANTHROPIC_API_KEY",
          "ANTHROPIC_BASE_URL", "PIPX_HOME", "PIPX_BIN_DIR", "PIPX_MAN_DIR")
 
 
@@ -64,10 +65,28 @@ class Installed:
             return archive.namelist()
 
 
-def build_and_install() -> Installed:
+INSTALLED_ENV = "MAILAGENT_INSTALLED"  # set by scripts/test.sh: the install to test
+
+
+def installed_for_tests() -> Installed:
+    """The install the test command made (scripts/test.sh builds it first and names it in
+    $MAILAGENT_INSTALLED), or a new one when pytest runs on its own."""
+    given = os.environ.get(INSTALLED_ENV)
+    if not given:
+        return build_and_install()
+    root = Path(given)
+    [wheel] = (root / "dist").glob("mailagent-*.whl")
+    installed = Installed(root, wheel, root / "bin" / "mailagent")
+    if not installed.bin.exists():
+        raise RuntimeError(f"${INSTALLED_ENV}={root} holds no installed mailagent: run "
+                           "`python -m tests.support.installed DIR` or unset it")
+    return installed
+
+
+def build_and_install(root: Path | None = None) -> Installed:
     """Build the wheel (with build isolation, as pip does for a user) and pipx-install it."""
-    root = Path(tempfile.mkdtemp(prefix="mailagent-installed-"))
-    (root / "home").mkdir()
+    root = root or Path(tempfile.mkdtemp(prefix="mailagent-installed-"))
+    (root / "home").mkdir(parents=True)
     dist, tree = root / "dist", root / "src"
     # A clean copy: a build/ or *.egg-info left in the checkout must not fill gaps in the
     # package data (setuptools builds in the tree and reuses what it finds there).
@@ -92,3 +111,8 @@ def _run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> No
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n"
                            f"{result.stdout}\n{result.stderr}")
+
+
+if __name__ == "__main__":  # scripts/test.sh: build and install into the folder given
+    made = build_and_install(Path(sys.argv[1]))
+    print(f"installed {made.wheel.name} with pipx: {made.bin}")
