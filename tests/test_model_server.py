@@ -605,6 +605,33 @@ def test_a_compaction_trigger_under_the_minimum_is_refused(client: anthropic.Ant
     assert "greater than or equal to 50000" in str(caught.value)
 
 
+def test_beta_fields_without_their_beta_header_are_refused(client: anthropic.Anthropic) -> None:
+    assert _refusal_of(client, extra_body={"context_management": _compact_edit(50_000)}) == \
+        "context_management: Extra inputs are not permitted"
+    compacted = [USER[0], {"role": "assistant", "content": [
+        {"type": "compaction", "content": "what happened"}, {"type": "text", "text": "ok"}]},
+        {"role": "user", "content": "go on"}]
+    assert "Input tag 'compaction'" in _refusal_of(client, messages=compacted)
+
+
+def test_tool_schemas_must_be_json_schema_objects_and_names_unique(
+        server: ModelServer, client: anthropic.Anthropic) -> None:
+    def tool(name: str, schema: Any) -> dict[str, Any]:
+        return {"name": name, "description": "d", "input_schema": schema}
+    assert "input_schema.type: Input should be 'object'" in _refusal_of(
+        client, tools=[tool("a", {"type": "array"})])
+    assert "JSON schema is invalid" in _refusal_of(
+        client, tools=[tool("a", {"type": "object", "properties": {"x": {"type": "strng"}}})])
+    assert "Field required" in _refusal_of(
+        client, tools=[{"name": "a", "description": "d"}])
+    assert "Tool names must be unique" in _refusal_of(
+        client, tools=[tool("a", {"type": "object"}), tool("a", {"type": "object"})])
+    server.script(text("ok"))
+    good = tool("a", {"type": "object", "properties": {"x": {"type": "string"}},
+                      "required": ["x"]})
+    client.messages.create(model=MODEL, max_tokens=10, messages=USER, tools=[good])  # type: ignore[list-item]
+
+
 def test_a_lenient_server_lets_an_invalid_request_through(
         server: ModelServer, client: anthropic.Anthropic) -> None:
     server.strict = False

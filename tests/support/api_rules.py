@@ -8,12 +8,18 @@ double while the service fails against the API. Each rule cites the page that st
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
+
+import jsonschema
 
 COMPACTION_MIN_TRIGGER = 50_000
 MAX_CACHE_BREAKPOINTS = 4
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+COMPACT_BETA = "compact-2026-01-12"
+# Tool types of the server and client tools the API defines itself; every other tool is a
+# custom one with an input_schema (https://docs.claude.com/en/docs/agents-and-tools/tool-use/overview).
+CUSTOM = "custom"
 
 Rule = Callable[[Mapping[str, Any]], "str | None"]
 
@@ -113,6 +119,38 @@ def tool_names_match_the_pattern(body: Mapping[str, Any]) -> str | None:
     return None
 
 
+def tool_names_are_unique(body: Mapping[str, Any]) -> str | None:
+    """No two tools share a name.
+    https://docs.claude.com/en/docs/agents-and-tools/tool-use/implement-tool-use (a tool is
+    called by its name, so names identify tools: "Tool names must be unique")."""
+    names = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
+    twice = sorted({str(n) for n in names if names.count(n) > 1})
+    if twice:
+        return f"tools: Tool names must be unique. Found duplicate: {twice[0]}"
+    return None
+
+
+def tool_schemas_are_json_schema_objects(body: Mapping[str, Any]) -> str | None:
+    """A custom tool's input_schema is a JSON Schema (draft 2020-12) of an object.
+    https://docs.claude.com/en/docs/agents-and-tools/tool-use/implement-tool-use
+    ("input_schema: A JSON Schema object defining the expected parameters for the tool");
+    the API checks it against draft 2020-12 and names that draft in its refusal."""
+    for index, tool in enumerate(body.get("tools") or []):
+        if not isinstance(tool, dict) or tool.get("type", CUSTOM) != CUSTOM:
+            continue
+        schema = tool.get("input_schema")
+        if schema is None:
+            return f"tools.{index}.custom.input_schema: Field required"
+        if not isinstance(schema, dict) or schema.get("type") != "object":
+            return f"tools.{index}.custom.input_schema.type: Input should be 'object'"
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError:
+            return (f"tools.{index}.custom.input_schema: JSON schema is invalid. It must match "
+                    "JSON Schema draft 2020-12 (https://json-schema.org/draft/2020-12).")
+    return None
+
+
 def compaction_trigger_is_high_enough(body: Mapping[str, Any]) -> str | None:
     """The compact_20260112 edit's trigger is at least 50,000 input tokens.
     https://docs.claude.com/en/docs/build-with-claude/compaction ("trigger ... Must be at
@@ -130,8 +168,29 @@ def compaction_trigger_is_high_enough(body: Mapping[str, Any]) -> str | None:
     return None
 
 
+def beta_fields_need_their_beta(body: Mapping[str, Any], betas: Collection[str]) -> str | None:
+    """Server-side compaction is a beta: without `anthropic-beta: compact-2026-01-12` the
+    request's `context_management` is an unknown field and a `compaction` block in the history
+    an unknown block type, both refused like any other unknown input.
+    https://docs.claude.com/en/docs/build-with-claude/compaction ("requires the beta header
+    compact-2026-01-12"; the compaction block must be passed back in later requests);
+    https://docs.claude.com/en/api/beta-headers (features in beta need their header)."""
+    if COMPACT_BETA in betas:
+        return None
+    if "context_management" in body:
+        return "context_management: Extra inputs are not permitted"
+    for index, message in enumerate(body.get("messages") or []):
+        for number, block in enumerate(_blocks(message)):
+            if isinstance(block, dict) and block.get("type") == "compaction":
+                return (f"messages.{index}.content.{number}: Input tag 'compaction' found "
+                        "using 'type' does not match any of the expected tags")
+    return None
+
+
 RULES: tuple[Rule, ...] = (
     tool_names_match_the_pattern,
+    tool_names_are_unique,
+    tool_schemas_are_json_schema_objects,
     at_most_four_breakpoints,
     compaction_trigger_is_high_enough,
     no_empty_text,
@@ -139,10 +198,13 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def first_violation(body: Mapping[str, Any]) -> str | None:
+def first_violation(body: Mapping[str, Any], betas: Collection[str] = ()) -> str | None:
     """The message of the first rule the request breaks, as the API words it; None if valid.
-    Errors come back as https://docs.claude.com/en/api/errors shapes: a 400 with
+    `betas` are the request's `anthropic-beta` values. Errors come back as
+    https://docs.claude.com/en/api/errors shapes: a 400 with
     {"type": "error", "error": {"type": "invalid_request_error", "message": ...}}."""
+    if (message := beta_fields_need_their_beta(body, betas)) is not None:
+        return message
     for rule in RULES:
         message = rule(body)
         if message is not None:

@@ -70,14 +70,18 @@ scripted reply (the model did not sample); an exceeded trigger without pause
 prepends that block to the scripted message.  ``usage.iterations`` then holds a
 ``compaction`` and a ``message`` entry.  Message blocks before a ``compaction``
 block in the request are dropped from the token estimate, as the API drops them.
-The beta header itself is not checked.  The summary text is
-:attr:`ModelServer.compaction_summary` (a string or a callable of the request).
+Without the beta header ``compact-2026-01-12`` a ``context_management`` field or a
+``compaction`` block in the history is refused, as the API refuses unknown input.  The
+summary text is :attr:`ModelServer.compaction_summary` (a string or a callable of the
+request).
 
 Strictness: with :attr:`ModelServer.strict` (default ``True``) a request the real API
 refuses is refused here with its 400 ``invalid_request_error`` and a message worded like the
 API's: a ``tool_use`` not answered at the start of the next user message, a stray
 ``tool_result``, an empty text block, more than 4 ``cache_control`` breakpoints, a tool name
-off ``^[a-zA-Z0-9_-]{1,64}$``, a compaction trigger under 50,000 (``tests/support/api_rules.py``
+off ``^[a-zA-Z0-9_-]{1,64}$`` or used twice, a tool's ``input_schema`` that is not a JSON
+Schema (draft 2020-12) of an object, beta fields without their beta header, a compaction
+trigger under 50,000 (``tests/support/api_rules.py``
 cites the documentation of each). :func:`cut_tool_use`, :func:`refusal`, :func:`pause_turn`
 and :func:`context_window_exceeded` answer as the API does at those stop reasons.
 
@@ -801,7 +805,7 @@ class ModelServer:
             return error(400, "invalid_request_error", "messages: at least one message is required")
         if self.strict_models and request.model not in self.models:
             return error(404, "not_found_error", f"model: {request.model}")
-        if self.strict and (violation := first_violation(body)) is not None:
+        if self.strict and (violation := first_violation(body, request.betas)) is not None:
             return error(400, "invalid_request_error", violation)
         if (
             self.supports_compaction
