@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import jsonschema
+
 from mailagent.config import environment
 from mailagent.connector_rules import McpServerRule, exposed_name, server_env, server_headers
 from mailagent.errors import MailagentError
@@ -36,6 +38,7 @@ if TYPE_CHECKING:  # the SDK takes seconds to import: only where a server is con
 log = logging.getLogger(__name__)
 
 HEALTH_SECONDS = 5.0  # how often an idle server's tools are listed, to notice one that died
+MAX_SCHEMA_CHARS = 20_000  # an MCP tool's input schema; a longer one is not offered
 PING_TIMEOUT = 5.0  # (the protocol's ping is gone from its 2026 revision; listing works in all)
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 300.0
@@ -133,6 +136,21 @@ async def list_all_tools(client: Client) -> dict[str, Tool]:
         if not cursor:
             break
     return tools
+
+
+def schema_problem(schema: Any) -> str | None:
+    """Why the Messages API would refuse this input schema, or None: it must be a JSON Schema
+    (draft 2020-12) of an object, and one bad tool would fail every request of every task
+    (https://docs.claude.com/en/docs/agents-and-tools/tool-use/implement-tool-use)."""
+    if len(json.dumps(schema)) > MAX_SCHEMA_CHARS:
+        return f"its input schema is over {MAX_SCHEMA_CHARS} characters"
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        return "its input schema does not describe an object"
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return f"its input schema is not valid JSON Schema: {exc.message}"
+    return None
 
 
 async def probe(rule: McpServerRule) -> dict[str, Tool]:
@@ -354,5 +372,7 @@ def check_servers(rules: tuple[McpServerRule, ...]) -> tuple[list[str], list[str
         for name in sorted(set(tools) | set(dict(rule.tools))):
             verdict = rule.verdict(name) or "deny (unlisted)"
             missing = "" if name in tools else " (listed, but the server has no such tool)"
+            if name in tools and (problem := schema_problem(tools[name].input_schema)):
+                missing = f" (not offered: {problem})"
             lines.append(f"    {exposed_name(rule.name, name)}: {verdict}{missing}")
     return lines, errors

@@ -179,6 +179,25 @@ def test_an_allowed_tool_over_streamable_http_answers_in_the_reply(
     service.stop()
 
 
+def test_a_tool_whose_schema_the_api_would_refuse_is_left_out_and_the_others_work(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
+        service: ServiceProcess) -> None:
+    # The double refuses a tool schema that is not JSON Schema, as the API does: offering it
+    # would fail every request of every task.
+    log = tmp_path / "ran.log"
+    table = stdio_table(log).replace('NOTES_LOG = "', 'NOTES_ODD_SCHEMA = "1", NOTES_LOG = "')
+    write_policy(tmp_path, table + 'odd = "allow"\n')
+    model_server.script(tool_use("mcp__notes__lookup", {"word": "fig"}), echo_results)
+    service.start()
+    service.wait_for_log("MCP server notes running", timeout=60)
+    dovecot.append(owner_mail("What is a fig?", "Look it up."))
+    [reply] = smtp_server.wait_for(1, timeout=60)
+    assert f"OK The notes say fig means {MEANING}." in body(reply)
+    assert "mcp__notes__lookup" in offered_tools(model_server)
+    assert "mcp__notes__odd" not in offered_tools(model_server)
+    service.wait_for_log("MCP tool odd of notes not offered: its input schema is not valid")
+
+
 def ask_setup(tmp_path: Path, model_server: ModelServer, dovecot: Dovecot,
               smtp_server: SmtpServer, service: ServiceProcess) -> tuple[Path, RecordedMail]:
     log = tmp_path / "ran.log"
@@ -268,7 +287,7 @@ def test_check_lists_each_server_and_its_tools_with_their_decisions(tmp_path: Pa
     result = subprocess.run([sys.executable, "-m", "mailagent", "check", "--config",
                              str(config)], capture_output=True, text=True, env=env, timeout=120)
     out = result.stdout
-    assert "ok: MCP server notes (stdio: " in out and "starts, 6 tool(s):" in out, out
+    assert "ok: MCP server notes (stdio: " in out and "starts, 7 tool(s):" in out, out
     for line in ("mcp__notes__lookup: allow", "mcp__notes__add_note: ask",
                  "mcp__notes__erase_all: deny", "mcp__notes__backdoor: deny (unlisted)"):
         assert f"    {line}\n" in out, out

@@ -14,21 +14,19 @@ description or schema grow the prompt without bound.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from mailagent.connector_rules import exposed_name
-from mailagent.connectors import Connectors, Offered
+from mailagent.connectors import Connectors, Offered, schema_problem
 from mailagent.content import neutralise
 from mailagent.tools.files import Judged, ToolError
 
 log = logging.getLogger(__name__)
 
 MAX_DESCRIPTION_CHARS = 1_000
-MAX_SCHEMA_CHARS = 20_000
 
 
 def capped(text: str, limit: int) -> tuple[str, bool]:
@@ -54,9 +52,9 @@ class ConnectorTools:
     def tools(self) -> dict[str, Callable[..., str]]:
         offered: dict[str, Callable[..., str]] = {}
         for tool in self.connectors.offered():
-            if len(json.dumps(tool.input_schema)) > MAX_SCHEMA_CHARS:
-                log.warning("MCP tool %s of %s not offered: its input schema is over %d "
-                            "characters", tool.name, tool.rule.name, MAX_SCHEMA_CHARS)
+            if (problem := schema_problem(tool.input_schema)) is not None:
+                log.warning("MCP tool %s of %s not offered: %s", tool.name, tool.rule.name,
+                            problem)
                 continue
             name = exposed_name(tool.rule.name, tool.name)
             offered[name] = self.caller(tool, name)

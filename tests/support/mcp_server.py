@@ -63,6 +63,20 @@ def crash() -> str:
     os._exit(3)
 
 
+@server.tool()
+def odd(word: str) -> str:
+    """A tool whose input schema the server may get wrong ($NOTES_ODD_SCHEMA)."""
+    _ran(f"odd {word}")
+    return word
+
+
+if os.environ.get("NOTES_ODD_SCHEMA"):
+    # A schema no JSON Schema validator takes: "strng" is not a type.
+    tool = server._tool_manager.get_tool("odd")
+    assert tool is not None
+    tool.parameters = {"type": "object", "properties": {"word": {"type": "strng"}}}
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "stdio":
         server.run("stdio")
