@@ -33,7 +33,14 @@ from mailagent.config import (
 from mailagent.content import fence
 from mailagent.errors import ModelError
 from mailagent.failpoints import failpoint
-from mailagent.messages import task_message, text_of, to_messages, tool_uses, with_cache_breakpoint
+from mailagent.messages import (
+    task_message,
+    text_of,
+    to_messages,
+    tool_uses,
+    with_cache_breakpoint,
+    without_compaction,
+)
 from mailagent.prices import CACHE_READ_FACTOR, CACHE_WRITE_FACTOR, model_price, price_line
 from mailagent.store import HistoryItem, Store, TaskWork, Usage
 from mailagent.store.repair import valid_messages, without_empty_text
@@ -241,7 +248,7 @@ class Agent:
         A refusal ends the task (its turn is not kept); a cut turn's calls are refused first."""
         work = ctx.work
         system = [{"type": "text", "text": ctx.system, "cache_control": {"type": "ephemeral"}}]
-        message = await self.request_compacting(system=system, tools=tools,
+        message = await self.request_compacting(ctx.nonce, system=system, tools=tools,
                                                 messages=with_cache_breakpoint(messages))
         self.store.add_usage(work.task_id, self.usage(message.usage))
         stop = str(message.stop_reason or "end_turn")
@@ -285,14 +292,18 @@ class Agent:
                     [{"type": "text", "text": f"[{reason}]"}])
         return Outcome("failed", reason)
 
-    async def request_compacting(self, **params: Any) -> Any:
-        """A model turn that asks for server-side compaction where the endpoint takes it."""
+    async def request_compacting(self, nonce: str, **params: Any) -> Any:
+        """A model turn that asks for server-side compaction where the endpoint takes it; where
+        it does not, compaction blocks already in the history go as their summaries."""
+        plain = {**params, "messages": without_compaction(params["messages"], nonce)}
         if self.server_compaction is False:
-            return await self.request(**params)
+            return await self.request(**plain)
         trigger = max(COMPACTION_MIN_TRIGGER_TOKENS,
                       int(self.model.max_context_tokens * SERVER_COMPACT_AT))
-        edits = [{"type": "compact_20260112", "trigger": {"type": "input_tokens",
-                                                          "value": trigger}}]
+        # The same instructions as the client side's summary: the endpoint's own default
+        # keeps less of what a later task needs (paths, what is unfinished).
+        edits = [{"type": "compact_20260112", "instructions": SUMMARY_PROMPT,
+                  "trigger": {"type": "input_tokens", "value": trigger}}]
         try:
             message = await self.request(beta=True, betas=[COMPACT_BETA],
                                          context_management={"edits": edits}, **params)
@@ -301,7 +312,7 @@ class Agent:
             if self.server_compaction is None and is_compaction_unsupported(exc):
                 log.info("the endpoint refused server-side compaction; compacting client-side")
                 self.server_compaction = False
-                return await self.request(**params)
+                return await self.request(**plain)
             raise
         return message
 

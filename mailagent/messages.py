@@ -67,6 +67,24 @@ def to_messages(items: list[HistoryItem], nonce: str) -> list[dict[str, Any]]:
     return valid_messages(messages)
 
 
+def without_compaction(messages: list[dict[str, Any]], nonce: str) -> list[dict[str, Any]]:
+    """The messages for an endpoint that does not take the compaction beta (it refuses a
+    compaction block as an unknown type): each block becomes its summary as text, fenced as a
+    client-side summary is; one without a summary is left out."""
+    plain: list[dict[str, Any]] = []
+    for message in messages:
+        content: list[Any] = []
+        for block in message["content"]:
+            if not (isinstance(block, dict) and block.get("type") == "compaction"):
+                content.append(block)
+            elif block.get("content"):
+                content.append({"type": "text", "text": "What happened earlier in this "
+                                "conversation:\n" + fence("conversation-summary",
+                                                          str(block["content"]), nonce)})
+        plain.append({**message, "content": content})
+    return valid_messages(plain)
+
+
 def with_cache_breakpoint(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A copy whose last block carries cache_control, so the next request reuses this prefix."""
     if not messages:

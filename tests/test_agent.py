@@ -460,19 +460,25 @@ def long_answer(request: RecordedRequest) -> Reply:
     return text("Answered at length. " + "A long paragraph of the answer. " * 200)
 
 
-def test_an_endpoint_with_server_compaction_keeps_the_context_bounded_itself(
+def test_two_hundred_tasks_stay_bounded_by_server_compaction_at_the_api_minimum_trigger(
         tmp_path: Path, model: ModelServer, home: Path) -> None:
-    # The API compacts at 50,000 input tokens at the earliest: a budget of 100,000 and long
-    # answers reach that trigger before the client side's backstop.
-    settings, store = many_tasks(tmp_path, model, home, 40)
+    # The API compacts at 50,000 input tokens at the earliest: a budget of 100,000 asks for
+    # exactly that, and long answers reach it well before the client side's backstop.
+    settings, store = many_tasks(tmp_path, model, home, 200)
     settings = replace(settings, model=replace(settings.model, max_context_tokens=100_000))
     model.default = long_answer
     model.supports_compaction = True
     model.compaction_summary = "The owner asked for short notes about numbers."
-    settle(settings, store, home, timeout=120)
-    assert [t.state for t in store.tasks()] == ["done"] * 40
+    settle(settings, store, home, timeout=400)
+    assert [t.state for t in store.tasks()] == ["done"] * 200
     requests = model.message_requests
     assert all("compact-2026-01-12" in r.betas for r in requests)
+    edits = [r.body["context_management"]["edits"][0] for r in requests]
+    assert {e["trigger"]["value"] for e in edits} == {50_000}
+    assert all("what was done" in e["instructions"] for e in edits)
+    answers = [r for r in model.responses if r["content"][0]["type"] == "compaction"]
+    assert len(answers) >= 5, "the endpoint compacted too rarely to prove the bound"
+    assert "Task number 199" in json.dumps(requests[-1].body["messages"])
     assert not [r for r in requests if "transcript" in json.dumps(r.body["messages"])]
     compacted = [r for r in requests if '"type": "compaction"' in json.dumps(r.body["messages"])]
     assert compacted, "the endpoint's compaction blocks were not sent back"
@@ -484,6 +490,32 @@ def test_an_endpoint_with_server_compaction_keeps_the_context_bounded_itself(
                                              "cache_creation_input_tokens"))
                  for r in model.responses for it in r["usage"].get("iterations") or [r["usage"]])
     assert counted == billed
+
+
+def test_a_conversation_compacted_by_the_endpoint_goes_on_where_compaction_is_off(
+        tmp_path: Path, model: ModelServer, home: Path) -> None:
+    # Compaction blocks in the history are a beta type: without the beta (compaction =
+    # "client", or an endpoint that refused it) they go as their summaries, fenced.
+    settings = make_settings(tmp_path, model, home)
+    settings = replace(settings, model=replace(settings.model, max_context_tokens=100_000))
+    store = open_store(settings)
+    add_task(store, "Keep this in mind: " + "a long remark about the garden. " * 7_000)
+    model.supports_compaction = True
+    model.compaction_summary = "The owner made a long remark about the garden."
+    model.script(text("Noted."))
+    settle(settings, store, home)
+    assert model.responses[0]["content"][0]["type"] == "compaction"
+    settings = replace(settings, model=replace(settings.model, compaction="client"))
+    add_task(store, "What did I say about the garden?")
+    model.script(text("You made a long remark about it."))
+    settle(settings, store, home)
+    assert [t.state for t in store.tasks()] == ["done", "done"]
+    last = model.message_requests[-1]
+    assert "context_management" not in last.body and not last.betas
+    sent = json.dumps(last.body["messages"])
+    assert '"type": "compaction"' not in sent
+    assert "conversation-summary" in sent and "long remark about the garden." in sent
+    assert "a long remark about the garden. a long" not in sent  # what it summarised is gone
 
 
 def test_an_endpoint_refusing_the_compaction_beta_falls_back_to_client_side(
