@@ -11,6 +11,7 @@ from tests.support.dovecot import Dovecot
 from tests.support.mail import owner_mail
 from tests.support.model_server import ModelServer, text, tool_use
 from tests.support.service import ServiceProcess, wait_until
+from tests.support.smtp import SmtpServer
 
 
 def service_for(tmp_path: Path, dovecot: Dovecot, model: ModelServer) -> ServiceProcess:
@@ -68,5 +69,32 @@ def test_a_kill_mid_task_resumes_without_repeating_the_write(
             assert "interrupted by a restart" in str(result["content"]) and result["is_error"]
         assert "task resumed after restart" in service.log()
         service.stop()
+    finally:
+        service.kill()
+
+
+def test_the_endpoints_compaction_is_counted_in_the_cost_line_of_the_reply(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer,
+        model_server: ModelServer) -> None:
+    # Over the API's minimum trigger (50,000 input tokens), the endpoint compacts before it
+    # answers: usage.iterations bills both samplings, and the owner sees both in the cost line.
+    config = write_config(tmp_path, dovecot.imap_port, smtp_server.port,
+                          model_url=model_server.base_url,
+                          model_extra="max_context_tokens = 100000")
+    service = ServiceProcess(config)
+    model_server.supports_compaction = True
+    model_server.script(text("Noted."))
+    dovecot.append(owner_mail("Remember this", "Keep this in mind: "
+                              + "a long remark about the garden. " * 7_000))
+    service.start()
+    try:
+        [reply] = smtp_server.wait_for(1, timeout=60)
+        [response] = model_server.responses
+        iterations = response["usage"]["iterations"]
+        assert [i["type"] for i in iterations] == ["compaction", "message"]
+        billed = sum(i[k] for i in iterations for k in (
+            "input_tokens", "output_tokens", "cache_read_input_tokens",
+            "cache_creation_input_tokens"))
+        assert f"Task #1 · {billed} tokens · $" in reply.text(), reply.text()[-300:]
     finally:
         service.kill()
