@@ -11,12 +11,18 @@ REPO = Path(__file__).resolve().parents[1]
 SECURITY = REPO.parent / "shared" / "SECURITY.md"
 TABLE = REPO / "docs" / "security-traceability.md"
 _ID = re.compile(r"^- ([A-Z]\d+) ", re.MULTILINE)
+# "Requirements being built": bold until the threat model counts them; the table may name them.
+_BUILDING = re.compile(r"^- \*\*([A-Z]\d+)\*\* ", re.MULTILINE)
 _ROW = re.compile(r"^\|\s*([A-Z]\d+)\s*\|(.*)\|\s*$", re.MULTILINE)
 _TEST = re.compile(r"`(tests/[\w/]+\.py)::(\w+)`")
 
 
 def requirement_ids() -> list[str]:
     return _ID.findall(SECURITY.read_text(encoding="utf-8"))
+
+
+def building_ids() -> list[str]:
+    return _BUILDING.findall(SECURITY.read_text(encoding="utf-8"))
 
 
 def table() -> dict[str, list[tuple[str, str]]]:
@@ -43,7 +49,7 @@ def test_every_requirement_has_tests_in_the_table() -> None:
     rows = table()
     missing = [i for i in requirement_ids() if not rows.get(i)]
     assert missing == [], f"no tests named for {missing} in {TABLE.name}"
-    unknown = sorted(set(rows) - set(requirement_ids()))
+    unknown = sorted(set(rows) - set(requirement_ids()) - set(building_ids()))
     assert unknown == [], f"{TABLE.name} names ids SECURITY.md does not have: {unknown}"
 
 
