@@ -73,6 +73,7 @@ class Outcome:
     text: str = ""
     call: dict[str, Any] | None = None  # the tool_use block that waits for approval
     account_limit: bool = False  # deferred because the account's spend limit or credit is used
+    retry_after: float | None = None  # deferred: the wait the endpoint asked for
 
 
 @dataclass
@@ -122,6 +123,16 @@ def tool_definitions(tools: dict[str, Callable[..., str]]) -> list[dict[str, Any
     if definitions:
         definitions[-1]["cache_control"] = {"type": "ephemeral"}
     return definitions
+
+
+def retry_after(exc: anthropic.APIStatusError) -> float | None:
+    """The wait a busy endpoint asks for in its `retry-after` header, in seconds, if any
+    (https://docs.claude.com/en/api/rate-limits: a 429 says how long to wait)."""
+    try:
+        seconds = float(exc.response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return seconds if seconds > 0 else None
 
 
 def is_compaction_unsupported(exc: ModelError) -> bool:
@@ -335,7 +346,7 @@ class Agent:
             if isinstance(exc, anthropic.RateLimitError | anthropic.InternalServerError) or \
                     _error_type(exc) in TRANSIENT_ERRORS:
                 raise ModelError(f"the model endpoint is busy or unreachable: {exc}",
-                                 transient=True) from exc
+                                 transient=True, retry_after=retry_after(exc)) from exc
             raise ModelError(f"the model endpoint refused the request "
                              f"({exc.status_code}): {exc.message}",
                              status_code=exc.status_code) from exc

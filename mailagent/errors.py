@@ -59,10 +59,12 @@ class ModelError(MailagentError):
     """The model endpoint refused or failed a request."""
 
     def __init__(self, message: str, transient: bool = False,
-                 status_code: int | None = None, account_limit: bool = False) -> None:
+                 status_code: int | None = None, account_limit: bool = False,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.transient = transient
         self.status_code = status_code
+        self.retry_after = retry_after  # seconds the endpoint asked to wait (retry-after)
         # The account's spend limit or credit is used up: no retry helps until the owner acts
         # (or the limit resets), so tasks wait long and the owner is told once.
         self.account_limit = account_limit

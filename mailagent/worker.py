@@ -260,7 +260,7 @@ class Worker:
                               "(agent.max_task_seconds)")
         except ModelError as exc:
             outcome = Outcome("deferred" if exc.transient else "failed", str(exc),
-                              account_limit=exc.account_limit)
+                              account_limit=exc.account_limit, retry_after=exc.retry_after)
         except asyncio.CancelledError:
             if work.task_id not in self.cancelling:
                 raise  # shutdown: the task stays running and resumes at the next start
@@ -280,7 +280,9 @@ class Worker:
         if outcome.state == "deferred" and outcome.account_limit:
             self.wait_for_account(task_id, outcome.reason)
         elif outcome.state == "deferred":
-            wait = self.settings.agent.retry_after_seconds
+            # The endpoint's own retry-after when it gave one, within an hour; else ours.
+            wait = min(outcome.retry_after or self.settings.agent.retry_after_seconds,
+                       max(self.settings.agent.retry_after_seconds, 3600))
             later = datetime.now(UTC) + timedelta(seconds=wait)
             if self.store.defer_task(task_id, later, outcome.reason):
                 self.tell_deferred(task_id, outcome.reason, wait)
@@ -362,7 +364,7 @@ class Worker:
         mail = compose(self.settings.smtp, self.store.reply_target(task_id), "notice",
                        "command.md.j2",
                        {"body": f"Task #{task_id} is waiting: {reason}.\n\nI will try again "
-                                f"every {wait:g} seconds and reply here when it is done. Reply "
+                                f"in {wait:g} seconds and reply here when it is done. Reply "
                                 "`cancel` to drop it."})
         self.store.enqueue_mail(mail)
         self.on_mail()

@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from mailagent.agent import Agent, estimate_tokens
 from mailagent.config import AgentSettings, ModelSettings, Settings
 from mailagent.messages import to_messages
 from mailagent.store import HistoryItem, NewTask, Store, Task
+from mailagent.store.tables import Task as TaskRow
 from mailagent.worker import Worker
 from tests.support.config import settings_for_tests
 from tests.support.model_server import (
@@ -569,3 +571,21 @@ def test_an_overload_in_the_middle_of_a_stream_defers_the_task_instead_of_failin
 def test_the_token_estimate_counts_cjk_text_as_a_token_a_character() -> None:
     assert estimate_tokens("会议纪要发布推迟到十四号。" * 100) >= 1300
     assert estimate_tokens("The release moves to the 14th. " * 100) < 1100
+
+
+def test_a_rate_limit_waits_as_long_as_the_endpoint_asks(
+        tmp_path: Path, model: ModelServer, home: Path) -> None:
+    settings = make_settings(tmp_path, model, home, retry_after_seconds=0.2)
+    store = open_store(settings)
+    add_task(store, "hello")
+    model.script(error(429, "rate_limit_error", "Number of request tokens has exceeded your "
+                       "per-minute rate limit", retry_after=600))
+    before = datetime.now(UTC)
+    settle(settings, store, home, until=lambda: store.tasks()[0].reason is not None)
+    [task] = store.tasks()
+    with store.session() as session:
+        row = session.get(TaskRow, task.task_id)
+    assert task.state == "queued" and row is not None and row.not_before is not None
+    waited = row.not_before.replace(tzinfo=UTC) - before
+    assert timedelta(seconds=590) < waited < timedelta(seconds=620)
+    assert len(model.message_requests) == 1
