@@ -20,7 +20,7 @@ from typing import TextIO
 from mailagent import __version__, doctor, init_finish, init_wizard, install, status_view
 from mailagent.config import Settings, find_config_path, load_settings
 from mailagent.demo import add_demo_parser
-from mailagent.errors import ConfigError, MailagentError, PolicyError
+from mailagent.errors import ConfigError, MailagentError, PolicyError, WhenError
 from mailagent.install import add_service_parser
 from mailagent.mailbox import Mailbox
 from mailagent.notify import check_smtp
@@ -28,7 +28,7 @@ from mailagent.policy import FolderRule, Policy, Scope, explain, load_policy, pr
 from mailagent.render import check_templates, shipped_text
 from mailagent.sandbox import find_sandbox, process_limit_kind
 from mailagent.store import Store
-from mailagent.when import WhenError, read_schedules_file
+from mailagent.when import read_schedules_file
 from mailagent.workspace import workspace_dir
 
 log = logging.getLogger("mailagent")

@@ -19,7 +19,7 @@ import platformdirs
 
 from mailagent import keystore
 from mailagent.addresses import plain_address
-from mailagent.errors import ConfigError, nearest
+from mailagent.errors import ConfigError, SecretStoreError, nearest
 from mailagent.providers import PROVIDERS
 
 SECURITY_MODES = ("ssl", "starttls", "none")
@@ -300,7 +300,7 @@ class _Section:
             return ""
         try:
             return keystore.read_secret(value)
-        except keystore.SecretStoreError as exc:
+        except SecretStoreError as exc:
             raise ConfigError(f"{self.prefix}{key} in {self.path}: {exc}") from None
 
     def section(self, key: str, required: bool = True) -> _Section:

@@ -13,7 +13,13 @@ import time
 
 from mailagent import install, keystore, oauth
 from mailagent.config import Settings
-from mailagent.errors import ConnectError, LoginError, MailagentError
+from mailagent.errors import (
+    ConnectError,
+    LoginError,
+    MailagentError,
+    OAuthError,
+    OAuthRevokedError,
+)
 from mailagent.providers import PROVIDERS, provider_for_host
 
 OAUTH_EXPIRY = ("Google expires refresh tokens after 7 days while the OAuth consent screen is "
@@ -29,12 +35,12 @@ def hints(settings: Settings, exc: MailagentError) -> list[str]:
     """What to try for this error, for the provider the IMAP host belongs to."""
     provider = (PROVIDERS.get(settings.provider or "") or provider_for_host(settings.imap.host)
                 or PROVIDERS["generic"])
-    if isinstance(exc.__cause__, oauth.OAuthError):
+    if isinstance(exc.__cause__, OAuthError):
         exc = exc.__cause__  # SMTP's login wraps the token endpoint's answer
-    if isinstance(exc, oauth.OAuthRevokedError):
+    if isinstance(exc, OAuthRevokedError):
         return [f"sign in again with `mailagent init --oauth --force --provider {provider.key}`"
                 f" (and your other flags): {OAUTH_EXPIRY}"]
-    if isinstance(exc, oauth.OAuthError):
+    if isinstance(exc, OAuthError):
         return ["the OAuth token endpoint could not be reached: check oauth.token_url and the "
                 "network; mailagent retries by itself when running"]
     if _is_refused(exc):

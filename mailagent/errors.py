@@ -7,6 +7,12 @@
     ├── PolicyError                a policy file does not validate (names file and line)
     ├── ModelError                 the model endpoint failed (transient: overload, rate limit)
     ├── RenderError                a shipped template is missing or does not render
+    ├── SmtpError                  the SMTP server is unreachable or refused (transient or not)
+    ├── OAuthError                 the token endpoint failed or refused the grant (transient)
+    │   └── OAuthRevokedError      the refresh token is no longer valid: run init again
+    ├── SecretStoreError           the keyring is unusable or lacks the named secret
+    ├── ToolError                  a tool call that cannot be done; its message goes to the model
+    ├── WhenError                  a schedule text mailagent cannot run (also a ValueError)
     └── MailboxError               IMAP trouble, translated from imapclient/socket errors
         ├── ConnectError           host unreachable, TLS failure, timeout (transient)
         ├── LoginError             the server refused the credentials
@@ -92,3 +98,35 @@ class ConnectionLostError(MailboxError):
 
 class FolderError(MailboxError):
     """The configured folder cannot be selected."""
+
+
+class SmtpError(MailagentError):
+    """The SMTP server could not be reached or refused us; `transient` when a retry may help."""
+
+    def __init__(self, message: str, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class OAuthError(MailagentError):
+    """The token endpoint could not be reached, or refused the grant."""
+
+    transient = True
+
+
+class OAuthRevokedError(OAuthError):
+    """The refresh token is no longer valid: only a new consent helps."""
+
+    transient = False
+
+
+class SecretStoreError(MailagentError):
+    """The keyring is unusable, or holds no secret under the name the config gives."""
+
+
+class ToolError(MailagentError):
+    """A tool call that cannot be done; the message goes back to the model as an error."""
+
+
+class WhenError(MailagentError, ValueError):
+    """A `when` text that is not a schedule mailagent can run; the message lists what is."""

@@ -15,10 +15,10 @@ from typing import Protocol
 
 from mailagent import doctor, keystore
 from mailagent.config import ImapSettings, SmtpSettings, env_value
-from mailagent.errors import ConfigError, LoginError, MailagentError
+from mailagent.errors import ConfigError, LoginError, MailagentError, SmtpError
 from mailagent.init_config import Answers
 from mailagent.mailbox import Mailbox
-from mailagent.notify import SmtpError, check_smtp
+from mailagent.notify import check_smtp
 from mailagent.providers import Provider
 
 ATTEMPTS = 3  # a typed password or key is asked again this many times in all

@@ -15,16 +15,12 @@ import keyring
 import keyring.backends.fail
 from keyring.errors import KeyringError
 
-from mailagent.errors import MailagentError
+from mailagent.errors import SecretStoreError
 
 PREFIX = "keyring:"
 SERVICE = "mailagent"
 OAUTH_SERVICE = "mailagent-oauth"
 MODEL_SERVICE = "mailagent-model"
-
-
-class SecretStoreError(MailagentError):
-    """The keyring is unusable, or holds no secret under the name the config gives."""
 
 
 def is_reference(value: str) -> bool:

@@ -33,7 +33,7 @@ import aiosmtplib
 from mailagent import oauth
 from mailagent.config import SmtpSettings
 from mailagent.content import clean_header
-from mailagent.errors import MailagentError, RenderError
+from mailagent.errors import OAuthError, RenderError, SmtpError
 from mailagent.failpoints import failpoint
 from mailagent.render import markdown_html, render
 from mailagent.store import Outbound, OutboxView, ReplyTarget, Store
@@ -43,14 +43,6 @@ log = logging.getLogger(__name__)
 MAX_REFERENCES = 20
 RETRY_BASE_SECONDS = 5.0
 RETRY_MAX_SECONDS = 1800.0
-
-
-class SmtpError(MailagentError):
-    """The SMTP server could not be reached or refused us; `transient` when a retry may help."""
-
-    def __init__(self, message: str, transient: bool) -> None:
-        super().__init__(message)
-        self.transient = transient
 
 
 class SendOutcome:
@@ -211,7 +203,7 @@ async def _connect(settings: SmtpSettings) -> aiosmtplib.SMTP:
         what = "run `mailagent init --oauth` again" if settings.oauth else "the password"
         raise SmtpError(f"SMTP login as {settings.username} on {where} was refused: check "
                         f"smtp.username and {what}", transient=False) from exc
-    except oauth.OAuthError as exc:
+    except OAuthError as exc:
         client.close()
         raise SmtpError(f"no OAuth access token for SMTP: {exc}",
                         transient=exc.transient) from exc

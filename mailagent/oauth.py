@@ -25,23 +25,11 @@ import httpx
 
 from mailagent import keystore
 from mailagent.config import OAuthSettings
-from mailagent.errors import MailagentError
+from mailagent.errors import OAuthError, OAuthRevokedError
 
 log = logging.getLogger(__name__)
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
-
-
-class OAuthError(MailagentError):
-    """The token endpoint could not be reached, or refused the grant."""
-
-    transient = True
-
-
-class OAuthRevokedError(OAuthError):
-    """The refresh token is no longer valid: only a new consent helps."""
-
-    transient = False
 
 
 @dataclass

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qs, urlencode, urlparse
 
-from mailagent.oauth import FlowSettings, Grant, OAuthError, parse_grant, pkce_pair, post_form
+from mailagent.errors import OAuthError
+from mailagent.oauth import FlowSettings, Grant, parse_grant, pkce_pair, post_form
 
 DONE_PAGE = b"<html><body>mailagent is signed in. You may close this tab.</body></html>"
 

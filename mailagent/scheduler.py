@@ -31,11 +31,11 @@ from zoneinfo import ZoneInfo
 import schedule
 
 from mailagent.config import ScheduleSettings
+from mailagent.errors import WhenError
 from mailagent.store import NewSchedule, ScheduledRun, ScheduleView, Store
 from mailagent.when import (
     FileEntry,
     Rule,
-    WhenError,
     describe,
     local_text,
     next_run,

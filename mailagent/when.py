@@ -21,15 +21,13 @@ from datetime import time as wall_time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from mailagent.errors import WhenError
+
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 EVERY_DAY = tuple(range(7))
 WORKDAYS = tuple(range(5))
 ACCEPTED_FORMS = ("every 10 minutes", "every hour", "every 2 hours", "every day at 08:00",
                   "every weekday at 07:45", "every monday at 09:30", "at 2026-12-24 18:00")
-
-
-class WhenError(ValueError):
-    """A `when` text that is not a schedule mailagent can run; the message lists what is."""
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,13 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from mailagent.config import ScheduleSettings
+from mailagent.errors import WhenError
 from mailagent.messages import task_message
 from mailagent.scheduler import Scheduler
 from mailagent.store import NewTask, Store
 from mailagent.tools.files import ToolError
 from mailagent.tools.schedule import ScheduleTools
-from mailagent.when import Rule, WhenError, describe, next_run, parse_when
+from mailagent.when import Rule, describe, next_run, parse_when
 
 PARIS = ZoneInfo("Europe/Paris")
 NEW_YORK = ZoneInfo("America/New_York")

@@ -1,5 +1,5 @@
 """Tools offered to the model: one module per family, each tool a typed, documented method."""
 
+from mailagent.errors import ToolError
 
-class ToolError(Exception):
-    """A tool call that cannot be done; the message goes back to the model as an error."""
+__all__ = ["ToolError"]
