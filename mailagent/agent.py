@@ -4,7 +4,8 @@ In: a claimed task (`TaskWork`) and a `TaskContext` from the service (system pro
 `check`, the policy decision for a call). Out: an `Outcome` (done, failed, waiting for approval,
 or deferred after overload). Side effects: model requests through the `anthropic` SDK; after
 every model turn and every tool result the history and usage are committed, so a task resumes
-after its last completed step. The only importer of anthropic.
+after its last completed step. The only importer of anthropic, and only when a task or a check
+first needs it: a daemon that waits for mail does not carry the SDK (tens of MiB).
 It must never run a tool call that `check` did not allow, never repeat a completed tool call on
 resume, and never send a request larger than `model.max_context_tokens`.
 """
@@ -18,10 +19,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-import anthropic
-from anthropic import beta_tool
+from typing import TYPE_CHECKING, Any
 
 from mailagent.config import (
     COMPACTION_MIN_TRIGGER_TOKENS,
@@ -46,6 +44,9 @@ from mailagent.store import HistoryItem, Store, TaskWork, Usage
 from mailagent.store.repair import valid_messages, without_empty_text
 from mailagent.tools.files import Judged, ToolError
 from mailagent.transcript import render_transcript
+
+if TYPE_CHECKING:
+    import anthropic
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ _DEFINITIONS: dict[tuple[object, str], dict[str, Any]] = {}
 def tool_definition(name: str, function: Callable[..., str]) -> dict[str, Any]:
     """A tool's schema, built once per function: building it from the signature takes tens of
     milliseconds, and every task of every conversation offers the same tools."""
+    from anthropic import beta_tool
+
     spec = getattr(function, "tool_spec", None)
     if spec is not None:  # an MCP tool: its schema comes from its server, made per connection
         return dict(beta_tool(function, **spec).to_dict())
@@ -193,14 +196,25 @@ class Agent:
             model.compaction)
         if not is_server_compaction_possible(model.max_context_tokens):
             self.server_compaction = False  # the budget is too small for the API's trigger
-        self.client = anthropic.AsyncAnthropic(
-            api_key=model.api_key or ("not-needed" if model.base_url else None),
-            base_url=model.base_url, timeout=model.timeout_seconds,
-            max_retries=model.max_retries,
-        )
+        self._client: anthropic.AsyncAnthropic | None = None
+
+    @property
+    def client(self) -> anthropic.AsyncAnthropic:
+        """The SDK's client, made (and the SDK imported) at the first request."""
+        if self._client is None:
+            import anthropic
+
+            model = self.model
+            self._client = anthropic.AsyncAnthropic(
+                api_key=model.api_key or ("not-needed" if model.base_url else None),
+                base_url=model.base_url, timeout=model.timeout_seconds,
+                max_retries=model.max_retries,
+            )
+        return self._client
 
     async def close(self) -> None:
-        await self.client.close()
+        if self._client is not None:
+            await self._client.close()
 
     # ------------------------------------------------------------ the loop
 
@@ -329,6 +343,8 @@ class Agent:
 
     async def request(self, beta: bool = False, **params: Any) -> Any:
         """A Messages API call; failures become ModelError, transient or not."""
+        import anthropic
+
         params = {"model": self.model.name, "max_tokens": self.model.max_output_tokens, **params}
         params["messages"] = valid_messages(params["messages"])  # the one gate (SECURITY.md L7)
         if not params.get("tools"):
@@ -467,6 +483,8 @@ class Agent:
         changes: list[dict[str, Any]] = getattr(getattr(function, "__self__", None), "changes", [])
         before = len(changes)
 
+        from anthropic import beta_tool
+
         def call() -> str:
             ctx.set_approved(approved)
             try:
@@ -584,6 +602,8 @@ async def check_model(model: ModelSettings) -> str:
     if not model.api_key and not model.base_url:
         raise ModelError("no API key for the model: export ANTHROPIC_API_KEY (or name another "
                          "variable in model.api_key_env)")
+    import anthropic
+
     async with anthropic.AsyncAnthropic(
         api_key=model.api_key or "not-needed", base_url=model.base_url,
         timeout=min(model.timeout_seconds, 30), max_retries=1,

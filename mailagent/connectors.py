@@ -24,8 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import jsonschema
-
 from mailagent.config import environment
 from mailagent.connector_rules import McpServerRule, exposed_name, server_env, server_headers
 from mailagent.errors import MailagentError
@@ -146,6 +144,8 @@ def schema_problem(schema: Any) -> str | None:
         return f"its input schema is over {MAX_SCHEMA_CHARS} characters"
     if not isinstance(schema, dict) or schema.get("type") != "object":
         return "its input schema does not describe an object"
+    import jsonschema  # only where an MCP server is configured
+
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:

@@ -4,7 +4,8 @@ In: `OAuthSettings` (token endpoint, client id, the refresh token from the keyri
 access token, renewed `refresh_margin_seconds` before it expires and kept for this process only;
 a refresh token the provider rotates is written back to the keyring entry it came from. The
 device flow (RFC 8628, Microsoft) and the loopback redirect flow with PKCE (RFC 8252, Google)
-run once, from `mailagent init --oauth`. The only importer of httpx in mailagent.
+run once, from `mailagent init --oauth`. The only importer of httpx in mailagent, and only
+when a token is fetched (httpx brings its command line's libraries with it).
 It must never log or print a token, and a refused refresh token is a permanent error that tells
 the owner to run `mailagent init --oauth` again.
 """
@@ -20,8 +21,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import httpx
 
 from mailagent import keystore
 from mailagent.config import OAuthSettings
@@ -104,6 +103,8 @@ def post_form(url: str, form: dict[str, str], timeout: float) -> dict[str, Any]:
     `invalid_grant` and `invalid_client` (RFC 6749 5.2) mean new consent is needed:
     they raise OAuthRevokedError. Other answers raise OAuthError, which callers retry.
     """
+    import httpx
+
     try:
         response = httpx.post(url, data=form, timeout=timeout,
                               headers={"Accept": "application/json"})

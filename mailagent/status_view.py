@@ -13,11 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from mailagent.canary import status_lines as canary_lines
 from mailagent.scheduler import schedule_line, schedule_state
@@ -32,6 +28,10 @@ from mailagent.store.views import (
     ScheduleView,
     TaskView,
 )
+
+if TYPE_CHECKING:  # rich is imported only to print for a person at a terminal
+    from rich.console import Console
+    from rich.table import Table
 
 OUTBOX_STATES = ["queued", "sending", "failed", "unknown"]
 
@@ -140,6 +140,9 @@ def plain_lines(snap: Snapshot) -> list[str]:
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=title, title_justify="left", expand=False)
     for column in columns:
         table.add_column(column, overflow="fold")
@@ -152,6 +155,9 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
 
 def print_rich(snap: Snapshot, console: Console | None = None) -> None:
     """Tables for a person at a terminal."""
+    from rich.console import Console
+    from rich.text import Text
+
     console = console or Console()
     console.print(_table("Conversations", ["conversation", "tasks"], [
         [c.name, ", ".join(f"{n} {s}" for s, n in sorted(c.task_counts.items())) or "no tasks"]

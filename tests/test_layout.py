@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mailagent"
@@ -33,7 +35,13 @@ SEAMS = {
     "mcp": {"connectors.py"},
     "httpx2": {"connectors.py"},
     "regex": {"tools/files.py"},
+    "jsonschema": {"connectors.py"},
 }
+
+# Libraries the waiting daemon does without: imported where a task, a tool, a configured
+# connector or a person at a terminal first needs them, never when a module is loaded.
+LOADED_WHEN_NEEDED = ("anthropic", "mcp", "pypdf", "docx", "openpyxl", "rich", "httpx",
+                      "jsonschema", "aiosmtpd", "pymap")
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -60,3 +68,14 @@ def test_only_config_reads_the_environment() -> None:
     readers = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                if "os.environ" in p.read_text() or "getenv" in p.read_text()}
     assert readers == {"config.py"}
+
+
+def test_the_daemon_loads_no_library_that_only_a_task_or_a_person_needs() -> None:
+    modules = [f"mailagent.{'.'.join(p.relative_to(PACKAGE).with_suffix('').parts)}"
+               for p in PACKAGE.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")
+               and p.name != "demo_mail.py"]  # the demo's own servers: `mailagent demo` only
+    code = (f"import sys\nfor m in {modules!r}: __import__(m)\n"
+            f"print(sorted({{n.split('.')[0] for n in sys.modules}} & {set(LOADED_WHEN_NEEDED)!r}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, check=True)
+    assert result.stdout.strip() == "[]", result.stdout

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailagent.agent import estimate_tokens
-from tests.bench.harness import FloorListener, Rig, percentile, rig, rss_mb
+from tests.bench.harness import FloorListener, Rig, cpu_seconds, percentile, rig, rss_mb
 from tests.support.mail import owner_mail
 from tests.support.model_server import RecordedRequest, Reply, text
 from tests.support.service import wait_until
@@ -22,6 +22,7 @@ class Sizes:
     """How much of each scenario to run; `quick` keeps the whole suite under a minute."""
 
     pickup_mails: int = 20
+    idle_seconds: float = 30.0  # how long the idle service's CPU time is watched
     backlog_mails: int = 200
     prefix_tasks: int = 50
     conversations: int = 5
@@ -29,7 +30,7 @@ class Sizes:
     context_budget: int = 20_000
 
 
-QUICK = Sizes(pickup_mails=3, backlog_mails=10, prefix_tasks=10)
+QUICK = Sizes(pickup_mails=3, idle_seconds=3.0, backlog_mails=10, prefix_tasks=10)
 
 
 def ms(seconds: float) -> float:
@@ -49,6 +50,9 @@ def pickup(sizes: Sizes) -> dict[str, Any]:
     with rig() as r:
         pid = started(r)
         idle_rss = rss_mb(pid)
+        cpu_before = cpu_seconds(pid)
+        time.sleep(sizes.idle_seconds)
+        idle_cpu = (cpu_seconds(pid) - cpu_before) * 60 / sizes.idle_seconds
         floor = FloorListener(r.dovecot)
         try:
             time.sleep(0.3)
@@ -66,6 +70,9 @@ def pickup(sizes: Sizes) -> dict[str, Any]:
             floor.close()
     return {
         "rss_idle_mb": round(idle_rss, 1),
+        "cpu_idle_s_per_min": round(idle_cpu, 3),
+        # The first task of a process also imports the model SDK, which an idle service lacks.
+        "first_pickup_ms": ms(pickups[0]),
         "pickup_p50_ms": ms(percentile(pickups, 0.5)),
         "pickup_p95_ms": ms(percentile(pickups, 0.95)),
         "floor_p50_ms": ms(percentile(floors, 0.5)),
