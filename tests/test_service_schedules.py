@@ -297,6 +297,19 @@ def test_a_schedule_a_forward_made_never_runs_until_the_owner_approves_it_by_rep
     assert "#1 [main] every day at 08:00 (Europe/Paris), awaiting your approval" in \
         body(nth_reply(smtp_server, 3, service))
 
+    # An unauthenticated "approve" to the question settles nothing, and gets no answer.
+    dovecot.append(owner_mail("Re: Fwd: reports", "approve", auth=None, date=clock.now(),
+                              in_reply_to=question["Message-ID"]), internal_date=clock.now())
+    store = service.store()
+    try:
+        wait_until(lambda: [o[1] for o in store.raw_outcomes()] == ["processed"] * 3, 30,
+                   "the forged approve to be handled")
+    finally:
+        store.close()
+    time.sleep(1)
+    assert schedule_state_of(service, 1) == "awaiting_approval"
+    assert len(smtp_server.messages) == 3
+
     mail_in(dovecot, clock, "Re: Fwd: reports", "approve", in_reply_to=question["Message-ID"])
     assert ("Approved: schedule #1 (every day at 08:00, Europe/Paris) is active; next run Sun "
             "2027-03-28 08:00 CEST") in body(nth_reply(smtp_server, 4, service))
