@@ -105,7 +105,9 @@ def status_text(store: Store) -> str:
     live = store.schedules()
     if live:
         on = sum(1 for v in live if v.state == "active")
-        lines += ["", f"**Schedules**: {on} active, {len(live) - on} paused; reply "
+        waiting = sum(1 for v in live if v.state == "awaiting_approval")
+        lines += ["", f"**Schedules**: {on} active, {len(live) - on - waiting} paused"
+                      f"{f', {waiting} awaiting your approval' if waiting else ''}; reply "
                       "`schedules` for the list."]
     held = store.held()
     if held:

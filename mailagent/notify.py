@@ -62,6 +62,12 @@ def new_message_id(from_address: str) -> str:
     return f"<{stamp}.{secrets.token_urlsafe(12)}@{clean_header(domain, 200)}>"
 
 
+def approval_message_id(from_address: str, token: str) -> str:
+    """The approval mail's Message-ID carries its token: the owner's reply brings it back."""
+    domain = from_address.rpartition("@")[2].strip("> ") or "mailagent.invalid"
+    return f"<mailagent.approval.{token}@{domain}>"
+
+
 def reply_subject(subject: str) -> str:
     subject = clean_header(subject, 200) or "(no subject)"
     return subject if subject.lower().startswith("re:") else f"Re: {subject}"

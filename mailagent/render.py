@@ -92,6 +92,12 @@ SAMPLES: dict[str, dict[str, Any]] = {
                      "partial": "Half done.", "hours": 24.0},
     "approval.md.j2": {"task_id": 1, "operation": "delete /a.txt", "reason": "policy asks",
                        "hours": 24.0},
+    "schedule_approval.md.j2": {"schedule_id": 1, "when": "every day at 08:00",
+                                "timezone": "UTC", "conversation": "main",
+                                "first_run": "Mon 2026-01-05 08:00 UTC",
+                                "task_lines": ["Summarise ~/Reports"],
+                                "reason": "the mail forwards a message",
+                                "owner_lines": ["What is this?"], "hours": 24.0},
     "mail.html.j2": {"subject": "Re: x", "body": "<p>x</p>"},
 }
 

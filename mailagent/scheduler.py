@@ -12,6 +12,8 @@ store whenever a schedule changes or the wall clock jumps (sleep, DST, a clock c
 `schedule` counts in naive local time. A job only enqueues a task. A run missed by more than a
 small grace (the machine was asleep or off) becomes one late run (`catch_up = "once"`) or none
 (`"skip"`), never one per slot.
+A schedule awaiting the owner's approval (made by the model on its own, `schedule_approval`) is
+never armed and never run, by the timer or by `run N now`.
 It must never run a slot twice, act on a schedule's conversation from another conversation's
 task, or let a run bypass anything an ordinary task goes through.
 """
@@ -32,7 +34,8 @@ import schedule
 
 from mailagent.config import ScheduleSettings
 from mailagent.errors import WhenError
-from mailagent.store import NewSchedule, ScheduledRun, ScheduleView, Store
+from mailagent.store import NewSchedule, ScheduledRun, ScheduleQuestion, ScheduleView, Store
+from mailagent.store.schedules import RUNNABLE_STATES
 from mailagent.when import (
     FileEntry,
     Rule,
@@ -73,8 +76,12 @@ class Scheduler:
 
     # ------------------------------------------------------------ making
 
-    def create(self, origin_task_id: int, when: str, task: str) -> ScheduleView:
-        """A schedule in the conversation and thread of the task `origin_task_id`."""
+    def create(self, origin_task_id: int, when: str, task: str, *, awaiting: str = "",
+               question: Callable[[ScheduleView], ScheduleQuestion] | None = None
+               ) -> ScheduleView:
+        """A schedule in the conversation and thread of the task `origin_task_id`. With
+        `question`, it is recorded awaiting the owner's approval (`awaiting` says why), never
+        armed until then, and the question is asked in the same commit."""
         rule = parse_when(when, self.settings.min_interval_minutes)
         origin = self.store.reply_target(origin_task_id)
         first = next_run(rule, self.zone, datetime.now(UTC))
@@ -86,7 +93,10 @@ class Scheduler:
             source="mail", file_key=None, owner_address=origin.recipient,
             subject=origin.subject, message_id=origin.message_id, references=origin.references,
             when_text=describe(rule), rule_json=rule.to_json(), timezone=self.timezone,
-            task_text=task, next_run_at=first), self.settings.max_active_per_conversation)
+            task_text=task, next_run_at=first,
+            state="awaiting_approval" if question else "active",
+            reason=f"awaiting the owner's approval: {awaiting}" if question else ""),
+            self.settings.max_active_per_conversation, question)
         if view is None:
             raise WhenError(f"this conversation has {self.settings.max_active_per_conversation} "
                             "schedules already (schedules.max_active_per_conversation); the "
@@ -97,6 +107,10 @@ class Scheduler:
 
     def confirmation(self, view: ScheduleView) -> str:
         zone = ZoneInfo(view.timezone)
+        if view.state == "awaiting_approval":
+            return (f"Schedule #{view.schedule_id} ({view.when_text}, {view.timezone}) waits "
+                    "for the owner's approval and does not run until the owner approves it "
+                    f"by reply to the question mailed about it: {view.task_text}")
         return (f"Scheduled #{view.schedule_id}: {view.when_text} ({view.timezone}), next run "
                 f"{local_text(view.next_run_at, zone)}: {view.task_text}")
 
@@ -268,7 +282,7 @@ class Scheduler:
 
     def cancel(self, schedule_id: int) -> str:
         view = self.store.schedule(schedule_id)
-        if view is None or view.state not in ("active", "paused"):
+        if view is None or view.state not in ("active", "paused", "awaiting_approval"):
             return _no_such(schedule_id, view)
         self.store.set_schedule(schedule_id, "cancelled", "cancelled by the owner", None)
         self.changed.set()
@@ -278,7 +292,7 @@ class Scheduler:
 
     def run_now(self, schedule_id: int) -> str:
         view = self.store.schedule(schedule_id)
-        if view is None or view.state == "cancelled":
+        if view is None or view.state not in RUNNABLE_STATES:
             return _no_such(schedule_id, view)
         task_id = self.store.run_schedule_now(schedule_id, self.run_of(view, None, False, True))
         if task_id is None:
@@ -356,6 +370,8 @@ def schedule_state(view: ScheduleView) -> str:
     """`active, next run <local time>`, or `paused (<why>)`."""
     if view.state == "active":
         return f"active, next run {local_text(view.next_run_at, ZoneInfo(view.timezone))}"
+    if view.state == "awaiting_approval":
+        return "awaiting your approval (reply `approve` or `deny` to the question mail)"
     return f"{view.state} ({view.reason})"
 
 
@@ -366,7 +382,7 @@ def schedule_line(view: ScheduleView) -> str:
 
 
 def schedule_lines(store: Store) -> list[str]:
-    """One line per active or paused schedule."""
+    """One line per active, paused or awaiting schedule."""
     return [schedule_line(view) for view in store.schedules()]
 
 
@@ -374,4 +390,7 @@ def _no_such(schedule_id: int, view: ScheduleView | None) -> str:
     if view is None:
         return (f"There is no schedule #{schedule_id}; nothing was changed. Reply `schedules` "
                 "to see them.")
+    if view.state == "awaiting_approval":
+        return (f"Schedule #{schedule_id} awaits your approval; nothing was changed. Reply "
+                "`approve` or `deny` to the question mailed about it.")
     return f"Schedule #{schedule_id} is {view.state}; nothing was changed."

@@ -108,7 +108,12 @@ def subject_may_command(inbound: Inbound) -> bool:
     and nothing typed but what a phone adds."""
     if inbound.forwarded or _FORWARD_PREFIX.search(inbound.subject):
         return False
-    return all(_DEVICE_LINE.match(line.strip()) for line in inbound.typed_text.split("\n")
+    return is_typed_nothing(inbound.typed_text)
+
+
+def is_typed_nothing(typed_text: str) -> bool:
+    """Whether the owner typed nothing but what a phone adds below an empty body."""
+    return all(_DEVICE_LINE.match(line.strip()) for line in typed_text.split("\n")
                if line.strip())
 
 

@@ -30,7 +30,7 @@ from mailagent.connector_rules import decide_mcp, split_name
 from mailagent.connectors import Connectors
 from mailagent.content import fence
 from mailagent.errors import ModelError, PolicyError
-from mailagent.notify import compose
+from mailagent.notify import approval_message_id, compose
 from mailagent.policy import (
     CommandsRule,
     Decision,
@@ -44,6 +44,7 @@ from mailagent.policy import (
 )
 from mailagent.render import render
 from mailagent.sandbox import Limits, Runner, SandboxInfo, View
+from mailagent.schedule_approval import ScheduleApprovals
 from mailagent.scheduler import Scheduler
 from mailagent.store import (
     ApprovalView,
@@ -117,12 +118,6 @@ def describe_operation(name: str, tool_input: dict[str, Any], decision: Decision
     return f"{name} on {where}"
 
 
-def approval_message_id(from_address: str, token: str) -> str:
-    """The approval mail's Message-ID carries its token: the owner's reply brings it back."""
-    domain = from_address.rpartition("@")[2].strip("> ") or "mailagent.invalid"
-    return f"<mailagent.approval.{token}@{domain}>"
-
-
 def _describe(change: dict[str, Any]) -> str:
     if change["op"] == "moved":
         return f"moved {change['from']} to {change['path']}"
@@ -178,6 +173,8 @@ class Worker:
         self.settings, self.store, self.agent = settings, store, agent
         self.connectors = connectors
         self.schedules = schedules
+        self.schedule_approvals = None if schedules is None else ScheduleApprovals(
+            settings, store, schedules, lambda: self.on_mail())
         self.home = home or Path.home()
         self.sandbox = sandbox or SandboxInfo("none", detail="not looked for")
         self.runners: dict[int, Runner] = {}  # task_id -> what runs its commands
@@ -428,6 +425,8 @@ class Worker:
             kind_fits = command.name == "deny" or (command.name == "continue") == is_budget
             if approval.message_id not in command.reply.references or not kind_fits:
                 continue
+            if approval.schedule_id is not None and self.schedule_approvals is not None:
+                return self.schedule_approvals.settle(approval, command.name)
             if approval.expires_at < datetime.now(UTC):
                 self.expire(approval)
                 return f"The question about {approval.operation} had expired; nothing was done."
@@ -460,6 +459,9 @@ class Worker:
         self.on_mail()
 
     def expire(self, approval: ApprovalView) -> None:
+        if approval.schedule_id is not None and self.schedule_approvals is not None:
+            self.schedule_approvals.expire(approval)
+            return
         if approval.operation == BUDGET_STEP:
             if self.store.settle_approval(approval.approval_id, "expired", "no answer in time"):
                 self.end_paused(approval.task_id, "no `continue` came in time")
@@ -538,10 +540,9 @@ class Worker:
                              max_chars=self.settings.agent.max_memory_chars)
         tools = {name: getattr(files, name) for name in FILE_TOOLS}
         tools["remember"] = memory.remember
-        if self.schedules is not None:
-            schedules = self.schedules
-            tools["schedule_task"] = ScheduleTools(make=lambda when, task: schedules.confirmation(
-                schedules.create(work.task_id, when, task))).schedule_task
+        if self.schedule_approvals is not None:  # who made it decides whether it waits (S5)
+            tools["schedule_task"] = ScheduleTools(make=functools.partial(
+                self.schedule_approvals.make, work.task_id)).schedule_task
         policy = self.policies.current()
         if self.offers_commands(policy):
             tools["run_command"] = self.command_tools(work, scope).run_command

@@ -59,7 +59,10 @@ from mailagent.store.views import (
     ReplyTarget,
     SavedRaw,
     ScheduledRun,
+    ScheduleQuestion,
     ScheduleView,
+    SeenContext,
+    SeenTask,
     TaskView,
     TaskWork,
     ThreadMatch,
@@ -85,8 +88,11 @@ __all__ = [
     "OutboxView",
     "ReplyTarget",
     "SavedRaw",
+    "ScheduleQuestion",
     "ScheduleView",
     "ScheduledRun",
+    "SeenContext",
+    "SeenTask",
     "Store",
     "Task",
     "TaskView",
@@ -498,7 +504,8 @@ def _main_id(s: Session) -> int:
 
 def _approval_view(row: Approval) -> ApprovalView:
     return ApprovalView(_id(row.approval_id), row.task_id, row.tool_use_id, row.token, row.digest,
-                        row.operation, row.state, row.message_id, _aware(row.expires_at))
+                        row.operation, row.state, row.message_id, _aware(row.expires_at),
+                        row.schedule_id)
 
 
 def _outbox_view(row: OutboxRow) -> OutboxView:
@@ -693,8 +700,8 @@ class Store(HeldStore):
         """
         with self.session() as s:
             row = s.get(Approval, approval_id)
-            if row is None or row.state != "pending":
-                return False
+            if row is None or row.state != "pending" or row.schedule_id is not None:
+                return False  # a schedule's approval is settled with its schedule
             row.state, row.settled_at = state, utcnow()
             s.add(row)
             task = s.get(Task, row.task_id)

@@ -10,16 +10,34 @@ crash or a second caller can neither run a slot twice nor lose it.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sqlmodel import Session, col, func, select
 
-from mailagent.store import MailStore, _audit, _conversation, _id, _utc
-from mailagent.store.tables import Conversation, Schedule, Task, utcnow
-from mailagent.store.views import NewSchedule, ScheduledRun, ScheduleView
+from mailagent.store import MailStore, _audit, _conversation, _enqueue, _id, _utc
+from mailagent.store.tables import (
+    Approval,
+    Conversation,
+    HistoryEntry,
+    Schedule,
+    Task,
+    ToolCallRow,
+    utcnow,
+)
+from mailagent.store.views import (
+    NewSchedule,
+    ScheduledRun,
+    ScheduleQuestion,
+    ScheduleView,
+    SeenContext,
+    SeenTask,
+)
 
-LIVE_STATES = ("active", "paused")
+# Listed, and counted against the per-conversation limit: one awaiting approval too, so that
+# content cannot have the owner asked without end.
+LIVE_STATES = ("active", "paused", "awaiting_approval")
+RUNNABLE_STATES = ("active", "paused", "finished")  # what `run N now` may run
 
 
 def _view(row: Schedule, conversation_name: str) -> ScheduleView:
@@ -57,11 +75,44 @@ def _run_task(s: Session, row: Schedule, run: ScheduledRun, now: datetime) -> in
     return task_id
 
 
+def _ask(s: Session, view: ScheduleView, task_id: int, question: ScheduleQuestion) -> None:
+    s.add(Approval(task_id=task_id, tool_use_id="", token=question.token,
+                   digest=question.digest, operation=question.operation,
+                   message_id=question.mail.message_id, created_at=utcnow(),
+                   expires_at=question.expires_at, schedule_id=view.schedule_id))
+    _audit(s, "approval.requested", question.operation, None, task_id,
+           {"schedule": view.schedule_id, "digest": question.digest})
+    _enqueue(s, question.mail)
+
+
+def _tools_run(s: Session, task_ids: list[int]) -> dict[int, tuple[str, ...]]:
+    """The tools each task called that ran: decided allow or ask, and then started."""
+    rows = s.exec(select(ToolCallRow.task_id, ToolCallRow.name).where(
+        col(ToolCallRow.task_id).in_(task_ids), col(ToolCallRow.verdict).in_(["allow", "ask"]),
+        col(ToolCallRow.state).in_(["started", "done", "failed"])))
+    found: dict[int, list[str]] = {}
+    for task_id, name in rows:
+        found.setdefault(task_id, []).append(name)
+    return {task_id: tuple(names) for task_id, names in found.items()}
+
+
+def _block_types(contents: Sequence[str]) -> frozenset[str]:
+    types: set[str] = set()
+    for content in contents:
+        blocks = json.loads(content)
+        if isinstance(blocks, list):  # a summary's content is its text
+            types.update(str(b.get("type")) for b in blocks if isinstance(b, dict))
+    return frozenset(types)
+
+
 class ScheduleStore(MailStore):
     """The schedule table's reads and writes."""
 
-    def add_schedule(self, new: NewSchedule, max_live: int) -> ScheduleView | None:
-        """Record a schedule; None if its conversation has `max_live` active or paused ones."""
+    def add_schedule(self, new: NewSchedule, max_live: int,
+                     question: Callable[[ScheduleView], ScheduleQuestion] | None = None
+                     ) -> ScheduleView | None:
+        """Record a schedule; None if its conversation has `max_live` live ones. With
+        `question`, the approval it waits for and its mail are recorded in the same commit."""
         with self.session() as s:
             conversation = _conversation(s, new.conversation_name)
             conversation_id = _id(conversation.conversation_id)
@@ -77,13 +128,18 @@ class ScheduleStore(MailStore):
                 subject=new.subject, message_id=new.message_id,
                 references=" ".join(new.references), when_text=new.when_text,
                 rule_json=new.rule_json, timezone=new.timezone, task_text=new.task_text,
-                next_run_at=new.next_run_at, created_at=now, updated_at=now,
+                next_run_at=new.next_run_at, state=new.state, reason=new.reason,
+                created_at=now, updated_at=now,
             )
             s.add(row)
             s.flush()
             _audit(s, "schedule.created", new.when_text, None, new.origin_task_id,
-                   {"schedule": row.schedule_id, "source": new.source, "task": new.task_text})
-            return _view(row, conversation.name)
+                   {"schedule": row.schedule_id, "source": new.source, "task": new.task_text,
+                    "state": new.state})
+            view = _view(row, conversation.name)
+            if question is not None and new.origin_task_id is not None:
+                _ask(s, view, new.origin_task_id, question(view))
+            return view
 
     def schedules(self, states: Sequence[str] = LIVE_STATES) -> list[ScheduleView]:
         with self.session() as s:
@@ -139,7 +195,7 @@ class ScheduleStore(MailStore):
         """An extra run now, outside the schedule's times; None if it is cancelled or gone."""
         with self.session() as s:
             row = s.get(Schedule, schedule_id)
-            if row is None or row.state not in (*LIVE_STATES, "finished"):
+            if row is None or row.state not in RUNNABLE_STATES:
                 return None
             return _run_task(s, row, run, utcnow())
 
@@ -158,3 +214,48 @@ class ScheduleStore(MailStore):
                 row.message_id = reply_message_id
             s.add(row)
             return _view(row, _name(s, row.conversation_id))
+
+    def seen_by_model(self, task_id: int) -> SeenContext:
+        """What the model of this task's conversation has been shown: every task with words in
+        its history (compacted ones too: a summary carries what it summarised), and this one."""
+        with self.session() as s:
+            task = s.get(Task, task_id)
+            if task is None:
+                return SeenContext((), frozenset())
+            contents = list(s.exec(select(HistoryEntry.content_json).where(
+                HistoryEntry.conversation_id == task.conversation_id)))
+            seen = set(s.exec(select(HistoryEntry.task_id).where(
+                HistoryEntry.conversation_id == task.conversation_id,
+                col(HistoryEntry.task_id).is_not(None)).distinct()))
+            ids = sorted({task_id, *(i for i in seen if i is not None)})
+            tools = _tools_run(s, ids)
+            tasks = s.exec(select(Task).where(col(Task.task_id).in_(ids))
+                           .order_by(col(Task.task_id)))
+            return SeenContext(tuple(
+                SeenTask(_id(t.task_id), t.raw_message_id is not None, t.answers_us,
+                         t.instruction, json.loads(t.data_json), tools.get(_id(t.task_id), ()))
+                for t in tasks), _block_types(contents))
+
+    def settle_schedule_approval(self, approval_id: int, state: str, reason: str,
+                                 schedule_state: str, next_run_at: datetime | None) -> bool:
+        """pending -> approved | denied | expired, once, and the schedule that waits for it
+        moves to `schedule_state` in the same commit; False if the approval was settled
+        already or its schedule no longer waits (the approval is settled all the same)."""
+        with self.session() as s:
+            approval = s.get(Approval, approval_id)
+            if approval is None or approval.state != "pending" or approval.schedule_id is None:
+                return False
+            approval.state, approval.settled_at = state, utcnow()
+            s.add(approval)
+            _audit(s, f"approval.{state}", reason, None, approval.task_id,
+                   {"operation": approval.operation, "digest": approval.digest,
+                    "schedule": approval.schedule_id})
+            row = s.get(Schedule, approval.schedule_id)
+            if row is None or row.state != "awaiting_approval":
+                return False
+            row.state, row.reason, row.next_run_at = schedule_state, reason, next_run_at
+            row.updated_at = utcnow()
+            s.add(row)
+            _audit(s, f"schedule.{schedule_state}", reason, None, None,
+                   {"schedule": approval.schedule_id})
+            return True

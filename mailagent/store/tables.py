@@ -212,6 +212,9 @@ class Approval(SQLModel, table=True):
     created_at: datetime
     expires_at: datetime
     settled_at: datetime | None = None
+    # Set when what waits is a schedule the model made, not a tool call of the task: approved,
+    # the schedule becomes active; otherwise it is cancelled. The task never waits for it.
+    schedule_id: int | None = None
 
 
 class Schedule(SQLModel, table=True):
@@ -232,7 +235,9 @@ class Schedule(SQLModel, table=True):
     rule_json: str
     timezone: str
     task_text: str
-    state: str = Field(default="active", index=True)  # active paused cancelled finished
+    # active paused cancelled finished, or awaiting_approval: made by the model, not by the
+    # owner's own words, it never runs until the owner approves it (SECURITY.md S5)
+    state: str = Field(default="active", index=True)
     reason: str = ""
     next_run_at: datetime | None = None  # UTC
     last_run_at: datetime | None = None  # UTC
@@ -342,6 +347,10 @@ def _held(connection: Connection) -> None:
     SQLModel.metadata.create_all(connection, tables=[SQLModel.metadata.tables["held_mail"]])
 
 
+def _schedule_approvals(connection: Connection) -> None:
+    _add_columns(connection, "approval", {"schedule_id": "INTEGER"})
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_agent", _agent),
@@ -353,5 +362,6 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0008_sent_at", _sent_at),
     ("0009_answer_open_tool_calls", _repair_histories),
     ("0010_held_mail", _held),
+    ("0011_schedule_approvals", _schedule_approvals),
 ]
 

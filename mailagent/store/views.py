@@ -217,6 +217,7 @@ class ApprovalView:
     state: str
     message_id: str
     expires_at: datetime
+    schedule_id: int | None = None  # a schedule waiting, rather than a call of the task
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,20 @@ class NewSchedule:
     timezone: str
     task_text: str
     next_run_at: datetime | None
+    state: str = "active"  # or awaiting_approval
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ScheduleQuestion:
+    """The approval a schedule waits for, asked in the commit that records the schedule: the
+    question mail (whose Message-ID carries the token) and the digest of what would run."""
+
+    token: str
+    digest: str
+    operation: str
+    expires_at: datetime
+    mail: Outbound
 
 
 @dataclass(frozen=True)
@@ -257,6 +272,28 @@ class ScheduleView:
     last_run_at: datetime | None
     consecutive_failures: int
     message_id: str | None
+
+
+@dataclass(frozen=True)
+class SeenTask:
+    """A task whose words are in a conversation's history: where it came from and which
+    tools it ran, so that what it brought before the model can be judged."""
+
+    task_id: int
+    from_mail: bool  # started by an owner's mail (not a scheduled run)
+    answers_us: bool  # that mail replies to mail mailagent sent
+    instruction: str
+    data: dict[str, Any]
+    tools_run: tuple[str, ...]  # the tools it called that ran (refused calls left out)
+
+
+@dataclass(frozen=True)
+class SeenContext:
+    """Everything a conversation's model has been shown, by task, and the kinds of content
+    blocks its history holds."""
+
+    tasks: tuple[SeenTask, ...]
+    block_types: frozenset[str]
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ In: `when` and `task` from the model, and `make`, a callable from the worker tha
 stores the schedule in the calling task's own conversation and thread, and returns the
 confirmation (or raises ValueError with what to write instead). Out: that confirmation, or
 ToolError. It never chooses a conversation, a thread or a recipient: `make` is bound to the task.
+Whether a schedule runs at once or waits for the owner's approval is decided by `make`, from
+provenance (`mailagent.provenance`), never from anything the model says.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ class ScheduleTools:
         Use it only when the owner asks for something recurring ("every morning ...") or for
         something at a later time. Do not do the task now as well unless the owner asks.
         Each run is an ordinary task with the same permissions as this one.
+
+        The schedule is active at once only when the owner's own typed words are all that can
+        have led to it: this task came from the owner's mail with typed text, and nothing in
+        this conversation came from anyone else (no forwarded mail, attachments, or quoted
+        mail not sent by mailagent; no scheduled run; no output of reading, listing or
+        searching files, of commands or of connectors). Otherwise it is stored inactive and
+        the owner is mailed a question: it runs only once the owner approves it by reply, and
+        is dropped on deny or when no answer comes. The result says which; do not make the
+        same schedule again while it waits.
 
         Args:
             when: a plain English schedule in the owner's time zone, in one of these forms:
