@@ -37,6 +37,7 @@ from mailagent.errors import OAuthError, RenderError, SmtpError
 from mailagent.failpoints import failpoint
 from mailagent.render import markdown_html, render
 from mailagent.store import Outbound, OutboxView, ReplyTarget, Store
+from mailagent.when import quiet_seconds
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +282,9 @@ class Courier:
         self.client = await _connect(self.settings)
         return self.client
 
+    def idle_close_in(self) -> float:
+        return max(0.0, self.KEEP_SECONDS - (time.monotonic() - self.used_at))
+
     async def close_if_idle(self) -> None:
         if self.client is not None and time.monotonic() - self.used_at > self.KEEP_SECONDS:
             await self.close()
@@ -323,7 +327,10 @@ class Postman:
                 await self.deliver(mail)
             await self.courier.close_if_idle()
             waits = [asyncio.create_task(self.wake.wait()), asyncio.create_task(stop.wait())]
-            await asyncio.wait(waits, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            wait = quiet_seconds(self.store.next_mail_at(), datetime.now(UTC))
+            if self.courier.client is not None:  # wake to close a connection left idle
+                wait = min(wait, self.courier.idle_close_in())
+            await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waits:
                 waiter.cancel()
         await self.courier.close()

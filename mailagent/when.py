@@ -23,6 +23,20 @@ from zoneinfo import ZoneInfo
 
 from mailagent.errors import WhenError
 
+# A loop with nothing due still looks this often: the command line may change the queue or the
+# outbox from another process. Anything the service itself does wakes its loops at once.
+IDLE_LOOK_SECONDS = 30.0
+
+
+def quiet_seconds(due: datetime | None, now: datetime) -> float:
+    """How long a loop may sleep at `now` when the next thing it must do on its own is at
+    `due` (None: nothing is due)."""
+    if due is None:
+        return IDLE_LOOK_SECONDS
+    left = (due - now).total_seconds()
+    return min(IDLE_LOOK_SECONDS, max(0.0, left) + 0.01)
+
+
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 EVERY_DAY = tuple(range(7))
 WORKDAYS = tuple(range(5))

@@ -59,6 +59,7 @@ from mailagent.tools.connector import ConnectorTools
 from mailagent.tools.files import FileTools, ToolError
 from mailagent.tools.memory import MemoryTools
 from mailagent.tools.schedule import ScheduleTools
+from mailagent.when import quiet_seconds
 from mailagent.workspace import data_key, workspace_dir
 
 log = logging.getLogger(__name__)
@@ -215,11 +216,17 @@ class Worker:
             self.start_claimed()
             self.wake.clear()
             waits = [asyncio.create_task(self.wake.wait()), asyncio.create_task(stop.wait())]
-            await asyncio.wait([*waits, *self.running.values()], timeout=1.0,
+            await asyncio.wait([*waits, *self.running.values()], timeout=self.quiet_seconds(),
                                return_when=asyncio.FIRST_COMPLETED)
             for waiter in waits:
                 waiter.cancel()
         await self.shutdown()
+
+    def quiet_seconds(self) -> float:
+        """How long the loop sleeps unless woken (new task or command, a task ending): until a
+        deferred task may run or an approval expires, and at most IDLE_LOOK_SECONDS, since the
+        command line changes the queue from another process. An idle service wakes rarely."""
+        return quiet_seconds(self.store.next_task_event_at(), datetime.now(UTC))
 
     def start_claimed(self) -> None:
         free = self.settings.agent.max_concurrent_tasks - len(self.running)

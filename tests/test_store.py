@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from mailagent.errors import StoreError
 from mailagent.store import MIGRATIONS, NewTask, Store
+from mailagent.when import IDLE_LOOK_SECONDS, quiet_seconds
 
 
 @pytest.fixture
@@ -125,3 +127,22 @@ def test_the_gate_before_every_request_mends_any_history() -> None:
             {"type": "tool_result", "tool_use_id": "toolu_old", "content": LOST,
              "is_error": True},
             {"type": "text", "text": "next"}]}]
+
+
+def test_the_worker_learns_when_it_next_has_something_to_do_on_its_own(store: Store) -> None:
+    # An idle service sleeps until then (at most IDLE_LOOK_SECONDS) instead of polling.
+    now = datetime.now(UTC)
+    assert store.next_task_event_at() is None
+    assert quiet_seconds(None, now) == IDLE_LOOK_SECONDS
+    first = store.record_task(None, new_task(), "t")
+    second = store.record_task(None, new_task("other"), "t")
+    [one, two] = store.claim_tasks(set(), 2, now)
+    store.defer_task(one.task_id, now + timedelta(seconds=7), "busy")
+    store.request_approval(two.task_id, "toolu_1", "token", "digest", "delete a.txt",
+                           now + timedelta(seconds=3), "ask", None)
+    assert {one.task_id, two.task_id} == {first, second}
+    due = store.next_task_event_at()
+    assert due is not None and abs((due - now).total_seconds() - 3) < 0.01
+    assert 2.9 < quiet_seconds(due, now) < 3.1
+    assert quiet_seconds(now + timedelta(hours=2), now) == IDLE_LOOK_SECONDS
+    assert quiet_seconds(now - timedelta(seconds=5), now) < 0.1

@@ -620,6 +620,24 @@ class Store(HeldStore):
         with self.session() as s:
             _enqueue(s, outbound)
 
+    def next_mail_at(self) -> datetime | None:
+        """When the earliest queued mail may be sent (a retry waits), or None if none waits."""
+        with self.session() as s:
+            first = s.exec(select(func.min(OutboxRow.next_attempt_at))
+                           .where(OutboxRow.state == "queued")).one()
+            return _aware(first) if first is not None else None
+
+    def next_task_event_at(self) -> datetime | None:
+        """The earliest moment the worker has something to do that no one tells it about: a
+        deferred task may run, or a pending approval expires."""
+        with self.session() as s:
+            deferred = s.exec(select(func.min(Task.not_before)).where(
+                Task.state == "queued", col(Task.not_before).is_not(None))).one()
+            expiry = s.exec(select(func.min(Approval.expires_at))
+                            .where(Approval.state == "pending")).one()
+        times = [_aware(t) for t in (deferred, expiry) if t is not None]
+        return min(times) if times else None
+
     def due_mail(self, now: datetime) -> list[OutboxView]:
         with self.session() as s:
             rows = s.exec(select(OutboxRow).where(OutboxRow.state == "queued").order_by(
