@@ -7,6 +7,8 @@ double while the service fails against the API. Each rule cites the page that st
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
@@ -143,12 +145,21 @@ def tool_schemas_are_json_schema_objects(body: Mapping[str, Any]) -> str | None:
             return f"tools.{index}.custom.input_schema: Field required"
         if not isinstance(schema, dict) or schema.get("type") != "object":
             return f"tools.{index}.custom.input_schema.type: Input should be 'object'"
-        try:
-            jsonschema.Draft202012Validator.check_schema(schema)
-        except jsonschema.SchemaError:
+        if not _is_json_schema(json.dumps(schema, sort_keys=True)):
             return (f"tools.{index}.custom.input_schema: JSON schema is invalid. It must match "
                     "JSON Schema draft 2020-12 (https://json-schema.org/draft/2020-12).")
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_json_schema(text: str) -> bool:
+    """Checked once per distinct schema: every request of a task offers the same tools, and
+    checking a schema against the metaschema takes milliseconds."""
+    try:
+        jsonschema.Draft202012Validator.check_schema(json.loads(text))
+    except jsonschema.SchemaError:
+        return False
+    return True
 
 
 def compaction_trigger_is_high_enough(body: Mapping[str, Any]) -> str | None:
