@@ -254,6 +254,20 @@ class HeldMail(SQLModel, table=True):
     release_requested_at: datetime | None = None
 
 
+class Halt(SQLModel, table=True):
+    """Tools stopped because the service cannot go on with them (an integrity check failed): in
+    force from `halted_at` until the owner's `mailagent resume` sets `resumed_at`, across
+    restarts. Owner mail that comes meanwhile is held; the owner is told of it once
+    (`kept_notice_at`)."""
+
+    halt_id: int | None = Field(default=None, primary_key=True)
+    reason: str
+    detail_json: str = "{}"
+    halted_at: datetime = Field(index=True)
+    resumed_at: datetime | None = None
+    kept_notice_at: datetime | None = None
+
+
 def _initial(connection: Connection) -> None:
     tables = [
         SQLModel.metadata.tables[name]
@@ -342,6 +356,10 @@ def _held(connection: Connection) -> None:
     SQLModel.metadata.create_all(connection, tables=[SQLModel.metadata.tables["held_mail"]])
 
 
+def _halts(connection: Connection) -> None:
+    SQLModel.metadata.create_all(connection, tables=[SQLModel.metadata.tables["halt"]])
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_agent", _agent),
@@ -353,5 +371,6 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0008_sent_at", _sent_at),
     ("0009_answer_open_tool_calls", _repair_histories),
     ("0010_held_mail", _held),
+    ("0011_halts", _halts),
 ]
 
