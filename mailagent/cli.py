@@ -327,6 +327,9 @@ start here:
   mailagent check                   test the config, the policies and every login
   mailagent run                     run the service (or: mailagent service install)
 
+when a mail says that tools are stopped (a file that governs mailagent changed):
+  mailagent resume                  once you have looked at what changed
+
 `mailagent COMMAND --help` says more about each command."""
 # What each command does for its user, and an example of it.
 USAGE: dict[str, tuple[str, str]] = {

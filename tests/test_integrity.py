@@ -225,6 +225,9 @@ def test_a_config_swapped_during_a_command_stops_every_tool_until_resume_even_ac
         assert checked.returncode == 1
         assert "error: tools are stopped since" in checked.stdout, checked.stdout
         assert len(service.store().held()) == 2 and len(service.store().tasks()) == 2
+        assert [m for m in smtp_server.messages if "I keep this mail" in m.text()] == \
+            [kept_notice]
+        assert all("$MailagentDone" not in dovecot.flags(uid) for uid in dovecot.uids()[2:])
         assert not (workspaces / "third" / "fine.txt").exists()
 
         resumed = cli(service, "resume")
