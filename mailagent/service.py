@@ -108,7 +108,7 @@ class Service:
 
         self.on_new_task = scheduler.on_new_task = wake_worker
 
-        def resumed() -> None:
+        def resumed() -> None:  # in the held-mail thread, before tools run again
             guard.rebase()
             wake_worker()
 

@@ -11,8 +11,9 @@ Two causes, one rule: the owner gets one mail saying so, and nothing is lost.
   is room). The service tries again by itself and goes on when there is room again.
 
 In: a `Breach` from the integrity guard and a `StoreFullError` from the store, from any thread.
-Out: `halted` (a threading.Event the worker reads before every tool call and every claim), and
-calls on the event loop: `on_halt(reason)` (stop every tool now), `on_resume()`, `on_room()`.
+Out: `halted` (a threading.Event the worker reads before every tool call and every claim),
+`on_resume()` (in the thread that noticed the resume, before tools run again), and calls on the
+event loop: `on_halt(reason)` (stop every tool now) and `on_room()`.
 Side effects: halt rows, held rows of kept mail, and mail to the first owner address.
 It must never send more than one mail per halt or per time the store is full, and never let a
 halt end but by the owner's `resume`.
@@ -125,9 +126,9 @@ class Stoppage:
             return
         if halts.active_halt(self.store) is not None:
             return
+        self.on_resume()  # the new record first: no command runs before it is taken
         self.halted.clear()
         log.info("tools run again: the owner resumed them")
-        self.soon(self.on_resume)
 
     def keep(self, raw_message_id: int, inbound: Inbound) -> bool:
         """Hold owner mail that came while tools are stopped; the first one of a halt gets a
