@@ -1,4 +1,4 @@
-"""Command line: `mailagent init | run | check | status | policy explain | service | demo`.
+"""Command line: `mailagent init | run | check | status | resume | policy explain | service | demo`.
 
 Commands only: each turns expected failures (MailagentError) into one readable line on stderr
 and a non-zero exit code, never a traceback. The only module that configures logging handlers.
@@ -28,6 +28,7 @@ from mailagent.policy import FolderRule, Policy, Scope, explain, load_policy, pr
 from mailagent.render import check_templates, shipped_text
 from mailagent.sandbox import find_sandbox, process_limit_kind
 from mailagent.store import Store
+from mailagent.store.halts import active_halt, resume
 from mailagent.when import read_schedules_file
 from mailagent.workspace import workspace_dir
 
@@ -159,6 +160,20 @@ def _check_store(settings: Settings) -> str:
     return f"database {settings.database_url}"
 
 
+def _check_tools(settings: Settings) -> str:
+    """Whether tools are stopped after a failed integrity check (they stay so until resume)."""
+    store = Store.open(settings.database_url)
+    try:
+        halt = active_halt(store)
+    finally:
+        store.close()
+    if halt is None:
+        return "tools: not stopped"
+    raise MailagentError(
+        f"tools are stopped since {halt.halted_at:%Y-%m-%d %H:%M} UTC: {halt.reason}; look at "
+        f"what changed, then run `mailagent resume --config {settings.config_path}`")
+
+
 class _PartlyFailedError(MailagentError):
     """A check of several things where some passed: `passed` are their lines, as a check
     returns them."""
@@ -170,8 +185,8 @@ class _PartlyFailedError(MailagentError):
 
 CHECKS: tuple[Callable[[Settings], str], ...] = (
     _check_policies, _check_commands, _check_templates, _check_schedules, _check_store,
-    _check_connectors, doctor.check_keyring, doctor.check_oauth, _check_imap, _check_smtp,
-    _check_model, doctor.check_service)
+    _check_tools, _check_connectors, doctor.check_keyring, doctor.check_oauth, _check_imap,
+    _check_smtp, _check_model, doctor.check_service)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -222,6 +237,28 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("\n".join(status_view.plain_lines(snapshot)))
     else:
         status_view.print_rich(snapshot)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """End a halt: say what had stopped the tools, and let them run again (the running service
+    notices within seconds; a stopped one at its next start)."""
+    settings = _settings(args, secrets=False)
+    store = Store.open(settings.database_url)
+    try:
+        ended = resume(store)
+    finally:
+        store.close()
+    if ended is None:
+        print("Tools are not stopped; there is nothing to resume.")
+        return 0
+    halt, kept = ended
+    print(f"Tools were stopped since {halt.halted_at:%Y-%m-%d %H:%M} UTC: {halt.reason}")
+    for problem in halt.detail.get("problems", []):
+        print(f"  - {problem}")
+    print(f"Resumed: tools run again, from the files as they are now; {kept} kept mail(s) "
+          "run now. The running service takes this up within seconds (a stopped one at its "
+          "next start).")
     return 0
 
 
@@ -290,6 +327,9 @@ start here:
   mailagent check                   test the config, the policies and every login
   mailagent run                     run the service (or: mailagent service install)
 
+when a mail says that tools are stopped (a file that governs mailagent changed):
+  mailagent resume                  once you have looked at what changed
+
 `mailagent COMMAND --help` says more about each command."""
 # What each command does for its user, and an example of it.
 USAGE: dict[str, tuple[str, str]] = {
@@ -301,8 +341,14 @@ USAGE: dict[str, tuple[str, str]] = {
               "One line per check; exit 0 only if all pass, with a hint for each failure.",
               "mailagent check --config ~/.config/mailagent/mailagent.toml"),
     "status": ("Show what the service is doing and did: conversations, tasks, schedules, "
-               "approvals waiting for you, the outbox and recent refusals.",
+               "approvals waiting for you, the outbox and recent refusals, and whether tools "
+               "are stopped.",
                "mailagent status --plain"),
+    "resume": ("Let tools run again after they were stopped because the config, a policy file "
+               "or the data directory changed under a command (you had a mail saying what "
+               "changed). Look at that first; then this ends the stop, takes the files as they "
+               "are now as the new reference, and runs the mail kept meanwhile.",
+               "mailagent resume --config ~/.config/mailagent/mailagent.toml"),
     "init": ("Connect your mailbox: asks for the agent's address, provider, password (kept in "
              "the OS keyring), your own addresses and a folder the agent may use, then writes "
              "the config and a starter policy and checks them.",
@@ -352,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", cmd_run, "run the service in the foreground until SIGINT/SIGTERM"),
         ("check", cmd_check, "validate the config and log in to IMAP and SMTP"),
         ("status", cmd_status, "print conversations, tasks and refusals"),
+        ("resume", cmd_resume, "let tools run again after an integrity check stopped them"),
     ):
         command = sub.add_parser(name, help=text)
         command.add_argument("--config", help="config file (default: $MAILAGENT_CONFIG, "

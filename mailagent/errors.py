@@ -4,6 +4,7 @@
     ├── ConfigError                the config file is missing, unreadable or invalid
     ├── AlreadyRunningError        another instance holds the data directory (L5)
     ├── StoreError                 the database cannot be opened or migrated
+    │   └── StoreFullError         the database or the disk is full (transient: room may come)
     ├── PolicyError                a policy file does not validate (names file and line)
     ├── ModelError                 the model endpoint failed (transient: overload, rate limit)
     ├── RenderError                a shipped template is missing or does not render
@@ -26,6 +27,7 @@ Every error carries a message that names the failure, the value involved and the
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
 
 
@@ -51,6 +53,24 @@ class AlreadyRunningError(MailagentError):
 
 class StoreError(MailagentError):
     """The database cannot be opened, migrated or written."""
+
+
+class StoreFullError(StoreError):
+    """Nothing more can be stored: the database or the disk that holds it is full (SQLite's
+    SQLITE_FULL, PostgreSQL's disk_full, or ENOSPC while writing a file of the data directory).
+    Transient: it goes away once there is room again."""
+
+    transient = True
+
+
+def as_full(exc: BaseException) -> StoreFullError | None:
+    """`exc` as a StoreFullError if it says that there is no room left (a full database, or a
+    file write that found the disk or the quota full), else None."""
+    if isinstance(exc, StoreFullError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFullError(f"the disk is full: {exc}")
+    return None
 
 
 class PolicyError(MailagentError):

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,17 +21,19 @@ from mailagent.agent import Agent
 from mailagent.canary import Canary
 from mailagent.config import Settings
 from mailagent.connectors import Connectors
-from mailagent.errors import MailagentError
+from mailagent.errors import MailagentError, StoreError, StoreFullError, as_full
 from mailagent.failpoints import failpoint
 from mailagent.holding import Hold, Holding
 from mailagent.instance import instance_lock
 from mailagent.intake import Inbound, IntakeRules, Rejection, content_key, read_inbound
+from mailagent.integrity import Guard
 from mailagent.keepawake import KeepAwake
 from mailagent.mailbox import Fetched, Watcher, in_folder
 from mailagent.notify import Postman, compose
 from mailagent.render import check_templates
 from mailagent.sandbox import find_sandbox
 from mailagent.scheduler import Scheduler
+from mailagent.stoppage import Stoppage
 from mailagent.store import NewCommand, NewTask, Outbound, ReplyTarget, Store
 from mailagent.threads import CommandRoute, TaskRoute, route
 from mailagent.worker import Worker
@@ -40,7 +42,8 @@ from mailagent.workspace import save_attachments, workspace_dir
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
-HELD_POLL_SECONDS = 2.0  # how soon `release` and a freed hour let held mail run
+HELD_POLL_SECONDS = 2.0  # how soon `release`, `resume` and a freed hour let held mail run
+RESTART_SECONDS = 5.0  # a stage's loop that a database error ended starts again after this
 
 
 class Service:
@@ -53,6 +56,8 @@ class Service:
         self.stopping = threading.Event()
         self.canary = Canary(settings, store)
         self.holding = Holding(store, settings.limits, settings.smtp)
+        self.stoppage = Stoppage(settings, store)
+        store.on_full = self.stoppage.full
         self.on_new_task: Callable[[], None] = lambda: None
         self.on_mail: Callable[[], None] = lambda: None
 
@@ -62,8 +67,12 @@ class Service:
         if self.settings.owner.verification == "none":
             log.warning("owner.verification is \"none\": ANYONE who writes From: your address "
                         "can give orders; use authentication-results or dkim")
-        self.process_pending()
         loop = asyncio.get_running_loop()
+        self.stoppage.loop = loop
+        self.stoppage.load()
+        guard = Guard(self.settings, self.store.file_path(), self.stoppage.halt)
+        with contextlib.suppress(StoreFullError):  # the watcher takes them up later
+            self.process_pending()
         stop = asyncio.Event()
         agent = Agent(self.settings.model, self.settings.agent, self.store, self.settings.failpoint)
         postman = Postman(self.settings.smtp, self.store, find_in_sent=self.find_in_sent,
@@ -88,18 +97,30 @@ class Service:
         self.on_mail = wake_postman
         keep_awake = KeepAwake(self.settings.service.keep_awake)
         worker.on_busy = keep_awake.set_busy
+        worker.tools_stopped = self.stoppage.halted.is_set
+        worker.watch = lambda work, command: guard.watching(work.task_id,
+                                                            work.conversation_name, command)
+        self.stoppage.on_halt, self.stoppage.on_mail = worker.stop_tools, wake_postman
+        self.stoppage.on_room = worker.requeue_stranded
 
         def wake_worker() -> None:
             loop.call_soon_threadsafe(worker.wake.set)
 
         self.on_new_task = scheduler.on_new_task = wake_worker
+
+        def resumed() -> None:  # in the held-mail thread, before tools run again
+            guard.rebase()
+            wake_worker()
+
+        self.stoppage.on_resume = resumed
         scheduler.tell_owner = worker.tell_owner
-        connecting = asyncio.create_task(connectors.run(stop))
+        connecting = asyncio.create_task(self.keep_running("connectors", connectors.run, stop))
         working = asyncio.create_task(worker.run(stop))
         scheduling = asyncio.create_task(scheduler.run(stop))
-        posting = asyncio.create_task(postman.run(stop))
+        posting = asyncio.create_task(self.keep_running("postman", postman.run, stop))
         self.canary.tell_owner, self.canary.on_mail = worker.tell_owner, wake_postman
-        probing = asyncio.create_task(self.canary.run(stop))
+        probing = asyncio.create_task(self.keep_running("canary", self.canary.run, stop))
+        stopping = asyncio.create_task(self.stoppage.run(stop))
         watching = asyncio.create_task(asyncio.to_thread(self.watch))
         releasing = asyncio.create_task(self.run_held_mail(stop))
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -120,9 +141,24 @@ class Service:
         await connecting
         await probing
         await releasing
+        await stopping
         await agent.close()
         keep_awake.release()
         stopped.cancel()
+
+    async def keep_running(self, name: str, run: Callable[[asyncio.Event], Awaitable[None]],
+                           stop: asyncio.Event) -> None:
+        """Run one stage's loop until `stop`; a database error (a full disk, say) starts it
+        again after a pause instead of ending it for good."""
+        while not stop.is_set():
+            try:
+                await run(stop)
+                return
+            except StoreError as exc:
+                log.warning("%s stopped: %s; it starts again in %g s", name, exc,
+                            RESTART_SECONDS)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), RESTART_SECONDS)
 
     def watch(self) -> None:
         """Run the mailbox watcher; a bug in it is logged and the watcher restarted."""
@@ -205,7 +241,9 @@ class Service:
         """Run held mail as `release` and the hour allow, until `stop`."""
         while not stop.is_set():
             try:
-                await asyncio.to_thread(self.run_held, datetime.now(UTC))
+                await asyncio.to_thread(self.stoppage.poll)
+                if not self.stoppage.halted.is_set():
+                    await asyncio.to_thread(self.run_held, datetime.now(UTC))
             except MailagentError as exc:  # the database is busy or gone: try again shortly
                 log.warning("cannot run held mail: %s", exc)
             with contextlib.suppress(TimeoutError):
@@ -221,9 +259,10 @@ class Service:
         return ran
 
     def process(self, raw_message_id: int, released: str | None = None) -> None:
-        """Intake, threads, and the durable outcome of one stored message; never raises.
-        `released` says how held mail was let go (`by_owner`, `by_itself`): it is not held
-        again."""
+        """Intake, threads, and the durable outcome of one stored message; never raises but
+        StoreFullError: with no room to record an outcome, the message stays as it was (not
+        processed, not marked done in the mailbox) and is tried again. `released` says how
+        held mail was let go (`by_owner`, `by_itself`): it is not held again by the limit."""
         raw, size, attempts = self.store.begin_processing(raw_message_id)
         if attempts > MAX_ATTEMPTS:
             self.store.record_rejection(raw_message_id, "intake.error",
@@ -241,9 +280,20 @@ class Service:
             else:
                 self.accept(raw_message_id, outcome, now, released)
         except Exception as exc:  # the one catch-all per message: record it and go on
+            if (full := as_full(exc)) is not None:
+                self.wait_for_room(raw_message_id, full)
+                raise full from exc
             log.exception("processing raw_message_id=%s failed", raw_message_id)
             self.store.record_rejection(raw_message_id, "intake.error",
                                         f"internal error: {type(exc).__name__}: {exc}", {})
+
+    def wait_for_room(self, raw_message_id: int, full: StoreFullError) -> None:
+        """No room to record what became of a message: it is left to be tried again, and the
+        attempt does not count (nothing was wrong with the message)."""
+        log.warning("raw_message_id=%s waits for room: %s", raw_message_id, full)
+        self.stoppage.full(full)  # a full disk that the store did not see (attachments)
+        with contextlib.suppress(StoreError):
+            self.store.uncount_attempt(raw_message_id)
 
     def reject(self, raw_message_id: int, rejection: Rejection) -> None:
         log.info("rejected raw_message_id=%s kind=%s reason=%s", raw_message_id,
@@ -262,6 +312,10 @@ class Service:
 
     def accept(self, raw_message_id: int, inbound: Inbound, now: datetime | None = None,
                released: str | None = None) -> None:
+        if self.stoppage.halted.is_set():  # kept, not lost, until the owner resumes (L6)
+            if self.stoppage.keep(raw_message_id, inbound):
+                self.on_mail()
+            return
         thread = self.store.find_thread([*inbound.references, *inbound.in_reply_to])
         destination = route(inbound, thread)
         if released is None:

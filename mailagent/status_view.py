@@ -2,8 +2,9 @@
 
 In: an open `Store`. Out: text on stdout. The JSON keys are a stable interface for scripts:
 `conversations`, `tasks`, `schedules`, `approvals`, `outbox`, `commands`, `connectors`,
-`refusals`, `held` (owner mail kept back by the rate limit), each a list of objects, and
-`inbound`, what the liveness probe last said; times in ISO 8601 UTC. Plain lines (the form when
+`refusals`, `held` (owner mail kept back by the rate limit), each a list of objects,
+`inbound`, what the liveness probe last said, and `halt`, why tools are stopped (null when they
+are not); times in ISO 8601 UTC. Plain lines (the form when
 stdout is not a terminal) keep the wording scripts already grep for. Reads only; never shows a
 mail body or a secret.
 """
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from mailagent.canary import status_lines as canary_lines
 from mailagent.scheduler import schedule_line, schedule_state
 from mailagent.store import Store
+from mailagent.store.halts import HaltView, active_halt
 from mailagent.store.views import (
     ApprovalView,
     AuditView,
@@ -48,6 +50,7 @@ class Snapshot:
     refusals: list[AuditView]
     inbound: list[str]  # the liveness probe's verdict
     held: list[HeldView]  # owner mail kept back by the per-sender rate limit
+    halt: HaltView | None = None  # why tools are stopped, until `mailagent resume`
 
 
 def take_snapshot(store: Store) -> Snapshot:
@@ -59,7 +62,16 @@ def take_snapshot(store: Store) -> Snapshot:
         connectors=_latest_per_server(store.audit_events("mcp.server", limit=200)),
         refusals=[e for e in store.audit_events("intake.", limit=10)
                   if e.kind not in ("intake.duplicate", "intake.held")],
-        inbound=canary_lines(store), held=store.held())
+        inbound=canary_lines(store), held=store.held(), halt=active_halt(store))
+
+
+def halt_lines(halt: HaltView | None) -> list[str]:
+    """Why tools are stopped and what to do; nothing when they are not."""
+    if halt is None:
+        return []
+    return [f"Tools: STOPPED since {halt.halted_at:%Y-%m-%d %H:%M} UTC: {halt.reason}",
+            *[f"  - {problem}" for problem in halt.detail.get("problems", [])],
+            "  Look at what changed, then run `mailagent resume`; mail is kept meanwhile."]
 
 
 def _latest_per_server(events: list[AuditView]) -> list[AuditView]:
@@ -101,6 +113,11 @@ def as_json(snap: Snapshot) -> dict[str, Any]:
                   "reason": h.reason, "held_at": _iso(h.held_at),
                   "runs_by_itself": h.runs_by_itself, "release_requested": h.release_requested}
                  for h in snap.held],
+        "halt": None if snap.halt is None else {
+            "halted_at": _iso(snap.halt.halted_at), "reason": snap.halt.reason,
+            "problems": snap.halt.detail.get("problems", []),
+            "task_id": snap.halt.detail.get("task_id"),
+            "conversation": snap.halt.detail.get("conversation")},
     }
 
 
@@ -110,7 +127,7 @@ def print_json(snap: Snapshot) -> None:
 
 def plain_lines(snap: Snapshot) -> list[str]:
     """One fact per line, under a heading per kind."""
-    lines = ["Conversations:"]
+    lines = [*halt_lines(snap.halt), "Conversations:"]
     for c in snap.conversations:
         counts = ", ".join(f"{n} {state}" for state, n in sorted(c.task_counts.items()))
         lines.append(f"  {c.name}: {counts or 'no tasks'}")
@@ -159,6 +176,8 @@ def print_rich(snap: Snapshot, console: Console | None = None) -> None:
     from rich.text import Text
 
     console = console or Console()
+    for line in halt_lines(snap.halt):
+        console.print(Text(line, style="bold red"))
     console.print(_table("Conversations", ["conversation", "tasks"], [
         [c.name, ", ".join(f"{n} {s}" for s, n in sorted(c.task_counts.items())) or "no tasks"]
         for c in snap.conversations]))

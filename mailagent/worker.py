@@ -18,6 +18,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from mailagent.connector_rules import PREFIX as MCP_PREFIX
 from mailagent.connector_rules import decide_mcp, split_name
 from mailagent.connectors import Connectors
 from mailagent.content import fence
-from mailagent.errors import ModelError, PolicyError
+from mailagent.errors import ModelError, PolicyError, StoreFullError
 from mailagent.notify import approval_message_id, compose
 from mailagent.policy import (
     CommandsRule,
@@ -63,6 +64,8 @@ from mailagent.when import quiet_seconds
 from mailagent.workspace import data_key, workspace_dir
 
 log = logging.getLogger(__name__)
+
+FULL_RETRY_SECONDS = 2.0  # a full disk or database: how soon the worker tries again
 
 FILE_TOOLS = ("list_files", "read_file", "write_file", "edit_file", "move_file", "delete_file",
               "search_files", "attach_file")
@@ -180,13 +183,18 @@ class Worker:
         self.sandbox = sandbox or SandboxInfo("none", detail="not looked for")
         self.runners: dict[int, Runner] = {}  # task_id -> what runs its commands
         self.on_mail = on_mail
-        self.cancelling: set[int] = set()
+        self.cancelling: dict[int, str] = {}  # task_id -> why it is being stopped
         self.account_told_at: float | None = None  # when the owner last heard of the account
         self.policies = PolicyWatcher(settings.policies_dir, self.policy_broken)
         self.running: dict[int, asyncio.Task[None]] = {}
         self.conversations: dict[int, int] = {}  # task_id -> conversation_id
         self.wake = asyncio.Event()
         self.on_busy: Callable[[bool], None] = lambda busy: None  # first task started, last ended
+        # Set by the service: whether tools are stopped (an integrity check failed), and the
+        # check around each command (mailagent.integrity).
+        self.tools_stopped: Callable[[], bool] = lambda: False
+        self.watch: Callable[[TaskWork, str], AbstractContextManager[list[str]]] = \
+            lambda _work, _command: nullcontext([])
 
     def policy_broken(self, error: PolicyError) -> None:
         """A broken policy file: logged, recorded, and the owner told (once per error)."""
@@ -212,11 +220,18 @@ class Worker:
         if self.connectors is not None:  # tasks waiting since before the start need their tools
             await self.connectors.started(timeout=60)
         while not stop.is_set():
-            self.answer_commands()
-            self.start_claimed()
+            quiet: float | None = None
+            try:
+                self.answer_commands()
+                if not self.tools_stopped():
+                    self.start_claimed()
+            except StoreFullError as exc:  # the owner is told once; tried again shortly
+                log.warning("worker waits for room: %s", exc)
+                quiet = FULL_RETRY_SECONDS
             self.wake.clear()
             waits = [asyncio.create_task(self.wake.wait()), asyncio.create_task(stop.wait())]
-            await asyncio.wait([*waits, *self.running.values()], timeout=self.quiet_seconds(),
+            await asyncio.wait([*waits, *self.running.values()],
+                               timeout=quiet if quiet is not None else self.quiet_seconds(),
                                return_when=asyncio.FIRST_COMPLETED)
             for waiter in waits:
                 waiter.cancel()
@@ -245,6 +260,22 @@ class Worker:
         self.conversations.pop(task_id, None)
         self.wake.set()
 
+    def stop_tools(self, reason: str) -> None:
+        """Stop every running task at once (tools are stopped): its command is killed, the
+        calls it asked for do not run, and it ends cancelled with `reason`."""
+        for runner in list(self.runners.values()):
+            runner.kill()
+        for task_id, task in list(self.running.items()):
+            self.cancelling[task_id] = f"stopped: tools are stopped ({reason})"
+            task.cancel()
+
+    def requeue_stranded(self) -> None:
+        """Room again after a full store: tasks whose step could not be recorded (left running
+        in the store, run by nobody) go back to the queue and resume after their last step."""
+        for task_id in self.store.requeue_interrupted(keep=self.running):
+            log.info("task resumed after the store was full task_id=%s", task_id)
+        self.wake.set()
+
     async def shutdown(self) -> None:
         """Stop running tasks; they stay `running` in the store and resume at the next start."""
         for task in list(self.running.values()):
@@ -268,8 +299,10 @@ class Worker:
         except asyncio.CancelledError:
             if work.task_id not in self.cancelling:
                 raise  # shutdown: the task stays running and resumes at the next start
-            self.cancelling.discard(work.task_id)
-            outcome = Outcome("cancelled", "cancelled by the owner")
+            outcome = Outcome("cancelled", self.cancelling.pop(work.task_id))
+        except StoreFullError as exc:  # nothing can be recorded: it resumes once there is room
+            log.warning("task_id=%s waits for room: %s", work.task_id, exc)
+            return
         except Exception as exc:  # the one catch-all per task: record it and go on
             log.exception("task_id=%s failed", work.task_id)
             outcome = Outcome("failed", f"internal error: {type(exc).__name__}: {exc}")
@@ -277,7 +310,10 @@ class Worker:
             runner = self.runners.pop(work.task_id, None)
             if runner is not None:
                 runner.kill()
-        self.record(work.task_id, outcome)
+        try:
+            self.record(work.task_id, outcome)
+        except StoreFullError as exc:  # left running in the store: requeued once there is room
+            log.warning("task_id=%s outcome not recorded: %s", work.task_id, exc)
 
     def record(self, task_id: int, outcome: Outcome) -> None:
         log.info("task %s task_id=%s reason=%s", outcome.state, task_id, outcome.reason)
@@ -512,7 +548,7 @@ class Worker:
         """Stop a task now (SECURITY.md A3): a running one is interrupted at its next await."""
         state = self.store.task_state(task_id)
         if task_id in self.running:
-            self.cancelling.add(task_id)
+            self.cancelling[task_id] = "cancelled by the owner"
             self.running[task_id].cancel()
             return f"Task #{task_id} is being stopped; no further step of it will run."
         if state in ("queued", "waiting_approval"):
@@ -575,6 +611,9 @@ class Worker:
     def judge_call(self, scope: Scope, name: str, tool_input: dict[str, Any]) -> Decision:
         """A tool call decided by the policy in force now, knowing whether commands are
         sandboxed: the one judgement behind the check, approvals and digests."""
+        if self.tools_stopped():
+            return Decision("deny", "integrity", "tools are stopped: an integrity check failed; "
+                            "the owner was told and decides when they run again", None)
         return check_call(self.policies.current(), scope, name, tool_input,
                           sandboxed=self.sandbox.available)
 
@@ -608,7 +647,8 @@ class Worker:
         return CommandTools(
             runner=runner, setup=setup,
             judge=lambda action, path: decide(self.policies.current(), action, path, scope),  # type: ignore[arg-type]
-            remove_protected=lambda path: keep_in_trash(path, trash))
+            remove_protected=lambda path: keep_in_trash(path, trash),
+            watch=lambda command: self.watch(work, command))
 
     def system_prompt(self, work: TaskWork, scope: Scope, policy: Policy, nonce: str) -> str:
         """The task's standing orders. Memory notes were written by the model (`remember`), which

@@ -22,7 +22,7 @@ from tests.support.model_server import ModelServer, error, text, tool_use
 from tests.support.smtp import SmtpServer
 
 OWNER = "you@mailagent.localhost"
-COMMANDS = ("run", "check", "status", "init", "policy", "service", "demo", "example")
+COMMANDS = ("run", "check", "status", "resume", "init", "policy", "service", "demo", "example")
 
 
 def shipped_files(folder: str) -> set[str]:

@@ -20,7 +20,7 @@ from tests.support.model_server import ModelServer
 from tests.support.service import ServiceProcess, wait_until
 
 KEYS = {"conversations", "tasks", "schedules", "approvals", "outbox", "commands", "connectors",
-        "refusals", "inbound", "held"}
+        "refusals", "inbound", "held", "halt"}
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_status_json_has_the_stable_keys(served: ServiceProcess) -> None:
     refusals = [(r["kind"], r["reason"]) for r in data["refusals"]]
     assert ("intake.unauthenticated", "sender is not an owner address") in refusals
     assert data["schedules"] == [] and data["approvals"] == [] and data["commands"] == []
-    assert data["held"] == []
+    assert data["held"] == [] and data["halt"] is None
 
 
 def read_terminal(command: list[str], env: dict[str, str]) -> str:

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
-from mailagent.errors import StoreError
+from mailagent.errors import StoreError, StoreFullError
 from mailagent.store.repair import close_open_calls
 from mailagent.store.tables import (
     MIGRATIONS,
@@ -132,11 +132,28 @@ def create_store_engine(url: str) -> Engine:
         raise StoreError(f"cannot open the database {url!r}: {exc}") from exc
 
 
+SQLITE_FULL = 13  # "database or disk is full"
+POSTGRES_DISK_FULL = "53100"
+
+
+def _is_full(exc: SQLAlchemyError) -> bool:
+    """Whether the database said that it has no room left (the disk, a quota, or its limit)."""
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF == SQLITE_FULL:
+        return True
+    return getattr(orig, "pgcode", None) == POSTGRES_DISK_FULL or \
+        "database or disk is full" in str(orig)
+
+
 class MailStore:
     """Mail-side reads and writes: raw messages, outcomes, audit. Safe to share between threads."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # Told of every StoreFullError as it is raised, from whichever thread: the service
+        # tells the owner once, whichever stage ran out of room.
+        self.on_full: Callable[[StoreFullError], None] = lambda _error: None
 
     @classmethod
     def open(cls, url: str, migrate: bool = True) -> Store:
@@ -155,7 +172,19 @@ class MailStore:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
                 yield session
         except SQLAlchemyError as exc:
+            if _is_full(exc):
+                said = f"{self.engine.url.get_backend_name()} said: {getattr(exc, 'orig', exc)}"
+                full = StoreFullError(f"the database or the disk is full ({said})")
+                self.on_full(full)
+                raise full from exc
             raise StoreError(f"database error: {exc}") from exc
+
+    def file_path(self) -> Path | None:
+        """The database's file, for SQLite on disk; None for a server or in memory."""
+        url = self.engine.url
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return None
+        return Path(url.database)
 
     def migrate(self) -> list[str]:
         """Apply the migrations not applied yet, in order; return their names. Another process
@@ -260,6 +289,15 @@ class MailStore:
             row.attempts += 1
             s.add(row)
             return row.raw, row.size, row.attempts
+
+    def uncount_attempt(self, raw_message_id: int) -> None:
+        """Take back the attempt `begin_processing` counted: it ended for want of room, which
+        says nothing about the message, so it must not bring the message closer to giving up."""
+        with self.session() as s:
+            row = s.get(RawMessage, raw_message_id)
+            if row is not None and row.attempts > 0:
+                row.attempts -= 1
+                s.add(row)
 
     def is_our_message_id(self, message_id: str) -> bool:
         with self.session() as s:
@@ -547,10 +585,14 @@ class Store(HeldStore):
     """Every read and write of mailagent's state; the agent's side: tasks, history, tool calls,
     memory. Safe to share between threads."""
 
-    def requeue_interrupted(self) -> list[int]:
-        """Tasks left running by a crash go back to the queue; they resume from their history."""
+    def requeue_interrupted(self, keep: Iterable[int] = ()) -> list[int]:
+        """Tasks left running by a crash go back to the queue; they resume from their history.
+        `keep`: tasks that do run now in this process (the others were left by a step that
+        could not be recorded)."""
+        kept = set(keep)
         with self.session() as s:
-            rows = list(s.exec(select(Task).where(Task.state == "running")))
+            rows = [t for t in s.exec(select(Task).where(Task.state == "running"))
+                    if t.task_id not in kept]
             for task in rows:
                 task.state, task.updated_at = "queued", utcnow()
                 s.add(task)

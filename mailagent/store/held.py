@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlmodel import col, func, select
+from sqlmodel import Session, col, func, select
 
 from mailagent.store import _audit, _enqueue, _utc
 from mailagent.store.schedules import ScheduleStore
@@ -30,6 +30,27 @@ def _view(row: HeldMail) -> HeldView:
                     row.release_requested_at is not None)
 
 
+def hold_row(s: Session, raw_message_id: int, owner_address: str, reason: str,
+             runs_by_itself: bool, notice: Outbound | None) -> None:
+    """Hold a stored mail in the caller's transaction. Held mail that was let go and is held
+    again (tools were stopped while it ran) is held anew, from now, for the new reason."""
+    row = s.get(RawMessage, raw_message_id)
+    if row is not None:
+        # A fresh count of attempts: being held is no failed attempt.
+        row.state, row.outcome, row.reason, row.attempts = "held", "held", reason, 0
+        s.add(row)
+    held = s.get(HeldMail, raw_message_id) or HeldMail(
+        raw_message_id=raw_message_id, owner_address=owner_address, reason=reason,
+        held_at=utcnow())
+    held.reason, held.held_at, held.runs_by_itself = reason, utcnow(), runs_by_itself
+    held.release_requested_at = None
+    s.add(held)
+    _audit(s, "intake.held", reason, raw_message_id, None,
+           {"runs_by_itself": runs_by_itself, "notice": notice is not None})
+    if notice is not None:
+        _enqueue(s, notice)
+
+
 class HeldStore(ScheduleStore):
     """Held mail: hold, list, ask to release, and take back for processing."""
 
@@ -37,17 +58,7 @@ class HeldStore(ScheduleStore):
              notice: Outbound | None = None) -> None:
         """Keep a stored mail back (and queue the owner's notice, if any): one transaction."""
         with self.session() as s:
-            row = s.get(RawMessage, raw_message_id)
-            if row is not None:
-                # A fresh count of attempts: being held is no failed attempt.
-                row.state, row.outcome, row.reason, row.attempts = "held", "held", reason, 0
-                s.add(row)
-            s.add(HeldMail(raw_message_id=raw_message_id, owner_address=owner_address,
-                           reason=reason, held_at=utcnow(), runs_by_itself=runs_by_itself))
-            _audit(s, "intake.held", reason, raw_message_id, None,
-                   {"runs_by_itself": runs_by_itself, "notice": notice is not None})
-            if notice is not None:
-                _enqueue(s, notice)
+            hold_row(s, raw_message_id, owner_address, reason, runs_by_itself, notice)
 
     def held(self, owner_address: str | None = None) -> list[HeldView]:
         """Held mail, oldest first; of one owner address if given."""

@@ -259,6 +259,20 @@ class HeldMail(SQLModel, table=True):
     release_requested_at: datetime | None = None
 
 
+class Halt(SQLModel, table=True):
+    """Tools stopped because the service cannot go on with them (an integrity check failed): in
+    force from `halted_at` until the owner's `mailagent resume` sets `resumed_at`, across
+    restarts. Owner mail that comes meanwhile is held; the owner is told of it once
+    (`kept_notice_at`)."""
+
+    halt_id: int | None = Field(default=None, primary_key=True)
+    reason: str
+    detail_json: str = "{}"
+    halted_at: datetime = Field(index=True)
+    resumed_at: datetime | None = None
+    kept_notice_at: datetime | None = None
+
+
 def _initial(connection: Connection) -> None:
     tables = [
         SQLModel.metadata.tables[name]
@@ -351,6 +365,10 @@ def _schedule_approvals(connection: Connection) -> None:
     _add_columns(connection, "approval", {"schedule_id": "INTEGER"})
 
 
+def _halts(connection: Connection) -> None:
+    SQLModel.metadata.create_all(connection, tables=[SQLModel.metadata.tables["halt"]])
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_agent", _agent),
@@ -363,5 +381,6 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0009_answer_open_tool_calls", _repair_histories),
     ("0010_held_mail", _held),
     ("0011_schedule_approvals", _schedule_approvals),
+    ("0012_halts", _halts),
 ]
 

@@ -5,7 +5,8 @@ a `judge` for the working folder; a `Runner` (mailagent.sandbox) that runs insid
 service built from the policy. Out: text for the model (exit code, output, files changed), or
 ToolError. Side effects: what the program does inside its view.
 It must never start a program that is not on the list, never use a shell it was not asked for,
-and never let a protected path that appears during the run stay.
+never let a protected path that appears during the run stay, and never end a run without the
+integrity check (`watch`) that the service puts around it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import shlex
 import shutil
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -38,6 +40,8 @@ class CommandTools:
     setup: Callable[[], tuple[Allowing, View, Limits]]  # read again at every call
     judge: Callable[[str, str], Judged]
     remove_protected: Callable[[Path], str]  # moves a protected path that appeared to the trash
+    # The integrity check around each run, however it ends: what it found, once it has ended.
+    watch: Callable[[str], AbstractContextManager[list[str]]] = lambda _command: nullcontext([])
 
     def run_command(self, command: str, cwd: str | None = None) -> str:
         """Run one program in a sandbox and return its exit code and output.
@@ -58,8 +62,14 @@ class CommandTools:
         missing = exposed_missing(view)
         writable = (*view.write, view.workspace)
         before = _snapshot(writable, view.home)
-        result = self.runner.run(argv, folder, view, limits)
-        removed = [self.remove_protected(p) for p in missing if os.path.lexists(p)]
+        removed: list[str] = []
+        with self.watch(command) as problems:
+            try:
+                result = self.runner.run(argv, folder, view, limits)
+            finally:  # protected paths it made are taken away first: they are not a change
+                removed = [self.remove_protected(p) for p in missing if os.path.lexists(p)]
+        if problems:
+            raise ToolError("tools are stopped: after this command, " + "; ".join(problems))
         changed = _changes(before, _snapshot(writable, view.home))
         return report(command, result, limits, changed, removed)
 
