@@ -608,8 +608,12 @@ class Store(HeldStore):
             blocking = select(Task.conversation_id).where(
                 col(Task.state).in_(["running", "waiting_approval"]))
             blocked = set(s.exec(blocking)) | busy
+            # Only the oldest queued task of each conversation can start: a backlog of one
+            # conversation must not be read whole at every claim.
+            oldest = select(func.min(Task.task_id)).where(Task.state == "queued").group_by(
+                col(Task.conversation_id))
             rows = s.exec(select(Task, Conversation.name).join(Conversation).where(
-                Task.state == "queued").order_by(col(Task.task_id)))
+                col(Task.task_id).in_(oldest)).order_by(col(Task.task_id)))
             claimed: list[TaskWork] = []
             for task, name in rows:
                 if task.conversation_id in blocked:

@@ -39,6 +39,7 @@ FIGURES = (
     Figure("loop_p95_ms", "loop p95", "ms", ""),
     Figure("backlog_s", "backlog (mails delivered while stopped -> last reply)", "s",
            "<= 10 s", lambda f: float(f["backlog_s"]) <= 10),
+    Figure("backlog_cpu_s", "service CPU time for the backlog", "s", ""),
     Figure("concurrency_s", "conversations at once, model 2 s per turn: wall time", "s",
            "< 3 s", lambda f: float(f["concurrency_s"]) < 3),
     Figure("prefix_share_mean", "cacheable prefix, mean share per request", "",

@@ -123,6 +123,7 @@ def backlog(sizes: Sizes) -> dict[str, Any]:
         last = r.wait_replies(sizes.backlog_mails, 600)[-1]
         assert r.service.process is not None
         after_rss = rss_mb(r.service.process.pid)
+        service_cpu = cpu_seconds(r.service.process.pid)
         wait_until(lambda: r.model.message_requests, 5, "model requests")
         requests = r.model.message_requests
     tasks = [q for q in requests if not is_summary(q)]
@@ -131,6 +132,8 @@ def backlog(sizes: Sizes) -> dict[str, Any]:
     return {
         "backlog_s": round(last - began, 2),
         "backlog_mails": sizes.backlog_mails,
+        # The service's own CPU time for the backlog: steadier than wall time on a busy machine.
+        "backlog_cpu_s": round(service_cpu, 2),
         "rss_after_backlog_mb": round(after_rss, 1),
         "prefix_share_mean": round(sum(shares) / len(shares), 4) if shares else 0.0,
         "prefix_share_min": round(min(shares), 4) if shares else 0.0,
