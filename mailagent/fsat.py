@@ -425,6 +425,9 @@ def guarded(what: Anchor | Path) -> Iterator[None]:
         raise PolicyError(f"{shown} cannot be opened ({os.strerror(blocked.code)})") from None
     except (OSError, ValueError) as error:
         raise policy_error(error, what.path if isinstance(what, Anchor) else what) from None
+    except NotImplementedError:  # no dir_fd here (Windows): no file is reached by name instead
+        raise PolicyError("file tools need a system that opens files relative to a folder "
+                          "descriptor (Linux, macOS); nothing was done") from None
 
 
 def policy_error(error: OSError | ValueError, shown: Path) -> PolicyError:

@@ -115,12 +115,15 @@ class FileTools:
         return text[: self.max_output_chars] + f"\n[... cut at {self.max_output_chars} characters]"
 
     def _keep(self, place: fsat.Parent) -> str:
-        """Copy the file about to be replaced or deleted into the trash; return where."""
+        """Copy the file about to be replaced into the trash; return where. PolicyError unless
+        it is still the file that was copied when this returns."""
         fd, info = place.open_file(for_change=True)
         try:
-            return str(anchored.copy_into(fd, info, self.trash, place.name))
+            kept = str(anchored.copy_into(fd, info, self.trash, place.name))
         finally:
             os.close(fd)
+        place.same(info)
+        return kept
 
     # ------------------------------------------------------------ the tools
 
