@@ -7,8 +7,11 @@ the kernel refuses it (a seccomp filter in the calling thread, as older containe
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import stat
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from mailagent import fsat
 from mailagent.errors import PolicyError
 from mailagent.policy import (
     Decision,
@@ -367,6 +371,38 @@ def test_protected_folders_renamed_inside_a_writable_folder_stay_protected(
 
 
 # ---------------------------------------------------------------------------------------------
+# Moves across file systems
+
+
+def test_a_move_to_another_file_system_copies_through_descriptors_then_removes_the_source(
+    tree: Tree,
+) -> None:
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tree.root).st_dev:
+        pytest.skip("no second file system to move to")
+    elsewhere = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        source = tree.sub / "file.txt"
+        os.chmod(source, 0o640)
+        os.utime(source, ns=(1_000_000_000, 2_000_000_000))
+        # /dev is never a policy's folder: the destination's anchor is put there by hand, to
+        # exercise the copy that a move between two file systems needs.
+        def judge_move(src: str, dst: str) -> Decision:
+            decision = decide_move(tree.policy, src, dst, tree.scope)
+            assert decision.verdict == "allow", decision
+            return dataclasses.replace(decision, anchor=fsat.Anchor(elsewhere, ("moved.txt",)))
+
+        tools = dataclasses.replace(tree.tools(), judge_move=judge_move)
+        assert tools.move_file("~/proj/sub/file.txt", "~/proj/moved.txt").startswith("moved ")
+        moved = elsewhere / "moved.txt"
+        assert moved.read_text() == "public file.txt line\n" and not source.exists()
+        info = moved.stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_mtime_ns) == (0o640, 2_000_000_000)
+        assert [c["op"] for c in tools.changes] == ["moved"]
+    finally:
+        shutil.rmtree(elsewhere)
+
+
+# ---------------------------------------------------------------------------------------------
 # The resolver and the walks
 
 
@@ -381,8 +417,6 @@ def test_the_resolver_raises_only_policy_errors_for_names_no_file_can_have(tree:
 
 
 def test_both_walks_run_here(tree: Tree) -> None:
-    from mailagent import fsat  # here, so that the other tests also run against older code
-
     slash = os.open("/", os.O_PATH | os.O_DIRECTORY)
     try:
         names = str(tree.sub.relative_to("/"))
