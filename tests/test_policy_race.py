@@ -371,6 +371,25 @@ def test_protected_folders_renamed_inside_a_writable_folder_stay_protected(
 
 
 # ---------------------------------------------------------------------------------------------
+# Symlinks that stay inside the allowed folders
+
+
+@pytest.mark.parametrize("walk", WALKS)
+def test_a_symlink_within_the_allowed_folders_still_leads_to_its_judged_target(
+    tree: Tree, walk: str
+) -> None:
+    (tree.proj / "alias.txt").symlink_to("sub/file.txt")
+    (tree.workspace / "to-proj").symlink_to(tree.sub)
+    tools = tree.tools()
+    assert "public file.txt line" in walks(walk, lambda: tools.read_file("~/proj/alias.txt"))
+    assert "file.txt" in walks(walk, lambda: tools.list_files("to-proj"))
+    walks(walk, lambda: tools.write_file("to-proj/file.txt", "through the workspace\n"))
+    assert (tree.sub / "file.txt").read_text() == "through the workspace\n"
+    assert (tree.proj / "alias.txt").is_symlink()
+    assert [c["path"] for c in tools.changes] == [str(tree.sub / "file.txt")]
+
+
+# ---------------------------------------------------------------------------------------------
 # Moves across file systems
 
 
