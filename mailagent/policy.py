@@ -4,13 +4,15 @@ In: the policies folder (TOML written by the owner), a `Scope` (the conversation
 `~` means, the protected paths) and one operation the model asked for: an action and a path string.
 Out: a frozen `Policy`, and per operation a `Decision` naming the verdict, the rule that decided, a
 reason the model can act on, and the fully resolved path that was judged.
-Side effects: reads the policy files; stats judged paths with lstat/stat only (a judged path is
-never opened, so a FIFO cannot block a check); logs policy errors.
+Side effects: reads the policy files; looks judged paths up through descriptors walked from their
+rule's root (mailagent.fsat: a judged file is never opened, so a FIFO cannot block a check);
+logs policy errors.
 It must never: return anything more permissive when a policy file is broken (SECURITY.md A4);
 judge a path before every symlink in it is followed (F1); compare paths as strings (F2); let a
 rule open a protected path (F3). The model is assumed hijacked, so every path string is hostile.
-A decision holds only for the moment it is made: tools act on `Decision.path` (never the model's
-string), without following symlinks, and ask again right before they act.
+A decision holds only for the moment it is made: tools act on `Decision.anchor` (the rule's root
+and the names below it, never the model's string), through descriptors with no symlink
+followed, and ask again right before they act. Deciding never raises anything but PolicyError.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ import stat
 import threading
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from mailagent.connector_rules import McpServerRule, parse_servers
 from mailagent.errors import PolicyError, nearest
+from mailagent.fsat import Anchor, Identity, Lookup, identities, lookup
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +117,8 @@ class Decision:
     reason: str  # one sentence for the model: the path as given, why, and what to do instead
     path: Path | None  # the fully resolved path that was judged (None if it did not resolve)
     source: Path | None = None  # a move's resolved source (`path` is its destination)
+    anchor: Anchor | None = None  # how tools reach `path`: its rule's root and the names below
+    source_anchor: Anchor | None = None  # likewise for a move's source
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,12 @@ class Scope:
     workspace: Path  # the conversation's workspace, always writable
     home: Path  # what ~ means
     protected: tuple[Path, ...]  # never readable or writable, whatever a rule says
+    # The protected files and folders by (st_dev, st_ino), taken when the scope is made (a task
+    # starts): a hard link to one, or one whose folder is renamed later, is still refused.
+    identities: dict[Identity, Path] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "identities", identities(self.protected))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,6 +490,11 @@ def resolve(path: str, scope: Scope) -> Path:
         raise PolicyError(f"the path is {len(path)} characters long; the limit is {MAX_PATH_CHARS}")
     if "\x00" in path:
         raise PolicyError("the path holds a NUL byte; file names cannot contain one")
+    try:
+        os.fsencode(path)
+    except UnicodeError:
+        raise PolicyError(f"{_quoted(path)!r} holds a character no file name can hold (a lone "
+                          "surrogate); name the file in plain text") from None
     return _real_path(_expand(path, scope.home, scope.workspace), path)
 
 
@@ -496,6 +512,10 @@ def _expand(raw: str, home: Path, base: Path) -> Path:
 def _real_path(path: Path, raw: str) -> Path:
     try:
         resolved = Path(os.path.realpath(path))
+    except (OSError, ValueError):  # realpath's readlink of a link that was just swapped away
+        raise PolicyError(f"{_quoted(raw)} changed while its symlinks were being followed; "
+                          "try again") from None
+    try:
         # realpath gives up silently on a loop and leaves the link in place; stat names it.
         os.stat(resolved)
     except OSError as error:
@@ -538,11 +558,13 @@ class _Case:
     home: Path
     rule: FolderRule
     label: str
+    anchor: Anchor  # `resolved` as the rule's root and the names below it
+    found: Lookup  # what is there now, seen through descriptors from the root
 
     def decide(self, verdict: Verdict, why: str) -> Decision:
         outcome = {"allow": "is allowed", "ask": "needs the owner's approval", "deny": "is denied"}
         reason = f"{self.subject} {outcome[verdict]}: {why}"
-        return Decision(verdict, self.label, reason, self.resolved)
+        return Decision(verdict, self.label, reason, self.resolved, anchor=self.anchor)
 
     @property
     def root(self) -> str:
@@ -562,28 +584,46 @@ def _decide(policy: Policy, action: str, path: str, scope: Scope, subject: str |
         return Decision("deny", "unknown action", reason, None)
     subject = subject or f"{_VERBS[action]} {_quoted(str(path))}"
     try:
-        resolved = resolve(path, scope)
-    except PolicyError as error:
-        return Decision("deny", "invalid path", f"{subject} is denied: {error}", None)
+        return _judge(policy, action, path, scope, subject)
+    except (PolicyError, OSError, ValueError) as error:  # whatever a concurrent change makes
+        why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        return Decision("deny", "invalid path", f"{subject} is denied: {why}", None)
+
+
+def _judge(policy: Policy, action: str, path: str, scope: Scope, subject: str) -> Decision:
+    resolved = resolve(path, scope)
     home, workspace = Path(os.path.realpath(scope.home)), Path(os.path.realpath(scope.workspace))
     guard = _protection(resolved, scope.protected, home, workspace)
     if guard is not None:
-        return Decision(
-            "deny",
-            guard,
-            f"{subject} is denied: it is {guard}; the agent never reads or changes "
-            "mailagent's own files, credentials, shell start-up files, .git or system files; "
-            "work in the workspace",
-            resolved,
-        )
+        return _protected(subject, guard, resolved)
     rule = _governing_rule(policy, resolved, workspace)
     if rule is None:
         return _uncovered(policy, path, subject, resolved, (home, workspace))
-    case = _Case(subject, resolved, home, rule, _describe(rule, home))
+    anchor = Anchor(rule.path, resolved.relative_to(rule.path).parts,
+                    frozenset(scope.identities))
+    case = _Case(subject, resolved, home, rule, _describe(rule, home), anchor, lookup(anchor))
+    if case.found.protected is not None:
+        where = scope.identities.get(case.found.protected)
+        label = _protection(where, scope.protected, home, workspace) if where else None
+        return _protected(subject, f"{label or 'protected'}, known by identity (a hard link "
+                          "to it, or it was moved or renamed)", resolved)
+    if case.found.changed is not None:
+        return case.decide("deny", case.found.changed)  # a folder became a symlink, say
     try:
         return _CHECKS[action](case, path, scope)
     except OSError as error:  # EACCES, ENAMETOOLONG...: what cannot be examined is not allowed
         return case.decide("deny", f"it cannot be examined ({error.strerror}); try another path")
+
+
+def _protected(subject: str, guard: str, resolved: Path) -> Decision:
+    return Decision(
+        "deny",
+        guard,
+        f"{subject} is denied: it is {guard}; the agent never reads or changes "
+        "mailagent's own files, credentials, shell start-up files, .git or system files; "
+        "work in the workspace",
+        resolved,
+    )
 
 
 def _protection(
@@ -647,13 +687,6 @@ def _uncovered(
     return Decision("deny", DEFAULT_RULE, f"{subject} is denied: {why}", resolved)
 
 
-def _lstat(path: Path) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
 def _odd_file(info: os.stat_result) -> str | None:
     """Why an existing path may not be written, moved or deleted, or None for a plain file."""
     if stat.S_ISDIR(info.st_mode):
@@ -671,7 +704,7 @@ def _odd_file(info: os.stat_result) -> str | None:
 
 
 def _check_list(case: _Case, raw: str, scope: Scope) -> Decision:
-    info = _lstat(case.resolved)
+    info = case.found.info
     if info is None:
         return case.decide("deny", "no such folder; list its parent to see what exists")
     if not stat.S_ISDIR(info.st_mode):
@@ -680,7 +713,7 @@ def _check_list(case: _Case, raw: str, scope: Scope) -> Decision:
 
 
 def _check_read(case: _Case, raw: str, scope: Scope) -> Decision:
-    info = _lstat(case.resolved)
+    info = case.found.info
     if info is None:
         if os.path.islink(_expand(raw, scope.home, scope.workspace)):
             return case.decide("deny", "it is a dangling symlink: what it points to does not exist")
@@ -698,7 +731,7 @@ def _check_write(case: _Case, raw: str, scope: Scope) -> Decision:
         return case.decide(
             "deny", f"{case.root} is read-only ({rule.source}); write into the workspace instead"
         )
-    info = _lstat(case.resolved)
+    info = case.found.info
     if info is None:
         return _check_new_file(case)
     odd = _odd_file(info)
@@ -721,12 +754,10 @@ def _check_write(case: _Case, raw: str, scope: Scope) -> Decision:
 
 def _check_new_file(case: _Case) -> Decision:
     # The tool creates missing folders: the part that exists must be a real folder in the root.
-    parents = case.resolved.parents
-    ancestor = next((p for p in parents if os.path.lexists(p)), parents[-1])
-    if not stat.S_ISDIR(os.lstat(ancestor).st_mode):
-        return case.decide("deny", f"{_shown(ancestor, case.home)} is a file, not a folder")
-    inside = ancestor.is_relative_to(case.rule.path)
-    if not inside and case.rule.source != WORKSPACE_RULE:  # the workspace is created on demand
+    if case.found.not_folder is not None:
+        return case.decide("deny", f"{_shown(case.found.not_folder, case.home)} is a file, "
+                           "not a folder")
+    if case.found.root_missing and case.rule.source != WORKSPACE_RULE:
         return case.decide("deny", f"the folder {case.root} does not exist; ask the owner for it")
     return case.decide("allow", f"{case.root} is writable (a new file)")
 
@@ -737,7 +768,7 @@ def _check_delete(case: _Case, raw: str, scope: Scope) -> Decision:
         return case.decide(
             "deny", f"{case.root} is read-only ({rule.source}); nothing in it may be deleted"
         )
-    info = _lstat(case.resolved)
+    info = case.found.info
     if info is None:
         return case.decide("deny", "no such file; list the folder to see what exists")
     odd = _odd_file(info)
@@ -800,7 +831,8 @@ def decide_move(policy: Policy, source: str, destination: str, scope: Scope) -> 
         reason = f"{shown} is allowed: both the source and the destination allow it"
     else:
         reason = "; ".join(d.reason for d in (from_side, to_side) if d.verdict == verdict)
-    return Decision(verdict, rule, reason, to_side.path, from_side.path)
+    return Decision(verdict, rule, reason, to_side.path, from_side.path, to_side.anchor,
+                    from_side.anchor)
 
 
 def _leaves_folder(policy: Policy, source: str, destination: str, scope: Scope) -> bool:

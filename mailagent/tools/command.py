@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from mailagent import fsat
+from mailagent.errors import PolicyError
 from mailagent.sandbox import CommandResult, Limits, Runner, View, exposed_missing, program_path
-from mailagent.tools.files import Judged, ToolError
+from mailagent.tools.files import Anchored, ToolError
 
 MAX_CHANGED_SHOWN = 50
 MAX_SNAPSHOT_FILES = 20_000
@@ -38,7 +40,7 @@ class Allowing(Protocol):
 class CommandTools:
     runner: Runner
     setup: Callable[[], tuple[Allowing, View, Limits]]  # read again at every call
-    judge: Callable[[str, str], Judged]
+    judge: Callable[[str, str], Anchored]
     remove_protected: Callable[[Path], str]  # moves a protected path that appeared to the trash
     # The integrity check around each run, however it ends: what it found, once it has ended.
     watch: Callable[[str], AbstractContextManager[list[str]]] = lambda _command: nullcontext([])
@@ -96,11 +98,16 @@ class CommandTools:
         if not cwd:
             return workspace
         decision = self.judge("list", cwd)
-        if decision.verdict != "allow" or decision.path is None:
+        if decision.verdict != "allow" or decision.anchor is None:
             raise ToolError(f"denied by {decision.rule}: {decision.reason}")
-        if not decision.path.is_dir():
-            raise ToolError(f"{cwd} is not a folder")
-        return decision.path
+        # The folder is checked through descriptors from its rule's root; the sandbox then
+        # enters it by name inside a view that holds only what the policy opens.
+        try:
+            with fsat.folder(decision.anchor):
+                pass
+        except PolicyError as error:
+            raise ToolError(f"{cwd}: {error}") from None
+        return decision.anchor.path
 
 
 def report(command: str, result: CommandResult, limits: Limits, changed: list[str],

@@ -5,28 +5,33 @@ engine, never imported here). Out: text for the model, or ToolError with a reaso
 a record of every change on disk (created, modified, moved, deleted) for the completion mail and
 `undo`. Side effects: files inside what policy allows; replaced and deleted files are first kept
 in the task's trash folder (SECURITY.md A2).
-It must never touch a path the judge did not just allow, never follow a symlink when opening,
-and never read a FIFO or device.
+It must never touch a path the judge did not just allow, never reach a file by its name again:
+each is opened through descriptors walked from the root of the rule that allowed it
+(`Decision.anchor`, mailagent.fsat), with no symlink followed, and judged by fstat (no FIFO,
+device or protected file; no second hard link for a change). A folder swapped for a symlink
+between the decision and the I/O makes the call fail with a ToolError, never land elsewhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import stat
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import regex
 
-from mailagent.tools import ToolError
+from mailagent import fsat
+from mailagent.errors import PolicyError
+from mailagent.fsat import Anchor
+from mailagent.tools import ToolError, anchored
 from mailagent.tools.documents import document_text
 
-__all__ = ["FileTools", "Judged", "ToolError"]
+__all__ = ["Anchored", "FileTools", "Judged", "JudgedMove", "ToolError"]
 
 MAX_READ_BYTES = 2 * 1024 * 1024
 MAX_DOCUMENT_BYTES = 20 * 1024 * 1024  # a PDF or office file is read whole or not at all
@@ -55,11 +60,34 @@ class Judged(Protocol):
     def path(self) -> Path | None: ...
 
 
+class Anchored(Judged, Protocol):
+    """A decision on a path, with how to reach it: its rule's root and the names below it."""
+
+    @property
+    def anchor(self) -> Anchor | None: ...
+
+
+class JudgedMove(Anchored, Protocol):
+    """A decision on a move: `anchor` is the destination's, `source_anchor` the source's."""
+
+    @property
+    def source_anchor(self) -> Anchor | None: ...
+
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """A refusal at use time (the file changed, is a FIFO, ...) as the ToolError the model reads."""
+    try:
+        yield
+    except PolicyError as error:
+        raise ToolError(str(error)) from None
+
+
 @dataclass
 class FileTools:
     workspace: Path
-    judge: Callable[[str, str], Judged]
-    judge_move: Callable[[str, str], Judged]
+    judge: Callable[[str, str], Anchored]
+    judge_move: Callable[[str, str], JudgedMove]
     trash: Path
     on_attach: Callable[[str], None]
     max_output_chars: int = 20_000
@@ -68,29 +96,34 @@ class FileTools:
 
     # ------------------------------------------------------------ checks at use time
 
-    def _allowed(self, decision: Judged) -> Path:
+    def _allowed(self, decision: Judged, anchor: Anchor | None) -> Anchor:
         if decision.verdict == "allow" or (decision.verdict == "ask" and self.approved):
-            if decision.path is None:
+            if anchor is None:
                 raise ToolError(decision.reason)
-            return decision.path
+            return anchor
         if decision.verdict == "ask":
             raise ToolError(f"needs the owner's approval: {decision.reason}")
         raise ToolError(f"denied by {decision.rule}: {decision.reason}")
 
-    def _path(self, action: str, path: str) -> Path:
-        return self._allowed(self.judge(action, path))
+    def _anchor(self, action: str, path: str) -> Anchor:
+        decision = self.judge(action, path)
+        return self._allowed(decision, decision.anchor)
 
     def _cap(self, text: str) -> str:
         if len(text) <= self.max_output_chars:
             return text
         return text[: self.max_output_chars] + f"\n[... cut at {self.max_output_chars} characters]"
 
-    def _keep(self, path: Path) -> str:
-        """Copy a file about to be replaced or deleted into the trash; return where."""
-        self.trash.mkdir(parents=True, exist_ok=True)
-        kept = self.trash / f"{len(list(self.trash.iterdir())) + 1}-{path.name}"
-        shutil.copy2(path, kept, follow_symlinks=False)
-        return str(kept)
+    def _keep(self, place: fsat.Parent) -> str:
+        """Copy the file about to be replaced into the trash; return where. PolicyError unless
+        it is still the file that was copied when this returns."""
+        fd, info = place.open_file(for_change=True)
+        try:
+            kept = str(anchored.copy_into(fd, info, self.trash, place.name))
+        finally:
+            os.close(fd)
+        place.same(info)
+        return kept
 
     # ------------------------------------------------------------ the tools
 
@@ -100,15 +133,17 @@ class FileTools:
         Args:
             path: the folder, relative to the workspace, absolute, or starting with ~.
         """
-        folder = self._path("list", path)
-        if not folder.is_dir():
-            raise ToolError(f"{path} is not a folder")
+        anchor = self._anchor("list", path)
         lines = []
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name)[:MAX_LIST_ENTRIES]:
-            info = entry.stat(follow_symlinks=False)
-            kind = "dir " if stat.S_ISDIR(info.st_mode) else (
-                "link" if stat.S_ISLNK(info.st_mode) else "file")
-            lines.append(f"{kind} {info.st_size:>10} {entry.name}")
+        with _refusals(), fsat.folder(anchor) as fd:
+            for entry in sorted(os.scandir(fd), key=lambda e: e.name)[:MAX_LIST_ENTRIES]:
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:  # removed since the folder was read
+                    continue
+                kind = "dir " if stat.S_ISDIR(info.st_mode) else (
+                    "link" if stat.S_ISLNK(info.st_mode) else "file")
+                lines.append(f"{kind} {info.st_size:>10} {entry.name}")
         return self._cap("\n".join(lines) or "(empty folder)")
 
     def read_file(self, path: str, offset: int | None = None, limit: int | None = None) -> str:
@@ -122,9 +157,10 @@ class FileTools:
             offset: the first line to return (1-based); default 1.
             limit: how many lines to return; default all that fit.
         """
-        target = self._path("read", path)
-        data = self._read_bytes(target, MAX_DOCUMENT_BYTES)
-        text = document_text(target.name, data)
+        anchor = self._anchor("read", path)
+        with _refusals():
+            data = _read(anchor, MAX_DOCUMENT_BYTES)
+        text = document_text(anchor.path.name, data)
         if text is None:
             data = data[:MAX_READ_BYTES]
             if b"\x00" in data[:8192]:
@@ -136,17 +172,6 @@ class FileTools:
         numbered = "\n".join(f"{start + i:>6}  {line}" for i, line in enumerate(chosen))
         return self._cap(numbered or "(no lines there)")
 
-    def _read_bytes(self, path: Path, limit: int = MAX_READ_BYTES) -> bytes:
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-        try:
-            fd = os.open(path, flags)
-        except OSError as exc:
-            raise ToolError(f"cannot open {path}: {exc.strerror}") from exc
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise ToolError(f"{path} is not a regular file")
-            return handle.read(limit)
-
     def write_file(self, path: str, content: str) -> str:
         """Create a file, or replace an existing one, with the given text.
 
@@ -157,13 +182,14 @@ class FileTools:
             path: the file, relative to the workspace, absolute, or starting with ~.
             content: the whole new text of the file.
         """
-        target = self._path("write", path)
-        existed = target.exists()
-        kept = self._keep(target) if existed else None
-        _write_atomically(target, content.encode("utf-8"))
-        self.changes.append({"op": "modified" if existed else "created", "path": str(target),
+        anchor = self._anchor("write", path)
+        with _refusals(), fsat.parent(anchor, create=True) as place:
+            existed = place.stat() is not None
+            kept = self._keep(place) if existed else None
+            anchored.replace_contents(place, content.encode("utf-8"))
+        self.changes.append({"op": "modified" if existed else "created", "path": str(anchor.path),
                              "trash": kept})
-        return f"{'replaced' if existed else 'created'} {target} ({len(content)} characters)"
+        return f"{'replaced' if existed else 'created'} {anchor.path} ({len(content)} characters)"
 
     def edit_file(self, path: str, old_text: str, new_text: str) -> str:
         """Replace one exact piece of text in a file with another.
@@ -175,15 +201,18 @@ class FileTools:
             old_text: the exact text to replace.
             new_text: the text to put in its place.
         """
-        target = self._path("write", path)
-        text = self._read_bytes(target).decode("utf-8", errors="strict")
-        count = text.count(old_text) if old_text else 0
-        if count != 1:
-            raise ToolError(f"old_text occurs {count} times in {path}; it must occur exactly once")
-        kept = self._keep(target)
-        _write_atomically(target, text.replace(old_text, new_text, 1).encode("utf-8"))
-        self.changes.append({"op": "modified", "path": str(target), "trash": kept})
-        return f"edited {target}"
+        anchor = self._anchor("write", path)
+        with _refusals(), fsat.parent(anchor) as place:
+            fd, info = place.open_file(for_change=True)
+            try:
+                text = _edited(fd, info, path, old_text, new_text)
+                kept = str(anchored.copy_into(fd, info, self.trash, place.name))
+            finally:
+                os.close(fd)
+            place.same(info)
+            anchored.replace_contents(place, text.encode("utf-8"))
+        self.changes.append({"op": "modified", "path": str(anchor.path), "trash": kept})
+        return f"edited {anchor.path}"
 
     def move_file(self, source: str, destination: str) -> str:
         """Move or rename a file. Moving a file out of its folder may need the owner's approval.
@@ -192,16 +221,22 @@ class FileTools:
             source: the file to move.
             destination: its new path (a file path, not a folder).
         """
-        target = self._allowed(self.judge_move(source, destination))
-        origin = self._path("read", source)
-        if not origin.is_file():
-            raise ToolError(f"{source} is not a file")
-        kept = self._keep(target) if target.exists() else None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(origin, target)
-        self.changes.append({"op": "moved", "from": str(origin), "path": str(target),
+        decision = self.judge_move(source, destination)
+        to = self._allowed(decision, decision.anchor)
+        origin = self._allowed(decision, decision.source_anchor)
+        with (_refusals(), fsat.parent(origin) as here,
+              fsat.parent(to, create=True) as there):
+            fd, info = here.open_file(for_change=True)
+            try:
+                kept = self._keep(there) if there.stat() is not None else None
+                if not anchored.rename(here, info, there):  # another file system: copy
+                    anchored.replace_contents(there, fd, like=info)
+                    anchored.unlink(here, info)
+            finally:
+                os.close(fd)
+        self.changes.append({"op": "moved", "from": str(origin.path), "path": str(to.path),
                              "trash": kept})
-        return f"moved {origin} to {target}"
+        return f"moved {origin.path} to {to.path}"
 
     def delete_file(self, path: str) -> str:
         """Delete a file (it goes to the trash, so the owner can undo). Folders cannot be deleted.
@@ -209,13 +244,16 @@ class FileTools:
         Args:
             path: the file to delete.
         """
-        target = self._path("delete", path)
-        if not target.is_file():
-            raise ToolError(f"{path} is not a file")
-        kept = self._keep(target)
-        target.unlink()
-        self.changes.append({"op": "deleted", "path": str(target), "trash": kept})
-        return f"deleted {target} (kept in the trash)"
+        anchor = self._anchor("delete", path)
+        with _refusals(), fsat.parent(anchor) as place:
+            fd, info = place.open_file(for_change=True)
+            try:
+                kept = str(anchored.copy_into(fd, info, self.trash, place.name))
+            finally:
+                os.close(fd)
+            anchored.unlink(place, info)
+        self.changes.append({"op": "deleted", "path": str(anchor.path), "trash": kept})
+        return f"deleted {anchor.path} (kept in the trash)"
 
     def search_files(self, pattern: str, path: str | None = None) -> str:
         """Search the text files under a folder for a regular expression (case-insensitive).
@@ -228,7 +266,7 @@ class FileTools:
             pattern: a regular expression, or plain text.
             path: the folder to search; default the workspace.
         """
-        root = self._path("list", path or ".")
+        anchor = self._anchor("list", path or ".")
         try:
             compiled = regex.compile(pattern, regex.IGNORECASE)
         except (regex.error, ValueError, OverflowError):
@@ -236,11 +274,13 @@ class FileTools:
         deadline = time.monotonic() + MAX_SEARCH_SECONDS
         results: list[str] = []
         try:
-            for count, file in enumerate(_walk_files(root)):
-                if count >= MAX_SEARCH_FILES or len(results) >= MAX_SEARCH_RESULTS:
-                    results.append("[search stopped at its limit]")
-                    break
-                results.extend(self._search_one(file, compiled, deadline))
+            with _refusals(), fsat.folder(anchor) as fd, \
+                    contextlib.closing(_walk_files(fd, anchor.path)) as files:
+                for count, file in enumerate(files):
+                    if count >= MAX_SEARCH_FILES or len(results) >= MAX_SEARCH_RESULTS:
+                        results.append("[search stopped at its limit]")
+                        break
+                    results.extend(self._search_one(file, compiled, deadline))
         except TimeoutError:
             raise ToolError(f"the search for {pattern[:100]!r} took longer than "
                             f"{MAX_SEARCH_SECONDS:g} s and was stopped; use a simpler pattern "
@@ -249,7 +289,7 @@ class FileTools:
 
     def _search_one(self, file: Path, compiled: Any, deadline: float) -> list[str]:
         decision = self.judge("read", str(file))
-        if decision.verdict != "allow" or decision.path is None:
+        if decision.verdict != "allow" or decision.anchor is None:
             return []
 
         def search(text: str) -> bool:
@@ -260,8 +300,8 @@ class FileTools:
 
         found = [f"{file}: (name matches)"] if search(file.name) else []
         try:
-            data = self._read_bytes(decision.path)
-        except ToolError:
+            data = _read(decision.anchor, MAX_READ_BYTES)
+        except PolicyError:
             return found
         if b"\x00" in data[:8192]:
             return found
@@ -277,29 +317,48 @@ class FileTools:
         Args:
             path: the file to attach.
         """
-        target = self._path("read", path)
-        if not target.is_file():
-            raise ToolError(f"{path} is not a file")
-        self.on_attach(str(target))
-        return f"{target} will be attached to the reply"
+        anchor = self._anchor("read", path)
+        with _refusals(), fsat.parent(anchor) as place:
+            fd, _ = place.open_file(for_change=False)
+            os.close(fd)
+        self.on_attach(str(anchor.path))
+        return f"{anchor.path} will be attached to the reply"
 
 
-def _walk_files(root: Path) -> Any:
-    for folder, dirs, files in os.walk(root, followlinks=False):
+def _read(anchor: Anchor, limit: int) -> bytes:
+    """Up to `limit` bytes of the regular file `anchor` names, through descriptors."""
+    with fsat.parent(anchor) as place:
+        fd, _ = place.open_file(for_change=False)
+        with os.fdopen(fd, "rb") as handle:
+            try:
+                return handle.read(limit)
+            except OSError as error:
+                raise PolicyError(f"{anchor.path} cannot be read ({error.strerror})") from None
+
+
+def _edited(fd: int, info: os.stat_result, path: str, old_text: str, new_text: str) -> str:
+    """The text of the open file with `old_text` replaced once by `new_text`, or ToolError."""
+    if info.st_size > MAX_READ_BYTES:
+        raise ToolError(f"{path} is {info.st_size} bytes; edit_file works on files up to "
+                        f"{MAX_READ_BYTES} bytes (write a new file instead)")
+    data = b""
+    while chunk := os.read(fd, MAX_READ_BYTES + 1 - len(data)):
+        data += chunk
+        if len(data) > MAX_READ_BYTES:
+            raise ToolError(f"{path} grew past {MAX_READ_BYTES} bytes while being read")
+    try:
+        text = data.decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise ToolError(f"{path} is not UTF-8 text; edit_file changes text files only") from None
+    count = text.count(old_text) if old_text else 0
+    if count != 1:
+        raise ToolError(f"old_text occurs {count} times in {path}; it must occur exactly once")
+    return text.replace(old_text, new_text, 1)
+
+
+def _walk_files(fd: int, base: Path) -> Generator[Path, None, None]:
+    """Every file under the open folder, sorted, .git folders skipped; no symlink followed."""
+    for folder_name, dirs, files, _ in os.fwalk(".", dir_fd=fd):
         dirs[:] = sorted(d for d in dirs if d != ".git")
         for name in sorted(files):
-            yield Path(folder) / name
-
-
-def _write_atomically(target: Path, payload: bytes) -> None:
-    """Write next to the target and rename over it: a symlink at the target is replaced, never
-    followed, and a crash leaves the old file or the new one, not half of each."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".mailagent-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+            yield base / folder_name / name
