@@ -16,7 +16,7 @@ from tests.support.installed import Installed, installed_for_tests
 from tests.support.model_server import ModelServer
 from tests.support.smtp import SmtpServer
 
-__all__ = ["dovecot", "installed", "model_server", "smtp_server"]
+__all__ = ["dovecot", "installed", "model", "model_server", "smtp_server"]
 
 
 @pytest.fixture
@@ -47,6 +47,12 @@ def model_server() -> Iterator[ModelServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def model(model_server: ModelServer) -> ModelServer:
+    """The model double under the short name of the in-process worker tests."""
+    return model_server
 
 
 @pytest.fixture(scope="session")
