@@ -205,14 +205,20 @@ class Mailbox:
             stop.wait(seconds)
             self.noop()
             return True
-        if self._announced_news():
+        # A NOOP just before IDLE: mail that came after the last command (while the catch-up
+        # recorded what it fetched) is announced now, and IDLE would not announce it again.
+        _, updates = self._call("noop")
+        if self._announced_news() or any(
+                len(u) > 1 and u[1] in (b"EXISTS", b"RECENT") for u in updates):
             return True
         self._call("idle")
-        news = False
+        # imaplib files an untagged EXISTS read before IDLE's continuation away, where
+        # idle_check never looks.
+        news = self._announced_news()
         deadline = time.monotonic() + seconds
         wall_start = time.time()
         try:
-            while not stop.is_set() and time.monotonic() < deadline:
+            while not news and not stop.is_set() and time.monotonic() < deadline:
                 began = time.monotonic()
                 responses = self._call("idle_check", timeout=IDLE_CHECK_SECONDS)
                 if any(r[1] in (b"EXISTS", b"RECENT") for r in responses if len(r) > 1):

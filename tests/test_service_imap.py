@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -244,3 +245,24 @@ def test_a_new_data_directory_does_not_run_again_mail_already_marked_done(
         assert tasks(fresh.store()) == [("main", "not done yet")]
     finally:
         fresh.kill()
+
+
+def test_mail_that_comes_between_the_catch_up_and_idle_is_announced_at_once(
+        tmp_path: Path, dovecot: Dovecot) -> None:
+    # IDLE only announces what arrives after it starts; the catch-up records what it fetched
+    # before IDLE begins, and mail delivered meanwhile must not wait for the IDLE renewal.
+    from mailagent.config import load_settings
+    from mailagent.mailbox import Mailbox
+
+    config = write_config(tmp_path, dovecot.imap_port, 1)
+    mailbox = Mailbox(load_settings(config, {"TEST_IMAP_PASSWORD": "agent-secret"}).imap)
+    mailbox.connect()
+    try:
+        assert mailbox.uids_after(0) == []  # the catch-up's last command
+        dovecot.append(owner_mail("between the catch-up and IDLE"))
+        began = time.monotonic()
+        assert mailbox.wait(10, threading.Event()) is True
+        assert time.monotonic() - began < 5
+        assert len(mailbox.uids_after(0)) == 1
+    finally:
+        mailbox.close()
