@@ -17,27 +17,27 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from mailagent.agent import Agent
-from mailagent.canary import Canary
+from mailagent.agent.loop import Agent
 from mailagent.config import Settings
-from mailagent.connectors import Connectors
 from mailagent.errors import MailagentError, StoreError, StoreFullError, as_full
 from mailagent.failpoints import failpoint
-from mailagent.holding import Hold, Holding
 from mailagent.instance import instance_lock
-from mailagent.intake import Inbound, IntakeRules, Rejection, content_key, read_inbound
-from mailagent.integrity import Guard
-from mailagent.keepawake import KeepAwake
-from mailagent.mailbox import Fetched, Watcher, in_folder
-from mailagent.notify import Postman, compose
-from mailagent.render import check_templates
-from mailagent.sandbox import find_sandbox
-from mailagent.scheduler import Scheduler
-from mailagent.stoppage import Stoppage
+from mailagent.mail.canary import Canary
+from mailagent.mail.holding import Hold, Holding
+from mailagent.mail.intake import Inbound, IntakeRules, Rejection, content_key, read_inbound
+from mailagent.mail.mailbox import Fetched, Watcher, in_folder
+from mailagent.mail.notify import Postman, compose
+from mailagent.mail.render import check_templates
+from mailagent.mail.threads import CommandRoute, TaskRoute, route
+from mailagent.policy.integrity import Guard
+from mailagent.policy.sandbox import find_sandbox
 from mailagent.store import NewCommand, NewTask, Outbound, ReplyTarget, Store
-from mailagent.threads import CommandRoute, TaskRoute, route
-from mailagent.worker import Worker
-from mailagent.workspace import save_attachments, workspace_dir
+from mailagent.tasks.keepawake import KeepAwake
+from mailagent.tasks.scheduler import Scheduler
+from mailagent.tasks.stoppage import Stoppage
+from mailagent.tasks.worker import Worker
+from mailagent.tasks.workspace import save_attachments, workspace_dir
+from mailagent.tools.mcp_servers import Connectors
 
 log = logging.getLogger(__name__)
 

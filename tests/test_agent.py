@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from mailagent.agent import Agent, estimate_tokens
+from mailagent.agent.loop import Agent, estimate_tokens
+from mailagent.agent.messages import to_messages
 from mailagent.config import AgentSettings, ModelSettings, Settings
-from mailagent.messages import to_messages
 from mailagent.store import HistoryItem, NewTask, Store, Task
 from mailagent.store.tables import Task as TaskRow
-from mailagent.worker import Worker
+from mailagent.tasks.worker import Worker
 from tests.support.config import settings_for_tests
 from tests.support.model_server import (
     ModelServer,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mailagent.config import SmtpSettings
-from mailagent.notify import compose, new_message_id
+from mailagent.mail.notify import compose, new_message_id
 from mailagent.store import ReplyTarget
 from tests.support.config import write_config
 from tests.support.dovecot import Dovecot

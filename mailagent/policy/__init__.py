@@ -5,7 +5,7 @@ In: the policies folder (TOML written by the owner), a `Scope` (the conversation
 Out: a frozen `Policy`, and per operation a `Decision` naming the verdict, the rule that decided, a
 reason the model can act on, and the fully resolved path that was judged.
 Side effects: reads the policy files; looks judged paths up through descriptors walked from their
-rule's root (mailagent.fsat: a judged file is never opened, so a FIFO cannot block a check);
+rule's root (mailagent.policy.fsat: a judged file is never opened, so a FIFO cannot block a check);
 logs policy errors.
 It must never: return anything more permissive when a policy file is broken (SECURITY.md A4);
 judge a path before every symlink in it is followed (F1); compare paths as strings (F2); let a
@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mailagent.connector_rules import McpServerRule, parse_servers
 from mailagent.errors import PolicyError, nearest
-from mailagent.fsat import Anchor, Identity, Lookup, identities, lookup
+from mailagent.policy.fsat import Anchor, Identity, Lookup, identities, lookup
+from mailagent.policy.mcp import McpServerRule, parse_servers
 
 logger = logging.getLogger(__name__)
 

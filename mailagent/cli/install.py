@@ -20,7 +20,7 @@ from pathlib import Path
 import platformdirs
 
 from mailagent.errors import MailagentError
-from mailagent.render import render_deploy
+from mailagent.mail.render import render_deploy
 
 NAME = "mailagent"
 LABEL = "org.mailagent.agent"  # launchd label

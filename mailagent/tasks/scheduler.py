@@ -5,7 +5,7 @@ store's schedules, and the wall clock. Out: runs queued as ordinary tasks in the
 thread where each schedule was made; next run times in UTC; the texts of the mail commands
 (`schedules`, `pause N`, `resume N`, `cancel N`, `run N now`). Side effects: the store only.
 
-The store is the truth. Next run times come from `mailagent.when` (pure, DST-correct). One
+The store is the truth. Next run times come from `mailagent.tasks.when` (pure, DST-correct). One
 `schedule.Scheduler`, owned by the service and ticked from its event loop, is the in-process
 timer: one job per active schedule, armed for the stored next run time and re-armed from the
 store whenever a schedule changes or the wall clock jumps (sleep, DST, a clock change), because
@@ -36,7 +36,7 @@ from mailagent.config import ScheduleSettings
 from mailagent.errors import WhenError
 from mailagent.store import NewSchedule, ScheduledRun, ScheduleQuestion, ScheduleView, Store
 from mailagent.store.schedules import RUNNABLE_STATES
-from mailagent.when import (
+from mailagent.tasks.when import (
     FileEntry,
     Rule,
     describe,

@@ -1,7 +1,7 @@
 """Stoppage: what the service does when it cannot go on, and how it goes on again.
 
 Two causes, one rule: the owner gets one mail saying so, and nothing is lost.
-- An integrity check failed after a command (mailagent.integrity): every tool stops at once,
+- An integrity check failed after a command (mailagent.policy.integrity): every tool stops at once,
   in every conversation (the worker cancels the running tasks and kills their commands; no task
   starts), and the halt is recorded, so that a restart keeps the tools stopped until the owner
   runs `mailagent resume`. Owner mail that comes meanwhile is held, and the owner is told once.
@@ -34,9 +34,9 @@ from typing import Any
 
 from mailagent.config import Settings
 from mailagent.errors import StoreError, StoreFullError
-from mailagent.intake import Inbound
-from mailagent.integrity import Breach
-from mailagent.notify import Courier, SendOutcome, compose
+from mailagent.mail.intake import Inbound
+from mailagent.mail.notify import Courier, SendOutcome, compose
+from mailagent.policy.integrity import Breach
 from mailagent.store import Outbound, OutboxView, ReplyTarget, Store, halts
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mailagent.intake import Attachment
+from mailagent.mail.intake import Attachment
 
 _EXTENSION = re.compile(r"\.([A-Za-z0-9]{1,10})$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from mailagent.config import LimitSettings, SmtpSettings
-from mailagent.intake import Inbound
-from mailagent.notify import compose
+from mailagent.mail.intake import Inbound
+from mailagent.mail.notify import compose
+from mailagent.mail.threads import CommandRoute, Route
 from mailagent.store import HeldView, Outbound, ReplyTarget, Store, ThreadMatch
-from mailagent.threads import CommandRoute, Route
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ conversation asks nothing.
 
 from __future__ import annotations
 
+from mailagent.mail.threads import is_typed_nothing
 from mailagent.store import SeenContext, SeenTask
-from mailagent.threads import is_typed_nothing
 
 # Tools whose results are mailagent's own words about the model's own input (a path, a note,
 # a schedule): they bring nothing from outside before the model.

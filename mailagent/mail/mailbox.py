@@ -27,7 +27,7 @@ import imapclient
 from imapclient.exceptions import IMAPClientError
 from imapclient.exceptions import LoginError as ImapLoginError
 
-from mailagent import __version__, oauth
+from mailagent import __version__
 from mailagent.config import ImapSettings
 from mailagent.errors import (
     ConnectError,
@@ -36,6 +36,7 @@ from mailagent.errors import (
     LoginError,
     MailagentError,
 )
+from mailagent.mail import oauth
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 
-from mailagent import install, keystore, oauth
+from mailagent import keystore
+from mailagent.cli import install
 from mailagent.config import Settings
 from mailagent.errors import (
     ConnectError,
@@ -20,6 +21,7 @@ from mailagent.errors import (
     OAuthError,
     OAuthRevokedError,
 )
+from mailagent.mail import oauth
 from mailagent.providers import PROVIDERS, provider_for_host
 
 OAUTH_EXPIRY = ("Google expires refresh tokens after 7 days while the OAuth consent screen is "

@@ -21,6 +21,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from mailagent.agent.messages import (
+    task_message,
+    text_of,
+    to_messages,
+    tool_uses,
+    with_cache_breakpoint,
+    without_compaction,
+)
+from mailagent.agent.prices import CACHE_READ_FACTOR, CACHE_WRITE_FACTOR, model_price, price_line
+from mailagent.agent.transcript import render_transcript
 from mailagent.config import (
     COMPACTION_MIN_TRIGGER_TOKENS,
     SERVER_COMPACTION_BACKSTOP,
@@ -31,19 +41,9 @@ from mailagent.config import (
 from mailagent.content import fence
 from mailagent.errors import ModelError
 from mailagent.failpoints import failpoint
-from mailagent.messages import (
-    task_message,
-    text_of,
-    to_messages,
-    tool_uses,
-    with_cache_breakpoint,
-    without_compaction,
-)
-from mailagent.prices import CACHE_READ_FACTOR, CACHE_WRITE_FACTOR, model_price, price_line
 from mailagent.store import HistoryItem, Store, TaskWork, Usage
 from mailagent.store.repair import valid_messages, without_empty_text
 from mailagent.tools.files import Judged, ToolError
-from mailagent.transcript import render_transcript
 
 if TYPE_CHECKING:
     import anthropic

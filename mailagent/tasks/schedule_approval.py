@@ -1,7 +1,7 @@
 """Schedule approvals: a schedule that the model made on its own runs only once the owner approves.
 
 In: the `schedule_task` calls of a task (when, task text), what the conversation's model has
-been shown (judged by `mailagent.provenance`), and the owner's `approve` or `deny` replies to
+been shown (judged by `mailagent.tasks.provenance`), and the owner's `approve` or `deny` replies to
 the question. Out: the tool's answer; for a schedule that the owner's own words did not make, an
 inactive schedule (`awaiting_approval`) and a question in the thread of the mail that made it;
 on `approve`, the schedule active from its next time; on `deny`, or no answer within
@@ -24,11 +24,11 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from mailagent.config import Settings
-from mailagent.notify import approval_message_id, compose
-from mailagent.provenance import why_the_models
-from mailagent.scheduler import Scheduler
+from mailagent.mail.notify import approval_message_id, compose
 from mailagent.store import ApprovalView, ReplyTarget, ScheduleQuestion, ScheduleView, Store
-from mailagent.when import Rule, local_text, next_run
+from mailagent.tasks.provenance import why_the_models
+from mailagent.tasks.scheduler import Scheduler
+from mailagent.tasks.when import Rule, local_text, next_run
 
 log = logging.getLogger(__name__)
 

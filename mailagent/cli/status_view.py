@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from mailagent.canary import status_lines as canary_lines
-from mailagent.scheduler import schedule_line, schedule_state
+from mailagent.mail.canary import status_lines as canary_lines
 from mailagent.store import Store
 from mailagent.store.halts import HaltView, active_halt
 from mailagent.store.views import (
@@ -30,6 +29,7 @@ from mailagent.store.views import (
     ScheduleView,
     TaskView,
 )
+from mailagent.tasks.scheduler import schedule_line, schedule_state
 
 if TYPE_CHECKING:  # rich is imported only to print for a person at a terminal
     from rich.console import Console

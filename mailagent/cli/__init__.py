@@ -17,20 +17,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from mailagent import __version__, doctor, init_finish, init_wizard, install, status_view
+from mailagent import __version__
+from mailagent.cli import doctor, init_finish, init_wizard, install, status_view
+from mailagent.cli.demo import add_demo_parser
+from mailagent.cli.install import add_service_parser
 from mailagent.config import Settings, find_config_path, load_settings
-from mailagent.demo import add_demo_parser
 from mailagent.errors import ConfigError, MailagentError, PolicyError, WhenError
-from mailagent.install import add_service_parser
-from mailagent.mailbox import Mailbox
-from mailagent.notify import check_smtp
+from mailagent.mail.mailbox import Mailbox
+from mailagent.mail.notify import check_smtp
+from mailagent.mail.render import check_templates, shipped_text
 from mailagent.policy import FolderRule, Policy, Scope, explain, load_policy, protected_paths
-from mailagent.render import check_templates, shipped_text
-from mailagent.sandbox import find_sandbox, process_limit_kind
+from mailagent.policy.sandbox import find_sandbox, process_limit_kind
 from mailagent.store import Store
 from mailagent.store.halts import active_halt, resume
-from mailagent.when import read_schedules_file
-from mailagent.workspace import workspace_dir
+from mailagent.tasks.when import read_schedules_file
+from mailagent.tasks.workspace import workspace_dir
 
 log = logging.getLogger("mailagent")
 
@@ -63,7 +64,9 @@ def _check_smtp(settings: Settings) -> str:
 
 
 def _check_model(settings: Settings) -> str:
-    from mailagent.agent import check_model  # the SDK takes seconds to import: only when needed
+    from mailagent.agent.loop import (
+        check_model,  # the SDK takes seconds to import: only when needed
+    )
 
     return asyncio.run(check_model(settings.model))
 
@@ -131,7 +134,7 @@ def _check_connectors(settings: Settings) -> str:
     rules = policy.mcp
     if not rules:
         return "MCP servers: none (no [mcp.<server>] table in the policies)"
-    from mailagent.connectors import check_servers  # the MCP SDK takes seconds to import
+    from mailagent.tools.mcp_servers import check_servers  # the MCP SDK takes seconds to import
 
     lines, errors = check_servers(rules)
     if errors:

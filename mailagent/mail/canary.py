@@ -28,11 +28,11 @@ from email.utils import formatdate, parseaddr
 
 from mailagent.config import Settings
 from mailagent.content import clean_header
-from mailagent.intake import message_ids, parse_headers
-from mailagent.notify import new_message_id
+from mailagent.mail.intake import message_ids, parse_headers
+from mailagent.mail.notify import new_message_id
 from mailagent.store import Outbound, Store
-from mailagent.store.canary import ProbeReport, probe_report, queue_probe, set_alarm, take_probe
-from mailagent.workspace import data_key
+from mailagent.store.probes import ProbeReport, probe_report, queue_probe, set_alarm, take_probe
+from mailagent.tasks.workspace import data_key
 
 log = logging.getLogger(__name__)
 

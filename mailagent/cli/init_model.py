@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from mailagent.cli.init_config import Answers
+from mailagent.cli.init_secrets import ATTEMPTS, KEY_PAGE, NOTHING_WRITTEN, Asker, env_name
 from mailagent.config import ModelSettings, env_value
 from mailagent.errors import ConfigError, ModelError
-from mailagent.init_config import Answers
-from mailagent.init_secrets import ATTEMPTS, KEY_PAGE, NOTHING_WRITTEN, Asker, env_name
 
 DEFAULT_KEY_ENV = "ANTHROPIC_API_KEY"
 REFUSED, UNKNOWN = 401, 404
@@ -97,7 +97,7 @@ def _key(args: argparse.Namespace, asker: Asker, answers: Answers) -> str:
 def try_model(asker: Asker, answers: Answers) -> tuple[int, str] | None:
     """None when the endpoint knows the model (or cannot be reached: that is said and left
     for `check`); else (401 or 404, why)."""
-    from mailagent.agent import check_model  # the SDK takes seconds to import
+    from mailagent.agent.loop import check_model  # the SDK takes seconds to import
 
     model = ModelSettings(name=answers.model_name, base_url=answers.model_base_url or None,
                           api_key=answers.api_key or None, timeout_seconds=30)

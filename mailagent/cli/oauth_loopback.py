@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qs, urlencode, urlparse
 
 from mailagent.errors import OAuthError
-from mailagent.oauth import FlowSettings, Grant, parse_grant, pkce_pair, post_form
+from mailagent.mail.oauth import FlowSettings, Grant, parse_grant, pkce_pair, post_form
 
 DONE_PAGE = b"<html><body>mailagent is signed in. You may close this tab.</body></html>"
 

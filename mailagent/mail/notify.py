@@ -30,14 +30,14 @@ from typing import Any
 
 import aiosmtplib
 
-from mailagent import oauth
 from mailagent.config import SmtpSettings
 from mailagent.content import clean_header
 from mailagent.errors import OAuthError, RenderError, SmtpError
 from mailagent.failpoints import failpoint
-from mailagent.render import markdown_html, render
+from mailagent.mail import oauth
+from mailagent.mail.render import markdown_html, render
 from mailagent.store import Outbound, OutboxView, ReplyTarget, Store
-from mailagent.when import quiet_seconds
+from mailagent.tasks.when import quiet_seconds
 
 log = logging.getLogger(__name__)
 

@@ -27,12 +27,12 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mailagent.cli.init_config import toml_str
 from mailagent.config import env_value
 from mailagent.errors import ConfigError, MailagentError, ModelError, StoreError
-from mailagent.init_config import toml_str
 
 if TYPE_CHECKING:  # aiosmtpd, pymap and the store are imported only when the demo runs
-    from mailagent.demo_mail import Delivered, DemoMailServer
+    from mailagent.cli.demo_mail import Delivered, DemoMailServer
     from mailagent.store import Store, TaskView
 
 HOST = "127.0.0.1"  # loopback only: the "none" owner check below is safe nowhere else
@@ -221,7 +221,7 @@ class Demo:
 
     def __init__(self, layout: Layout, model: Model, model_name: str) -> None:
         self.layout, self.model, self.model_name = layout, model, model_name
-        from mailagent.demo_mail import DemoMailServer
+        from mailagent.cli.demo_mail import DemoMailServer
 
         self.server = DemoMailServer(AGENT, secrets.token_urlsafe(16), host=HOST)
         self.replies = threading.Condition()
@@ -377,7 +377,7 @@ def keep_running(demo: Demo, timeout: float) -> None:
 def check_endpoint(model: Model, model_name: str) -> None:
     """Before anything starts: the endpoint answers and takes the key. An endpoint without the
     Models API (404) is let through; the task itself will tell."""
-    from mailagent.agent import check_model  # the SDK takes a second to import
+    from mailagent.agent.loop import check_model  # the SDK takes a second to import
     from mailagent.config import ModelSettings
 
     key = env_value("ANTHROPIC_API_KEY") if model.has_key else "none"

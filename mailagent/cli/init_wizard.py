@@ -16,7 +16,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mailagent import init_model, init_secrets, keystore
+from mailagent import keystore
+from mailagent.cli import init_model, init_secrets
+from mailagent.cli.init_config import Answers, OAuthAnswers, check_writable, write_files
 from mailagent.config import (
     SECURITY_MODES,
     VERIFICATION_MODES,
@@ -25,8 +27,7 @@ from mailagent.config import (
     find_config_path,
 )
 from mailagent.errors import ConfigError
-from mailagent.init_config import Answers, OAuthAnswers, check_writable, write_files
-from mailagent.oauth import FlowSettings, device_flow
+from mailagent.mail.oauth import FlowSettings, device_flow
 from mailagent.providers import PROVIDERS, Provider, get_provider, guess_provider
 
 
@@ -237,7 +238,7 @@ def _oauth_sign_in(args: argparse.Namespace, asker: Asker, p: Provider) -> OAuth
     if flow.device_url and not args.auth_url:
         grant = device_flow(flow, asker.say)
     else:
-        from mailagent.oauth_loopback import loopback_flow
+        from mailagent.cli.oauth_loopback import loopback_flow
 
         grant = loopback_flow(flow, asker.say, open_browser=not args.no_browser)
     if not grant.refresh_token:

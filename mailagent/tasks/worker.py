@@ -23,15 +23,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from mailagent.agent import Agent, Outcome, TaskContext
-from mailagent.commands import NOT_IN_THREAD, answer
+from mailagent.agent.loop import Agent, Outcome, TaskContext
 from mailagent.config import Settings
-from mailagent.connector_rules import PREFIX as MCP_PREFIX
-from mailagent.connector_rules import decide_mcp, split_name
-from mailagent.connectors import Connectors
 from mailagent.content import fence
 from mailagent.errors import ModelError, PolicyError, StoreFullError
-from mailagent.notify import approval_message_id, compose
+from mailagent.mail.notify import approval_message_id, compose
+from mailagent.mail.render import render
 from mailagent.policy import (
     CommandsRule,
     Decision,
@@ -43,10 +40,9 @@ from mailagent.policy import (
     decide_move,
     protected_paths,
 )
-from mailagent.render import render
-from mailagent.sandbox import Limits, Runner, SandboxInfo, View
-from mailagent.schedule_approval import ScheduleApprovals
-from mailagent.scheduler import Scheduler
+from mailagent.policy.mcp import PREFIX as MCP_PREFIX
+from mailagent.policy.mcp import decide_mcp, split_name
+from mailagent.policy.sandbox import Limits, Runner, SandboxInfo, View
 from mailagent.store import (
     ApprovalView,
     CommandWork,
@@ -55,13 +51,17 @@ from mailagent.store import (
     Store,
     TaskWork,
 )
+from mailagent.tasks.commands import NOT_IN_THREAD, answer
+from mailagent.tasks.schedule_approval import ScheduleApprovals
+from mailagent.tasks.scheduler import Scheduler
+from mailagent.tasks.when import quiet_seconds
+from mailagent.tasks.workspace import data_key, workspace_dir
 from mailagent.tools.command import CommandTools
 from mailagent.tools.connector import ConnectorTools
 from mailagent.tools.files import FileTools, ToolError
+from mailagent.tools.mcp_servers import Connectors
 from mailagent.tools.memory import MemoryTools
 from mailagent.tools.schedule import ScheduleTools
-from mailagent.when import quiet_seconds
-from mailagent.workspace import data_key, workspace_dir
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class Worker:
         self.wake = asyncio.Event()
         self.on_busy: Callable[[bool], None] = lambda busy: None  # first task started, last ended
         # Set by the service: whether tools are stopped (an integrity check failed), and the
-        # check around each command (mailagent.integrity).
+        # check around each command (mailagent.policy.integrity).
         self.tools_stopped: Callable[[], bool] = lambda: False
         self.watch: Callable[[TaskWork, str], AbstractContextManager[list[str]]] = \
             lambda _work, _command: nullcontext([])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mailagent.intake import Inbound
+from mailagent.mail.intake import Inbound
 from mailagent.store import ThreadMatch
 
 DEFAULT_CONVERSATION = "main"

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mailagent.canary import status_lines as canary_lines
-from mailagent.scheduler import Scheduler
+from mailagent.mail.canary import status_lines as canary_lines
 from mailagent.store import CommandWork, Store
+from mailagent.tasks.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 

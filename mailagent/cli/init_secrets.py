@@ -13,12 +13,13 @@ import argparse
 import asyncio
 from typing import Protocol
 
-from mailagent import doctor, keystore
+from mailagent import keystore
+from mailagent.cli import doctor
+from mailagent.cli.init_config import Answers
 from mailagent.config import ImapSettings, SmtpSettings, env_value
 from mailagent.errors import ConfigError, LoginError, MailagentError, SmtpError
-from mailagent.init_config import Answers
-from mailagent.mailbox import Mailbox
-from mailagent.notify import check_smtp
+from mailagent.mail.mailbox import Mailbox
+from mailagent.mail.notify import check_smtp
 from mailagent.providers import Provider
 
 ATTEMPTS = 3  # a typed password or key is asked again this many times in all

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from mailagent.cli.init_config import Answers
 from mailagent.config import Settings
-from mailagent.init_config import Answers
 from mailagent.instance import is_service_running
 from mailagent.store import Store
 from mailagent.store.progress import first_answered_after, last_task_id, mailed_tasks_after

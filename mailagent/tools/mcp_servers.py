@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mailagent.config import environment
-from mailagent.connector_rules import McpServerRule, exposed_name, server_env, server_headers
 from mailagent.errors import MailagentError
+from mailagent.policy.mcp import McpServerRule, exposed_name, server_env, server_headers
 from mailagent.tools.files import ToolError
 
 if TYPE_CHECKING:  # the SDK takes seconds to import: only where a server is configured
