@@ -9,8 +9,8 @@ import pytest
 
 from mailagent.errors import PolicyError
 from mailagent.policy import Decision, Policy, PolicyWatcher, Scope, load_policy
+from mailagent.policy.calls import check_call, describe_operation, operation_digest
 from mailagent.policy.mcp import decide_mcp, server_env, server_headers
-from mailagent.tasks.worker import check_call, describe_operation, operation_digest
 
 GOOD = """[[folders]]
 path = "/tmp"

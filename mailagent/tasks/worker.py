@@ -12,7 +12,6 @@ import asyncio
 import functools
 import hashlib
 import hmac
-import json
 import logging
 import os
 import secrets
@@ -36,12 +35,10 @@ from mailagent.policy import (
     PolicyWatcher,
     Scope,
     decide,
-    decide_command,
     decide_move,
     protected_paths,
 )
-from mailagent.policy.mcp import PREFIX as MCP_PREFIX
-from mailagent.policy.mcp import decide_mcp, split_name
+from mailagent.policy.calls import check_call, describe_operation, operation_digest
 from mailagent.policy.sandbox import Limits, Runner, SandboxInfo, View
 from mailagent.store import (
     ApprovalView,
@@ -65,12 +62,19 @@ from mailagent.tools.schedule import ScheduleTools
 
 log = logging.getLogger(__name__)
 
+
 FULL_RETRY_SECONDS = 2.0  # a full disk or database: how soon the worker tries again
+
 
 FILE_TOOLS = ("list_files", "read_file", "write_file", "edit_file", "move_file", "delete_file",
               "search_files", "attach_file")
+
+
 BUDGET_STEP = "one more budget step"
+
+
 ACCOUNT_NOTICE_SECONDS = 24 * 3600  # the owner hears of a used-up account once a day
+
 
 FAILURE_ADVICE = (
     ("budget:", "It stopped at a budget limit. Send the task again in smaller steps, or raise "
@@ -90,76 +94,10 @@ def advice(reason: str) -> str:
     return "Send the task again; if it fails the same way, run `mailagent status` on the computer."
 
 
-def operation_digest(decision: Decision, name: str, tool_input: dict[str, Any]) -> str:
-    """What an approval is bound to: the operation, its input, the resolved paths, and the size
-    and content hash of each file as it is now (for a move, the source's and the destination's:
-    a file changed after the question does not move on the old answer, SECURITY.md A1)."""
-    state: dict[str, Any] = {"name": name, "input": tool_input, "path": str(decision.path),
-                             "file": _file_state(decision.path)}
-    if decision.source is not None:
-        state |= {"source": str(decision.source), "source_file": _file_state(decision.source)}
-    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
-
-
-def _file_state(path: Path | None) -> dict[str, Any] | None:
-    if path is None or not path.is_file() or path.is_symlink():
-        return None
-    data = path.read_bytes()
-    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
-def describe_operation(name: str, tool_input: dict[str, Any], decision: Decision) -> str:
-    if (parts := split_name(name)) is not None:  # the exact arguments: what the digest binds
-        return (f"call the tool {parts[1]} of the MCP server {parts[0]} with "
-                f"{json.dumps(tool_input, ensure_ascii=False, sort_keys=True)[:2000]}")
-    where = str(decision.path) if decision.path else str(tool_input.get("path", ""))
-    if name == "delete_file":
-        return f"delete {where}"
-    if name == "move_file":
-        return f"move {tool_input.get('source')} to {where}"
-    if name in ("write_file", "edit_file"):
-        return f"replace the contents of {where}"
-    return f"{name} on {where}"
-
-
 def _describe(change: dict[str, Any]) -> str:
     if change["op"] == "moved":
         return f"moved {change['from']} to {change['path']}"
     return f"{change['op']} {change['path']}"
-
-
-# Which policy action judges each tool that takes one path.
-PATH_ACTIONS = {"list_files": "list", "search_files": "list", "read_file": "read",
-                "attach_file": "read", "write_file": "write", "edit_file": "write",
-                "delete_file": "delete"}
-
-
-def check_call(policy: Policy, scope: Scope, name: str, tool_input: dict[str, Any],
-               sandboxed: bool) -> Decision:
-    """The policy decision for one tool call, before it runs (never raises)."""
-    try:
-        if name == "remember":
-            return Decision("allow", "memory", "notes are always allowed", None)
-        if name.startswith(MCP_PREFIX):
-            mcp = decide_mcp(policy.mcp, name)
-            return Decision(mcp.verdict, mcp.rule, mcp.reason, None)
-        if name == "run_command":
-            cwd = tool_input.get("cwd")
-            if cwd and (where := decide(policy, "list", str(cwd), scope)).verdict != "allow":
-                return where
-            return decide_command(policy, str(tool_input.get("command", "")), sandboxed=sandboxed)
-        if name == "schedule_task":
-            return Decision("allow", "schedules", "a schedule of this conversation, bounded by "
-                            "the [schedules] limits", None)
-        if name == "move_file":
-            return decide_move(policy, str(tool_input.get("source", "")),
-                               str(tool_input.get("destination", "")), scope)
-        if name in PATH_ACTIONS:
-            path = tool_input.get("path") or "."
-            return decide(policy, PATH_ACTIONS[name], str(path), scope)  # type: ignore[arg-type]
-        return Decision("deny", "default: deny", f"no tool named {name!r} is offered", None)
-    except PolicyError as exc:
-        return Decision("deny", "path", str(exc), None)
 
 
 def conversation_nonce(data_dir: Path, conversation_id: int) -> str:
