@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 
 from sqlmodel import col, select
 
-from mailagent.store import MailStore, _aware, _enqueue, _processed
-from mailagent.store import _audit as audit_row
+from mailagent.store.db import MailStore, _aware, _enqueue, _processed
+from mailagent.store.db import _audit as audit_row
 from mailagent.store.tables import AuditEvent, OutboxRow, Probe, utcnow
 from mailagent.store.views import Outbound
 
