@@ -14,12 +14,7 @@ from mailagent.store.held import HeldStore
 from mailagent.store.history import HistoryStore
 from mailagent.store.inbox import InboxStore
 from mailagent.store.outbox import OutboxStore
-from mailagent.store.tables import (
-    MIGRATIONS,
-    TASK_STATES,
-    TASK_TRANSITIONS,
-    Task,
-)
+from mailagent.store.tables import MIGRATIONS, TASK_STATES, TASK_TRANSITIONS, Task
 from mailagent.store.tasks import TaskStore
 from mailagent.store.views import (
     ApprovalView,

@@ -14,16 +14,8 @@ from sqlmodel import col, select
 
 from mailagent.store.db import MailStore, _approval_view, _audit, _enqueue, _move
 from mailagent.store.repair import close_open_calls
-from mailagent.store.tables import (
-    Approval,
-    Task,
-    ToolCallRow,
-    utcnow,
-)
-from mailagent.store.views import (
-    ApprovalView,
-    Outbound,
-)
+from mailagent.store.tables import Approval, Task, ToolCallRow, utcnow
+from mailagent.store.views import ApprovalView, Outbound
 
 
 class ApprovalStore(MailStore):

@@ -36,13 +36,7 @@ from mailagent.store.tables import (
     ThreadRef,
     utcnow,
 )
-from mailagent.store.views import (
-    ApprovalView,
-    AuditView,
-    Outbound,
-    OutboxView,
-    TaskWork,
-)
+from mailagent.store.views import ApprovalView, AuditView, Outbound, OutboxView, TaskWork
 
 log = logging.getLogger(__name__)
 

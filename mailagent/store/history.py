@@ -17,18 +17,8 @@ from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
 from mailagent.store.db import MailStore, _audit, _id, _task
-from mailagent.store.tables import (
-    HistoryEntry,
-    MemoryNote,
-    Task,
-    ToolCallRow,
-    utcnow,
-)
-from mailagent.store.views import (
-    HistoryItem,
-    ToolCallView,
-    Usage,
-)
+from mailagent.store.tables import HistoryEntry, MemoryNote, Task, ToolCallRow, utcnow
+from mailagent.store.views import HistoryItem, ToolCallView, Usage
 
 
 class HistoryStore(MailStore):

@@ -36,13 +36,7 @@ from mailagent.store.tables import (
     ThreadRef,
     utcnow,
 )
-from mailagent.store.views import (
-    NewCommand,
-    NewTask,
-    Outbound,
-    SavedRaw,
-    ThreadMatch,
-)
+from mailagent.store.views import NewCommand, NewTask, Outbound, SavedRaw, ThreadMatch
 
 
 class InboxStore(MailStore):

@@ -15,14 +15,8 @@ from sqlmodel import col, select
 
 from mailagent.errors import StoreError
 from mailagent.store.db import MailStore, _audit, _aware, _enqueue, _outbox_view
-from mailagent.store.tables import (
-    OutboxRow,
-    utcnow,
-)
-from mailagent.store.views import (
-    Outbound,
-    OutboxView,
-)
+from mailagent.store.tables import OutboxRow, utcnow
+from mailagent.store.views import Outbound, OutboxView
 
 
 class OutboxStore(MailStore):

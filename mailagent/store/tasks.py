@@ -17,14 +17,7 @@ from sqlmodel import col, select
 
 from mailagent.errors import StoreError
 from mailagent.store.db import MailStore, _audit, _aware, _enqueue, _id, _move, _task, _work
-from mailagent.store.tables import (
-    TASK_STATES,
-    Approval,
-    Command,
-    Conversation,
-    Task,
-    utcnow,
-)
+from mailagent.store.tables import TASK_STATES, Approval, Command, Conversation, Task, utcnow
 from mailagent.store.views import (
     CommandView,
     CommandWork,
