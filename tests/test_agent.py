@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from mailagent.agent.loop import Agent, estimate_tokens
-from mailagent.agent.messages import to_messages
+from mailagent.agent.loop import Agent
+from mailagent.agent.messages import estimate_tokens, to_messages
 from mailagent.config import AgentSettings, ModelSettings, Settings
 from mailagent.store import HistoryItem, NewTask, Store, Task
 from mailagent.store.tables import Task as TaskRow

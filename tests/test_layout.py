@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mailagent"
 SEAMS = {
     "imapclient": {"mail/mailbox.py"},
     "aiosmtplib": {"mail/notify.py"},
-    "anthropic": {"agent/loop.py"},
+    "anthropic": {"agent/"},
     "mailparser": {"mail/intake.py"},
     "dkim": {"mail/intake.py"},
     "authres": {"mail/intake.py"},

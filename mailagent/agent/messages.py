@@ -8,11 +8,27 @@ I/O, no SDK. It must never present the owner's mail data as instructions (it is 
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 from mailagent.content import fence
 from mailagent.store import HistoryItem, TaskWork
 from mailagent.store.repair import valid_messages
+
+CHARS_PER_TOKEN = 3  # conservative: real tokenizers average closer to 4 characters per token
+
+
+# Chinese, Japanese and Korean scripts (and the blocks after them) run about a token a
+# character, where Latin text runs three to four characters a token.
+_WIDE = re.compile("[\u2e80-\U0010ffff]")
+
+
+def estimate_tokens(value: Any) -> int:
+    """A conservative token count: a third of the characters, and one per wide character."""
+    text = json.dumps(value, ensure_ascii=False)
+    narrow = len(_WIDE.sub("", text))
+    return narrow // CHARS_PER_TOKEN + (len(text) - narrow) + 1
 
 
 def task_message(work: TaskWork, nonce: str) -> str:

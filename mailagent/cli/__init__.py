@@ -64,9 +64,7 @@ def _check_smtp(settings: Settings) -> str:
 
 
 def _check_model(settings: Settings) -> str:
-    from mailagent.agent.loop import (
-        check_model,  # the SDK takes seconds to import: only when needed
-    )
+    from mailagent.agent.api import check_model  # the SDK takes seconds to import: only when needed
 
     return asyncio.run(check_model(settings.model))
 

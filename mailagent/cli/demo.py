@@ -377,7 +377,7 @@ def keep_running(demo: Demo, timeout: float) -> None:
 def check_endpoint(model: Model, model_name: str) -> None:
     """Before anything starts: the endpoint answers and takes the key. An endpoint without the
     Models API (404) is let through; the task itself will tell."""
-    from mailagent.agent.loop import check_model  # the SDK takes a second to import
+    from mailagent.agent.api import check_model  # the SDK takes a second to import
     from mailagent.config import ModelSettings
 
     key = env_value("ANTHROPIC_API_KEY") if model.has_key else "none"

@@ -97,7 +97,7 @@ def _key(args: argparse.Namespace, asker: Asker, answers: Answers) -> str:
 def try_model(asker: Asker, answers: Answers) -> tuple[int, str] | None:
     """None when the endpoint knows the model (or cannot be reached: that is said and left
     for `check`); else (401 or 404, why)."""
-    from mailagent.agent.loop import check_model  # the SDK takes seconds to import
+    from mailagent.agent.api import check_model  # the SDK takes seconds to import
 
     model = ModelSettings(name=answers.model_name, base_url=answers.model_base_url or None,
                           api_key=answers.api_key or None, timeout_seconds=30)

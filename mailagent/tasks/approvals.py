@@ -17,7 +17,8 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from mailagent.agent.loop import Agent, Outcome
+from mailagent.agent.loop import Agent
+from mailagent.agent.task import Outcome
 from mailagent.config import Settings
 from mailagent.mail.notify import approval_message_id, compose
 from mailagent.policy.calls import describe_operation, operation_digest

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from mailagent.agent.loop import Outcome
+from mailagent.agent.task import Outcome
 from mailagent.config import Settings
 from mailagent.errors import PolicyError
 from mailagent.mail.notify import compose

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mailagent.agent.loop import TaskContext
+from mailagent.agent.task import TaskContext
 from mailagent.config import Settings
 from mailagent.content import fence
 from mailagent.mail.render import render

@@ -16,7 +16,8 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from mailagent.agent.loop import Agent, Outcome
+from mailagent.agent.loop import Agent
+from mailagent.agent.task import Outcome
 from mailagent.config import Settings
 from mailagent.errors import ModelError, StoreFullError
 from mailagent.mail.notify import compose
