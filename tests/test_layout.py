@@ -40,7 +40,7 @@ SEAMS = {
 
 # Libraries the waiting daemon does without: imported where a task, a tool, a configured
 # connector or a person at a terminal first needs them, never when a module is loaded.
-LOADED_WHEN_NEEDED = ("anthropic", "mcp", "pypdf", "docx", "openpyxl", "rich", "httpx",
+LOADED_WHEN_NEEDED = ("anthropic", "mcp", "pypdf", "docx", "openpyxl", "rich", "httpx", "httpx2",
                       "jsonschema", "aiosmtpd", "pymap")
 
 

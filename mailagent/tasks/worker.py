@@ -46,7 +46,11 @@ class Worker(Approvals):
                  home: Path | None = None, on_mail: Callable[[], None] = lambda: None,
                  schedules: Scheduler | None = None,
                  sandbox: SandboxInfo | None = None,
-                 connectors: Connectors | None = None) -> None:
+                 connectors: Connectors | None = None,
+                 on_busy: Callable[[bool], None] = lambda busy: None,
+                 tools_stopped: Callable[[], bool] = lambda: False,
+                 watch: Callable[[TaskWork, str], AbstractContextManager[list[str]]] =
+                 lambda _work, _command: nullcontext([])) -> None:
         self.settings, self.store, self.agent = settings, store, agent
         self.connectors = connectors
         self.schedules = schedules
@@ -62,12 +66,11 @@ class Worker(Approvals):
         self.running: dict[int, asyncio.Task[None]] = {}
         self.conversations: dict[int, int] = {}  # task_id -> conversation_id
         self.wake = asyncio.Event()
-        self.on_busy: Callable[[bool], None] = lambda busy: None  # first task started, last ended
-        # Set by the service: whether tools are stopped (an integrity check failed), and the
-        # check around each command (mailagent.policy.integrity).
-        self.tools_stopped: Callable[[], bool] = lambda: False
-        self.watch: Callable[[TaskWork, str], AbstractContextManager[list[str]]] = \
-            lambda _work, _command: nullcontext([])
+        self.on_busy = on_busy  # the first task started (True), the last one ended (False)
+        # Whether tools are stopped (an integrity check failed), and the check around each
+        # command (mailagent.policy.integrity).
+        self.tools_stopped = tools_stopped
+        self.watch = watch
 
     async def run(self, stop: asyncio.Event) -> None:
         for task_id in self.store.requeue_interrupted():

@@ -56,7 +56,7 @@ class Offered:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class McpResult:
     """What a call gave: its text (only text is passed on) and whether the tool failed."""
 
     text: str
@@ -312,7 +312,7 @@ class Connectors:
                                          dict(tool.input_schema)))
         return found
 
-    def call_from_thread(self, server: str, tool: str, arguments: dict[str, Any]) -> Outcome:
+    def call_from_thread(self, server: str, tool: str, arguments: dict[str, Any]) -> McpResult:
         """Run `call` on the service's loop from a worker thread and wait for it."""
         if self.loop is None:
             raise ToolError("MCP connectors are not running")
@@ -325,7 +325,7 @@ class Connectors:
             future.cancel()
             raise ToolError(f"MCP server {server} gave no answer in {wait:g} s") from None
 
-    async def call(self, name: str, tool: str, arguments: dict[str, Any]) -> Outcome:
+    async def call(self, name: str, tool: str, arguments: dict[str, Any]) -> McpResult:
         server = self.servers.get(name)
         if server is None or server.client is None or server.state != "running":
             why = f" ({server.error})" if server is not None and server.error else ""
@@ -335,7 +335,7 @@ class Connectors:
         try:
             result = await asyncio.wait_for(client.call_tool(tool, arguments),
                                             server.rule.timeout_seconds)
-            return Outcome(result_text(result), bool(result.is_error))
+            return McpResult(result_text(result), bool(result.is_error))
         except Exception as exc:
             reason = describe_error(exc)
         if not await self.answers(client):
