@@ -86,3 +86,67 @@ def test_the_daemon_loads_no_library_that_only_a_task_or_a_person_needs() -> Non
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120, check=True)
     assert result.stdout.strip() == "[]", result.stdout
+
+
+# The layers, top down: each imports only from the layers below it (and its own folder).
+# A person at a terminal; the daemon that wires the stages; the stages of the flow; the store;
+# the ground every layer stands on.
+LAYERS = (
+    ("cli", "__main__"),
+    ("service",),
+    ("mail", "tasks", "agent", "tools", "policy"),
+    ("store",),
+    ("config", "settings", "errors", "content", "failpoints", "addresses", "providers",
+     "keystore", "instance", "__init__"),
+)
+# Modules of more than MAX_LINES that are flat catalogues (a table, not logic): none today.
+MAX_LINES = 500
+CATALOGUES: set[str] = set()
+
+
+def area_of(module: str) -> str:
+    """The top-level folder or module of `mailagent.a.b` (or of a path relative to the package)."""
+    return module.removeprefix("mailagent.").split(".")[0]
+
+
+def layer_of(area: str) -> int:
+    return next(index for index, areas in enumerate(LAYERS) if area in areas)
+
+
+def internal_imports(path: Path) -> set[str]:
+    """The mailagent modules that `path` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("mailagent.")}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            if node.module == "mailagent":
+                found |= {f"mailagent.{a.name}" for a in node.names}
+            elif node.module.startswith("mailagent."):
+                found.add(node.module)
+    return found
+
+
+def test_every_module_has_a_layer() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        area = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        assert any(area in areas for areas in LAYERS), f"{area} is in no layer of LAYERS"
+
+
+def test_imports_point_one_way_cli_service_stages_store() -> None:
+    upward = []
+    for path in PACKAGE.rglob("*.py"):
+        area = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        for imported in internal_imports(path):
+            if imported == "mailagent.__version__":
+                continue
+            target = area_of(imported)
+            if layer_of(target) < layer_of(area):
+                upward.append(f"{path.relative_to(PACKAGE)} imports {imported}")
+    assert upward == []
+
+
+def test_no_module_is_over_500_lines_but_flat_catalogues() -> None:
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert set(long) <= CATALOGUES, long
