@@ -25,11 +25,11 @@ from mailagent.policy.fsat import Anchor, Lookup, lookup
 from mailagent.policy.paths import (
     HOME_PROTECTED,
     SYSTEM_ROOTS,
-    _expand,
-    _folded,
-    _quoted,
-    _shown,
+    expand_path,
+    fold_case,
+    quoted_path,
     resolve,
+    shown_path,
 )
 from mailagent.policy.rules import (
     DEFAULT_RULE,
@@ -69,7 +69,7 @@ class _Case:
     def root(self) -> str:
         if self.rule.source == WORKSPACE_RULE:
             return "the workspace"
-        return _shown(self.rule.path, self.home)
+        return shown_path(self.rule.path, self.home)
 
 
 def decide(policy: Policy, action: Action, path: str, scope: Scope) -> Decision:
@@ -79,9 +79,9 @@ def decide(policy: Policy, action: Action, path: str, scope: Scope) -> Decision:
 
 def _decide(policy: Policy, action: str, path: str, scope: Scope, subject: str | None) -> Decision:
     if action not in _VERBS:
-        reason = f"{_quoted(str(action))!r} is not list, read, write or delete"
+        reason = f"{quoted_path(str(action))!r} is not list, read, write or delete"
         return Decision("deny", "unknown action", reason, None)
-    subject = subject or f"{_VERBS[action]} {_quoted(str(path))}"
+    subject = subject or f"{_VERBS[action]} {quoted_path(str(path))}"
     try:
         return _judge(policy, action, path, scope, subject)
     except (PolicyError, OSError, ValueError) as error:  # whatever a concurrent change makes
@@ -133,21 +133,21 @@ def _protection(
         return "protected: system files (/proc, /sys, /dev)"
     if any(part.casefold() == ".git" for part in resolved.parts):
         return "protected: .git"
-    folded, in_workspace = _folded(resolved), resolved.is_relative_to(workspace)
+    folded, in_workspace = fold_case(resolved), resolved.is_relative_to(workspace)
     # The data dir is protected, yet the task's own workspace inside it must stay usable.
     matches = [
         root
         for root in protected
-        if folded.is_relative_to(_folded(root))
-        and not (in_workspace and _folded(workspace).is_relative_to(_folded(root)))
+        if folded.is_relative_to(fold_case(root))
+        and not (in_workspace and fold_case(workspace).is_relative_to(fold_case(root)))
     ]
     if not matches:
         return None
     closest = max(matches, key=lambda root: len(root.parts))
     for name, label in HOME_PROTECTED:
-        if _folded(closest) == _folded(home / name):
+        if fold_case(closest) == fold_case(home / name):
             return f"protected: {label} (~/{name})"
-    return f"protected: {_shown(closest, home)}"
+    return f"protected: {shown_path(closest, home)}"
 
 
 def _governing_rule(policy: Policy, resolved: Path, workspace: Path) -> FolderRule | None:
@@ -163,7 +163,7 @@ def _governing_rule(policy: Policy, resolved: Path, workspace: Path) -> FolderRu
 def _describe(rule: FolderRule, home: Path) -> str:
     if rule.source == WORKSPACE_RULE:
         return WORKSPACE_RULE
-    return f"{rule.source} {_shown(rule.path, home)} ({rule.access})"
+    return f"{rule.source} {shown_path(rule.path, home)} ({rule.access})"
 
 
 def _uncovered(
@@ -171,7 +171,7 @@ def _uncovered(
 ) -> Decision:
     # Say so when a symlink is what led outside: the model can then use the real location.
     home, workspace = real
-    lexical = Path(os.path.normpath(_expand(raw, home, workspace)))
+    lexical = Path(os.path.normpath(expand_path(raw, home, workspace)))
     inside = _governing_rule(policy, lexical, workspace)
     if inside is not None and lexical != resolved:
         why = (
@@ -214,7 +214,7 @@ def _check_list(case: _Case, raw: str, scope: Scope) -> Decision:
 def _check_read(case: _Case, raw: str, scope: Scope) -> Decision:
     info = case.found.info
     if info is None:
-        if os.path.islink(_expand(raw, scope.home, scope.workspace)):
+        if os.path.islink(expand_path(raw, scope.home, scope.workspace)):
             return case.decide("deny", "it is a dangling symlink: what it points to does not exist")
         return case.decide("deny", "no such file; list the folder to see what exists")
     if stat.S_ISDIR(info.st_mode):
@@ -254,7 +254,7 @@ def _check_write(case: _Case, raw: str, scope: Scope) -> Decision:
 def _check_new_file(case: _Case) -> Decision:
     # The tool creates missing folders: the part that exists must be a real folder in the root.
     if case.found.not_folder is not None:
-        return case.decide("deny", f"{_shown(case.found.not_folder, case.home)} is a file, "
+        return case.decide("deny", f"{shown_path(case.found.not_folder, case.home)} is a file, "
                            "not a folder")
     if case.found.root_missing and case.rule.source != WORKSPACE_RULE:
         return case.decide("deny", f"the folder {case.root} does not exist; ask the owner for it")
@@ -310,7 +310,7 @@ def decide_command(policy: Policy, command: str, *, sandboxed: bool) -> Decision
         return Decision("deny", rule.source, f"the command line cannot be split: {error}", None)
     program = words[0] if words else ""
     if not program or "/" in program or program not in rule.allow:
-        return Decision("deny", f"{rule.source} [commands]", f"{_quoted(program)!r} is not an "
+        return Decision("deny", f"{rule.source} [commands]", f"{quoted_path(program)!r} is not an "
                         f"allowed program; allowed, by name: {', '.join(rule.allow)}", None)
     return Decision("allow", f"{rule.source} [commands]", f"{program} may run", None)
 
@@ -318,7 +318,7 @@ def decide_command(policy: Policy, command: str, *, sandboxed: bool) -> Decision
 def decide_move(policy: Policy, source: str, destination: str, scope: Scope) -> Decision:
     """A move is a write at the destination plus, at the source, a delete when the file leaves
     its folder rule (or a write when it stays inside). The stricter verdict wins."""
-    shown = f"moving {_quoted(str(source))} to {_quoted(str(destination))}"
+    shown = f"moving {quoted_path(str(source))} to {quoted_path(str(destination))}"
     leaves = _leaves_folder(policy, source, destination, scope)
     how = ": the source (it leaves its folder, so this counts as a delete there)"
     how = how if leaves else ": the source"

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailagent.config import Settings
+from mailagent.policy.load import is_policy_name  # the names the policy engine loads
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +100,6 @@ def take_mark(what: str, path: Path, with_digest: bool = False) -> Mark:
         except OSError as exc:
             return Mark(what, path, (info.st_dev, info.st_ino), error=exc.strerror or str(exc))
     return Mark(what, path, (info.st_dev, info.st_ino), digest)
-
-
-def is_policy_name(name: str) -> bool:
-    """The names the policy engine loads (hidden names are editors' lock and backup files)."""
-    return name.endswith(".toml") and not name.startswith(".")
 
 
 def policy_marks(policies_dir: Path) -> tuple[Mark, ...]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from mailagent.errors import PolicyError, nearest
 from mailagent.policy.mcp import McpServerRule, parse_servers
-from mailagent.policy.paths import _expand, _real_path, _shown
+from mailagent.policy.paths import expand_path, real_path, shown_path
 from mailagent.policy.rules import (
     ACCESS_VALUES,
     COMMANDS_KEYS,
@@ -66,7 +66,7 @@ def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
     return Policy(tuple(folders), commands, tuple(file.name for file in files), tuple(servers))
 
 
-def _is_policy_name(name: str) -> bool:
+def is_policy_name(name: str) -> bool:
     # Hidden names are editor lock and backup files (Emacs' .#x.toml is a dangling symlink);
     # skipping a file can only drop rules, never add one.
     return name.endswith(".toml") and not name.startswith(".")
@@ -81,7 +81,7 @@ def _policy_files(policies_dir: Path) -> list[Path]:
         names = sorted(entry.name for entry in os.scandir(policies_dir))
     except OSError as error:
         raise PolicyError(f"{policies_dir} cannot be listed ({error.strerror}): fix it") from None
-    return [policies_dir / name for name in names if _is_policy_name(name)]
+    return [policies_dir / name for name in names if is_policy_name(name)]
 
 
 def _read_policy_text(file: Path) -> str:
@@ -232,7 +232,7 @@ def _rule_path(raw: str, home: Path) -> Path:
             f"path {raw!r} is relative; write it absolute or starting with ~/ so it cannot "
             "depend on the directory mailagent runs in"
         )
-    return _real_path(_expand(raw, home, home), raw)
+    return real_path(expand_path(raw, home, home), raw)
 
 
 def _commands_rule(table: dict[str, Any], where: _Location) -> CommandsRule:
@@ -278,6 +278,6 @@ def _refuse_duplicate(rule: FolderRule, earlier: list[FolderRule], file: Path, h
     for other in earlier:
         if other.path == rule.path:
             raise PolicyError(
-                f"{file} line {rule.source.rpartition(':')[2]}: {_shown(rule.path, home)} is "
+                f"{file} line {rule.source.rpartition(':')[2]}: {shown_path(rule.path, home)} is "
                 f"already listed at {other.source}; keep one entry for it"
             )

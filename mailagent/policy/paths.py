@@ -50,7 +50,7 @@ def protected_paths(
 ) -> tuple[Path, ...]:
     """What no rule can open (F3), resolved. `decide` leaves the task's own workspace usable
     although it lies inside the protected data dir; other conversations' workspaces stay shut."""
-    home = _real_path(home, str(home))
+    home = real_path(home, str(home))
     named = [config_path, policies_dir, data_dir, *(home / name for name, _ in HOME_PROTECTED)]
     return tuple(dict.fromkeys(Path(os.path.realpath(path)) for path in named))
 
@@ -69,46 +69,45 @@ def resolve(path: str, scope: Scope) -> Path:
     try:
         os.fsencode(path)
     except UnicodeError:
-        raise PolicyError(f"{_quoted(path)!r} holds a character no file name can hold (a lone "
+        raise PolicyError(f"{quoted_path(path)!r} holds a character no file name can hold (a lone "
                           "surrogate); name the file in plain text") from None
-    return _real_path(_expand(path, scope.home, scope.workspace), path)
+    return real_path(expand_path(path, scope.home, scope.workspace), path)
 
 
-def _expand(raw: str, home: Path, base: Path) -> Path:
+def expand_path(raw: str, home: Path, base: Path) -> Path:
     if raw == "~" or raw.startswith(("~/", "~" + os.sep)):
         return home / raw[1:].lstrip("/" + os.sep)
     if raw.startswith("~"):
         raise PolicyError(
-            f"{_quoted(raw)}: ~user paths are not supported; write ~/... for the home folder "
-            f"or ./{_quoted(raw)} for a file in the workspace"
+            f"{quoted_path(raw)}: ~user paths are not supported; write ~/... for the home folder "
+            f"or ./{quoted_path(raw)} for a file in the workspace"
         )
     return base / raw  # an absolute raw path replaces the base
 
 
-def _real_path(path: Path, raw: str) -> Path:
+def real_path(path: Path, raw: str) -> Path:
     try:
         resolved = Path(os.path.realpath(path))
     except (OSError, ValueError):  # realpath's readlink of a link that was just swapped away
-        raise PolicyError(f"{_quoted(raw)} changed while its symlinks were being followed; "
+        raise PolicyError(f"{quoted_path(raw)} changed while its symlinks were being followed; "
                           "try again") from None
     try:
         # realpath gives up silently on a loop and leaves the link in place; stat names it.
         os.stat(resolved)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise PolicyError(
-                f"{_quoted(raw)} runs into a symlink loop; name the file without going through it"
-            ) from None
+            raise PolicyError(f"{quoted_path(raw)} runs into a symlink loop; name the file "
+                              "without going through it") from None
     return resolved
 
 
-def _quoted(raw: str) -> str:
+def quoted_path(raw: str) -> str:
     # The path as the model gave it, bounded and printable: reasons reach logs, audit and mail.
     text = "".join(ch if ch.isprintable() else "?" for ch in raw[:200])
     return text + ("..." if len(raw) > 200 else "")
 
 
-def _shown(path: Path, home: Path) -> str:
+def shown_path(path: Path, home: Path) -> str:
     if path == home:
         return "~"
     if path.is_relative_to(home):
@@ -116,6 +115,6 @@ def _shown(path: Path, home: Path) -> str:
     return str(path)
 
 
-def _folded(path: Path) -> Path:
+def fold_case(path: Path) -> Path:
     # Protection matches without case: on macOS and Windows ~/.SSH is ~/.ssh. Stricter on Linux.
     return Path(str(path).casefold())

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mailagent.errors import PolicyError
-from mailagent.policy.load import _is_policy_name, load_policy
+from mailagent.policy.load import is_policy_name, load_policy
 from mailagent.policy.rules import Policy
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def _fingerprint(policies_dir: Path) -> object:
     """Names, sizes and times of the folder and its policy files: any edit changes it."""
     try:
         folder = os.stat(policies_dir)
-        names = sorted(name for name in os.listdir(policies_dir) if _is_policy_name(name))
+        names = sorted(name for name in os.listdir(policies_dir) if is_policy_name(name))
     except OSError as error:
         return ("unreadable", error.errno)
     files: list[tuple[object, ...]] = []

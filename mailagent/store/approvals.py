@@ -19,7 +19,7 @@ from mailagent.store.views import ApprovalView, Outbound
 
 
 class ApprovalStore(MailStore):
-    """The store's approvals queries."""
+    """Approvals: the questions tasks wait on, and the owner's answers."""
 
     def request_approval(self, task_id: int, tool_use_id: str, token: str, digest: str,
                          operation: str, expires_at: datetime, reason: str,

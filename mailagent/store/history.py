@@ -22,7 +22,7 @@ from mailagent.store.views import HistoryItem, ToolCallView, Usage
 
 
 class HistoryStore(MailStore):
-    """The store's history queries."""
+    """What tasks did: usage, attachments, history, tool calls and memory notes."""
 
     def add_usage(self, task_id: int, usage: Usage, tool_calls: int = 0) -> None:
         with self.session() as s:

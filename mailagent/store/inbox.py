@@ -40,7 +40,7 @@ from mailagent.store.views import NewCommand, NewTask, Outbound, SavedRaw, Threa
 
 
 class InboxStore(MailStore):
-    """The store's inbox queries."""
+    """Mail that came in: the mailbox position, raw messages and what intake made of them."""
 
     def mailbox_position(self, folder: str) -> tuple[int, int] | None:
         """(uidvalidity, last_uid) recorded for `folder`, or None on first contact."""

@@ -20,7 +20,7 @@ from mailagent.store.views import Outbound, OutboxView
 
 
 class OutboxStore(MailStore):
-    """The store's outbox queries."""
+    """The outbox: mail written before it is sent, and what became of it."""
 
     def enqueue_mail(self, outbound: Outbound) -> None:
         with self.session() as s:

@@ -30,7 +30,7 @@ from mailagent.store.views import (
 
 
 class TaskStore(MailStore):
-    """The store's tasks queries."""
+    """Tasks and mail commands: the queue, claiming, states, and what status lists."""
 
     def set_task_state(self, task_id: int, state: str, reason: str | None = None) -> None:
         """Move a task along the state machine; an illegal transition raises StoreError."""

@@ -14,18 +14,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from mailagent.agent.loop import Agent
 from mailagent.agent.task import Outcome
-from mailagent.config import Settings
 from mailagent.mail.notify import approval_message_id, compose
 from mailagent.policy.calls import describe_operation, operation_digest
-from mailagent.store import ApprovalView, CommandWork, Store
+from mailagent.store import ApprovalView, CommandWork
 from mailagent.tasks.commands import NOT_IN_THREAD
 from mailagent.tasks.replies import Replies
-from mailagent.tasks.schedule_approval import ScheduleApprovals
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +34,6 @@ class Approvals(Replies):
     """Approvals and budget pauses of the worker's tasks. A part of `Worker`."""
 
     agent: Agent
-    on_mail: Callable[[], None]
-    schedule_approvals: ScheduleApprovals | None
-    settings: Settings
-    store: Store
     wake: asyncio.Event
 
     def ask_approval(self, task_id: int, outcome: Outcome) -> None:

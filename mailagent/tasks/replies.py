@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from mailagent.agent.task import Outcome
-from mailagent.config import Settings
 from mailagent.errors import PolicyError
 from mailagent.mail.notify import compose
-from mailagent.policy import PolicyWatcher, decide
-from mailagent.store import Outbound, ReplyTarget, Store, TaskWork
+from mailagent.policy import decide
+from mailagent.store import Outbound, ReplyTarget, TaskWork
 from mailagent.tasks.scheduler import Scheduler
 from mailagent.tasks.toolbox import Toolbox
 
@@ -60,10 +59,7 @@ class Replies(Toolbox):
 
     account_told_at: float | None
     on_mail: Callable[[], None]
-    policies: PolicyWatcher
     schedules: Scheduler | None
-    settings: Settings
-    store: Store
 
     def policy_broken(self, error: PolicyError) -> None:
         """A broken policy file: logged, recorded, and the owner told (once per error)."""
