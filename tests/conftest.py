@@ -1,3 +1,12 @@
-from tests.support.fixtures import dovecot, installed, model_server, smtp_server
+from tests.support.fixtures import (
+    dovecot,
+    installed,
+    make_service,
+    model,
+    model_server,
+    service,
+    smtp_server,
+)
 
-__all__ = ["dovecot", "installed", "model_server", "smtp_server"]
+__all__ = ["dovecot", "installed", "make_service", "model", "model_server", "service",
+           "smtp_server"]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,13 +12,10 @@ from typing import Any
 
 import pytest
 
-from mailagent.agent.loop import Agent
 from mailagent.agent.messages import estimate_tokens, to_messages
-from mailagent.config import AgentSettings, ModelSettings, Settings
-from mailagent.store import HistoryItem, NewTask, Store, Task
+from mailagent.config import Settings
+from mailagent.store import HistoryItem, Store, Task
 from mailagent.store.tables import Task as TaskRow
-from mailagent.tasks.worker import Worker
-from tests.support.config import settings_for_tests
 from tests.support.model_server import (
     ModelServer,
     RecordedRequest,
@@ -30,15 +25,7 @@ from tests.support.model_server import (
     text,
     tool_use,
 )
-
-MODEL = "claude-test-model"
-
-
-@pytest.fixture
-def model() -> Iterator[ModelServer]:
-    server = ModelServer.start()
-    yield server
-    server.stop()
+from tests.support.tasks import MODEL, add_task, make_settings, open_store, settle
 
 
 @pytest.fixture
@@ -51,59 +38,6 @@ def home(tmp_path: Path) -> Path:
     (home / ".ssh").mkdir()
     (home / ".ssh" / "id_rsa").write_text("PRIVATE KEY\n")
     return home
-
-
-def make_settings(tmp_path: Path, model: ModelServer, home: Path, policy: str = "",
-                  **agent: Any) -> Settings:
-    policies = tmp_path / "policies"
-    policies.mkdir(exist_ok=True)
-    (policies / "main.toml").write_text(policy or f"""
-[[folders]]
-path = "{home / 'docs'}"
-access = "read"
-
-[[folders]]
-path = "{home / 'out'}"
-access = "write"
-delete = "never"
-""")
-    model_settings = ModelSettings(name=MODEL, base_url=model.base_url, api_key="test",
-                                   max_retries=0, timeout_seconds=30)
-    return settings_for_tests(tmp_path, model=model_settings, policies_dir=policies,
-                              agent=AgentSettings(**agent))
-
-
-def add_task(store: Store, instruction: str, conversation: str = "main") -> int:
-    return store.record_task(None, NewTask(conversation_name=conversation,
-                                           owner_address="owner@example.com",
-                                           subject=instruction[:40], message_id=None,
-                                           references=(), instruction=instruction, data={}), "t")
-
-
-async def settle_async(settings: Settings, store: Store, home: Path, timeout: float,
-                       until: Callable[[], bool] | None) -> None:
-    agent = Agent(settings.model, settings.agent, store)
-    worker = Worker(settings, store, agent, home=home)
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    deadline = asyncio.get_running_loop().time() + timeout
-    settled = until or (lambda: not store.tasks(["queued", "running"]))
-    while not settled() and not running.done():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"tasks did not settle: {store.tasks(['queued', 'running'])}")
-        await asyncio.sleep(0.05)
-    stop.set()
-    await running
-    await agent.close()
-
-
-def settle(settings: Settings, store: Store, home: Path, timeout: float = 30,
-           until: Callable[[], bool] | None = None) -> None:
-    asyncio.run(settle_async(settings, store, home, timeout, until))
-
-
-def open_store(settings: Settings) -> Store:
-    return Store.open(settings.database_url)
 
 
 def results_of(request: RecordedRequest) -> list[dict[str, Any]]:

@@ -3,20 +3,12 @@ no longer matches the file it was given for (A1), through the worker and the rea
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.model_server import ModelServer, RecordedRequest, Reply, text, tool_use
-from tests.test_agent import add_task, make_settings, open_store, settle
-
-
-@pytest.fixture
-def model() -> Iterator[ModelServer]:
-    server = ModelServer.start()
-    yield server
-    server.stop()
+from tests.support.tasks import add_task, make_settings, open_store, settle
 
 
 @pytest.fixture

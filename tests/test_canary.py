@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from email.policy import default as default_policy
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 from mailagent.mail.canary import HEADER, verified_nonce
 from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
+from tests.support.fixtures import MakeService
 from tests.support.mail import AGENT, OWNER, owner_mail
 from tests.support.model_server import ModelServer
 from tests.support.proxy import FaultProxy
@@ -54,12 +54,8 @@ def cli_status(service: ServiceProcess) -> str:
 
 
 @pytest.fixture
-def service(tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer,
-            model_server: ModelServer) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(write_config(tmp_path, dovecot.imap_port, smtp_server.port,
-                                          model_url=model_server.base_url, extra=CANARY))
-    yield process
-    process.kill()
+def service(make_service: MakeService) -> ServiceProcess:
+    return make_service(extra=CANARY)
 
 
 def test_a_probe_comes_back_and_is_recorded_never_taken_as_a_task(

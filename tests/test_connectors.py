@@ -17,6 +17,7 @@ import pytest
 
 from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
+from tests.support.fixtures import MakeService
 from tests.support.mail import owner_mail
 from tests.support.model_server import (
     MessageReply,
@@ -79,13 +80,8 @@ def echo_results(request: RecordedRequest) -> MessageReply:
 
 
 @pytest.fixture
-def service(tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer,
-            model_server: ModelServer) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(write_config(tmp_path, dovecot.imap_port, smtp_server.port,
-                                          model_url=model_server.base_url))
-    process.env["TEST_NOTES_MEANING"] = MEANING
-    yield process
-    process.kill()
+def service(make_service: MakeService) -> ServiceProcess:
+    return make_service(env={"TEST_NOTES_MEANING": MEANING})
 
 
 def offered_tools(model_server: ModelServer) -> set[str]:

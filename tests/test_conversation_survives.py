@@ -4,13 +4,9 @@ which calls of the ended task ran and which did not."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
 from tests.support.mail import owner_mail
 from tests.support.model_server import (
@@ -25,15 +21,6 @@ from tests.support.model_server import (
 )
 from tests.support.service import ServiceProcess, wait_until
 from tests.support.smtp import SmtpServer
-
-
-@pytest.fixture
-def service(tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer,
-            model_server: ModelServer) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(write_config(tmp_path, dovecot.imap_port, smtp_server.port,
-                                          model_url=model_server.base_url))
-    yield process
-    process.kill()
 
 
 def ask_to_delete(tmp_path: Path, dovecot: Dovecot, model_server: ModelServer,

@@ -10,13 +10,12 @@ reconciled there.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
+from tests.support.fixtures import MakeService
 from tests.support.mail import message_id_of, owner_mail
 from tests.support.model_server import ModelServer, text, tool_use
 from tests.support.service import ServiceProcess, wait_until
@@ -39,15 +38,11 @@ KILL_POINTS = [
 
 
 @pytest.fixture
-def service(tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer,
-            model_server: ModelServer) -> Iterator[ServiceProcess]:
+def service(dovecot: Dovecot, smtp_server: SmtpServer,
+            make_service: MakeService) -> ServiceProcess:
     dovecot.create_folder("Sent")
     smtp_server.on_message = lambda mail: dovecot.append(mail.raw, folder="Sent")
-    process = ServiceProcess(write_config(tmp_path, dovecot.imap_port, smtp_server.port,
-                                          model_url=model_server.base_url,
-                                          imap_extra='sent_folder = "Sent"'))
-    yield process
-    process.kill()
+    return make_service(sent_folder="Sent")
 
 
 @pytest.mark.parametrize("kill_point", KILL_POINTS)

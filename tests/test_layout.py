@@ -1,4 +1,5 @@
-"""Each third-party library is imported by one module: that module is its seam."""
+"""Each third-party library is imported by one module: that module is its seam. Tests share
+code through tests/support, never by importing each other, and its modules stay small."""
 
 from __future__ import annotations
 
@@ -68,6 +69,42 @@ def test_each_library_is_imported_only_by_its_seam() -> None:
         strays = {m for m in modules if not any(is_in(m, seam) for seam in SEAMS[library])}
         assert not strays, f"{library} imported by {strays}"
     assert "anthropic" in found and "imapclient" in found
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The dotted names ``path`` imports (``from a import b`` gives ``a`` and ``a.b``),
+    relative imports resolved against its package under tests/."""
+    package = ["tests", *path.parent.relative_to(TESTS).parts]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names |= {module, *(f"{module}.{alias.name}" for alias in node.names)}
+    return names
+
+
+def is_test_file(module: str) -> bool:
+    parts = module.split(".")
+    return (parts[0] == "tests" and parts[-1].startswith("test_")
+            and TESTS.joinpath(*parts[1:]).with_suffix(".py").is_file())
+
+
+def test_no_test_file_imports_another() -> None:
+    imports = {str(path.relative_to(TESTS)): sorted(filter(is_test_file, imported_modules(path)))
+               for path in TESTS.rglob("*.py")}
+    assert {path: modules for path, modules in imports.items() if modules} == {}
+
+
+def test_no_support_module_is_over_500_lines() -> None:
+    lengths = {path.name: len(path.read_text().splitlines())
+               for path in (TESTS / "support").glob("*.py")}
+    assert {name: lines for name, lines in lengths.items() if lines > 500} == {}
 
 
 def test_only_config_reads_the_environment() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import email
 import time
-from collections.abc import Iterator
 from email.message import EmailMessage
 from email.policy import default as default_policy
 from html.parser import HTMLParser
@@ -16,8 +15,8 @@ import pytest
 from mailagent.config import SmtpSettings
 from mailagent.mail.notify import compose, new_message_id
 from mailagent.store import ReplyTarget
-from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
+from tests.support.fixtures import MakeService
 from tests.support.mail import AGENT, MX, OWNER, message_id_of, owner_mail
 from tests.support.model_server import (
     ErrorReply,
@@ -32,13 +31,8 @@ from tests.support.smtp import RecordedMail, SmtpServer
 
 
 @pytest.fixture
-def service(tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer,
-            model_server: ModelServer) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(write_config(tmp_path, dovecot.imap_port, smtp_server.port,
-                                          model_url=model_server.base_url,
-                                          imap_extra='sent_folder = "Sent"'))
-    yield process
-    process.kill()
+def service(make_service: MakeService) -> ServiceProcess:
+    return make_service(sent_folder="Sent")
 
 
 def parsed(mail: RecordedMail) -> EmailMessage:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from mailagent.store import Store
 from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
+from tests.support.fixtures import MakeService
 from tests.support.mail import MX, OWNER, message_id_of, owner_mail
 from tests.support.model_server import ModelServer
 from tests.support.proxy import SilentProxy
@@ -20,12 +20,8 @@ DONE = "$MailagentDone"
 
 
 @pytest.fixture
-def service(tmp_path: Path, dovecot: Dovecot,
-            model_server: ModelServer) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(write_config(tmp_path, dovecot.imap_port, 1,
-                                          model_url=model_server.base_url))
-    yield process
-    process.kill()
+def service(make_service: MakeService) -> ServiceProcess:
+    return make_service(smtp_port=1)  # replies go nowhere: these tests are about intake
 
 
 def tasks(store: Store) -> list[tuple[str, str]]:

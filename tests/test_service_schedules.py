@@ -8,7 +8,6 @@ import email
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import default as default_policy
@@ -17,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.clock import FakeClock
-from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
+from tests.support.fixtures import MakeService
 from tests.support.mail import message_id_of, owner_mail
 from tests.support.model_server import ModelServer, error, text, tool_use
 from tests.support.service import ServiceProcess, wait_until
@@ -34,18 +33,13 @@ def clock(tmp_path: Path) -> FakeClock:
 
 
 @pytest.fixture
-def service(tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer,
-            model_server: ModelServer, clock: FakeClock) -> Iterator[ServiceProcess]:
+def service(make_service: MakeService, clock: FakeClock) -> ServiceProcess:
     # The clock jumps by days here, which would send liveness probes; these tests count mail.
-    path = write_config(tmp_path, dovecot.imap_port, smtp_server.port,
-                        model_url=model_server.base_url,
-                        extra="[canary]\ninterval_minutes = 0\n")
+    process = make_service(extra="[canary]\ninterval_minutes = 0\n", env=clock.env())
+    path = process.config_path
     path.write_text(path.read_text().replace("[owner]\n",
                                              '[owner]\ntimezone = "Europe/Paris"\n'))
-    process = ServiceProcess(path)
-    process.env.update(clock.env())
-    yield process
-    process.kill()
+    return process
 
 
 def parsed(raw: bytes) -> EmailMessage:

@@ -178,9 +178,10 @@ class Worker(Approvals):
         if outcome.state == "deferred" and outcome.account_limit:
             self.wait_for_account(task_id, outcome.reason)
         elif outcome.state == "deferred":
-            # The endpoint's own retry-after when it gave one, within an hour; else ours.
-            wait = min(outcome.retry_after or self.settings.agent.retry_after_seconds,
-                       max(self.settings.agent.retry_after_seconds, 3600))
+            # Ours, or longer when the endpoint's retry-after asks for more (within an hour): a
+            # short retry-after is the SDK's business, already spent on its own retries.
+            ours = self.settings.agent.retry_after_seconds
+            wait = max(ours, min(outcome.retry_after or 0.0, 3600.0))
             later = datetime.now(UTC) + timedelta(seconds=wait)
             if self.store.defer_task(task_id, later, outcome.reason):
                 self.tell_deferred(task_id, outcome.reason, wait)

@@ -1,22 +1,28 @@
-"""pytest fixtures for the test servers.
+"""pytest fixtures for the test servers and the service under test.
 
-Make them available in all tests by adding to ``tests/conftest.py``::
-
-    from tests.support.fixtures import dovecot, smtp_server  # noqa: F401
+``tests/conftest.py`` imports them, so every test can ask for them by name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeAlias
 
 import pytest
 
+from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
 from tests.support.installed import Installed, installed_for_tests
 from tests.support.model_server import ModelServer
+from tests.support.service import ServiceProcess
 from tests.support.smtp import SmtpServer
 
-__all__ = ["dovecot", "installed", "model_server", "smtp_server"]
+__all__ = ["MakeService", "dovecot", "installed", "make_service", "model", "model_server",
+           "service", "smtp_server"]
+
+MakeService: TypeAlias = Callable[..., ServiceProcess]
 
 
 @pytest.fixture
@@ -47,6 +53,45 @@ def model_server() -> Iterator[ModelServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def model(model_server: ModelServer) -> ModelServer:
+    """The model double under the short name of the in-process worker tests."""
+    return model_server
+
+
+@pytest.fixture
+def make_service(tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer,
+                 model_server: ModelServer) -> Iterator[MakeService]:
+    """Makes `mailagent run` processes, not started, configured for this test's Dovecot, SMTP
+    server and model double; each is killed at teardown.
+
+    ``make_service(**config)`` passes ``config`` to `write_config` (``extra``, ``imap_extra``,
+    ``model_extra``, ...); ``sent_folder="Sent"`` sets ``imap.sent_folder``; ``env`` adds to
+    the process environment; ``smtp_port`` points SMTP elsewhere (1: nowhere).  Each call
+    writes ``tmp_path/mailagent.toml`` anew."""
+    with contextlib.ExitStack() as kills:
+
+        def make(*, smtp_port: int | None = None, sent_folder: str | None = None,
+                 env: Mapping[str, str] | None = None, **config: Any) -> ServiceProcess:
+            if sent_folder is not None:
+                lines = [f'sent_folder = "{sent_folder}"', config.get("imap_extra", "")]
+                config["imap_extra"] = "\n".join(line for line in lines if line)
+            port = smtp_server.port if smtp_port is None else smtp_port
+            process = ServiceProcess(write_config(tmp_path, dovecot.imap_port, port,
+                                                  model_url=model_server.base_url, **config))
+            process.env.update(env or {})
+            kills.callback(process.kill)
+            return process
+
+        yield make
+
+
+@pytest.fixture
+def service(make_service: MakeService) -> ServiceProcess:
+    """`mailagent run` configured for this test's servers, not started; killed at teardown."""
+    return make_service()
 
 
 @pytest.fixture(scope="session")
