@@ -1,4 +1,20 @@
-"""The service: wires the stages, owns the event loop, and handles each message end to end.
+"""The service: builds the stages, owns the event loop, and handles each message end to end.
+
+The whole path of one mail is three legs, each a function that ends in a commit, joined by the
+store's durable queue (so a crash between two legs resumes where it stopped):
+
+- in: `Service.receive` (here). The mailbox watcher (mail/mailbox.py) hands over each fetched
+  message; its raw bytes are committed first, then `Service.process` runs intake (limits, loop
+  guard, sender authentication, replay window; mail/intake.py), threads (mail/threads.py) and
+  the hourly limit (mail/holding.py), and records a rejection, held mail, a mail command or a
+  queued task. "Why was my mail not picked up?" starts here.
+- task: `Worker.run_task` (tasks/worker.py). A claimed task runs with the agent (agent/loop.py),
+  every tool call judged by the policy first (policy/calls.py); its outcome is recorded with
+  its reply, approval question or deferral in the outbox. "Why did it refuse?" starts at the
+  policy's decision, which is a row of the task's tool calls.
+- send: `Postman.deliver` (mail/notify.py). One outbox row goes out over SMTP, exactly once:
+  the row and its Message-ID are written before the send, and an unknown outcome is settled
+  against the Sent folder.
 
 In: `Settings`. Out: the running daemon until SIGINT/SIGTERM. Side effects: the data directory's
 lock (one instance per data directory, SECURITY.md L5), the store, the IMAP connection (through
@@ -17,27 +33,27 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from mailagent.agent import Agent
-from mailagent.canary import Canary
+from mailagent.agent.loop import Agent
 from mailagent.config import Settings
-from mailagent.connectors import Connectors
 from mailagent.errors import MailagentError, StoreError, StoreFullError, as_full
 from mailagent.failpoints import failpoint
-from mailagent.holding import Hold, Holding
 from mailagent.instance import instance_lock
-from mailagent.intake import Inbound, IntakeRules, Rejection, content_key, read_inbound
-from mailagent.integrity import Guard
-from mailagent.keepawake import KeepAwake
-from mailagent.mailbox import Fetched, Watcher, in_folder
-from mailagent.notify import Postman, compose
-from mailagent.render import check_templates
-from mailagent.sandbox import find_sandbox
-from mailagent.scheduler import Scheduler
-from mailagent.stoppage import Stoppage
+from mailagent.mail.canary import Canary
+from mailagent.mail.holding import Hold, Holding
+from mailagent.mail.intake import Inbound, IntakeRules, Rejection, content_key, read_inbound
+from mailagent.mail.mailbox import Fetched, Watcher, in_folder
+from mailagent.mail.notify import Postman, compose
+from mailagent.mail.render import check_templates
+from mailagent.mail.threads import CommandRoute, TaskRoute, route
+from mailagent.policy.integrity import Guard
+from mailagent.policy.sandbox import find_sandbox
 from mailagent.store import NewCommand, NewTask, Outbound, ReplyTarget, Store
-from mailagent.threads import CommandRoute, TaskRoute, route
-from mailagent.worker import Worker
-from mailagent.workspace import save_attachments, workspace_dir
+from mailagent.tasks.keepawake import KeepAwake
+from mailagent.tasks.scheduler import Scheduler
+from mailagent.tasks.stoppage import Stoppage
+from mailagent.tasks.worker import Worker
+from mailagent.tasks.workspace import save_attachments, workspace_dir
+from mailagent.tools.mcp_servers import Connectors
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +108,13 @@ class Service:
                                 lambda subject, body: worker.tell_owner(subject, body),
                                 lambda kind, reason, detail: self.store.audit(
                                     kind, reason, detail=detail))
-        worker = Worker(self.settings, self.store, agent, on_mail=wake_postman,
-                        schedules=scheduler, sandbox=sandbox, connectors=connectors)
-        self.on_mail = wake_postman
         keep_awake = KeepAwake(self.settings.service.keep_awake)
-        worker.on_busy = keep_awake.set_busy
-        worker.tools_stopped = self.stoppage.halted.is_set
-        worker.watch = lambda work, command: guard.watching(work.task_id,
-                                                            work.conversation_name, command)
+        worker = Worker(self.settings, self.store, agent, on_mail=wake_postman,
+                        schedules=scheduler, sandbox=sandbox, connectors=connectors,
+                        on_busy=keep_awake.set_busy, tools_stopped=self.stoppage.halted.is_set,
+                        watch=lambda work, command: guard.watching(
+                            work.task_id, work.conversation_name, command))
+        self.on_mail = wake_postman
         self.stoppage.on_halt, self.stoppage.on_mail = worker.stop_tools, wake_postman
         self.stoppage.on_room = worker.requeue_stranded
 

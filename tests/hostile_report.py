@@ -17,8 +17,8 @@ from email.utils import formatdate
 from pathlib import Path
 
 from mailagent.config import LimitSettings, OwnerSettings
-from mailagent.intake import content_key
-from mailagent.mailbox import Fetched
+from mailagent.mail.intake import content_key
+from mailagent.mail.mailbox import Fetched
 from mailagent.service import Service
 from mailagent.store import Store
 from tests.hostile import archives_mail, huge_header, many_parts, nested_mime

@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 
-from mailagent.agent import estimate_tokens
+from mailagent.agent.messages import estimate_tokens, to_messages
 from mailagent.config import Settings
-from mailagent.messages import to_messages
 from mailagent.store import HistoryItem, Store, Task
 from mailagent.store.tables import Task as TaskRow
 from tests.support.model_server import (

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mailagent.canary import HEADER, verified_nonce
+from mailagent.mail.canary import HEADER, verified_nonce
 from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
 from tests.support.fixtures import MakeService

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mailagent.connector_rules import decide_mcp, server_env, server_headers
 from mailagent.errors import PolicyError
 from mailagent.policy import Decision, Policy, PolicyWatcher, Scope, load_policy
-from mailagent.worker import check_call, describe_operation, operation_digest
+from mailagent.policy.calls import check_call, describe_operation, operation_digest
+from mailagent.policy.mcp import decide_mcp, server_env, server_headers
 
 GOOD = """[[folders]]
 path = "/tmp"

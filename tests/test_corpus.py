@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mailagent.config import LimitSettings, OwnerSettings
-from mailagent.mailbox import Fetched
+from mailagent.mail.mailbox import Fetched
 from mailagent.service import Service
 from mailagent.store import Store
 from tests.support.config import settings_for_tests

@@ -14,7 +14,7 @@ from pathlib import Path
 import imapclient
 import pytest
 
-from mailagent.demo_mail import DemoMailServer
+from mailagent.cli.demo_mail import DemoMailServer
 
 AGENT = "agent@mailagent.localhost"
 OWNER = "you@mailagent.localhost"

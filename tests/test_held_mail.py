@@ -11,13 +11,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from mailagent.commands import HELP
 from mailagent.config import LimitSettings
-from mailagent.mailbox import Fetched
-from mailagent.notify import compose
+from mailagent.mail.mailbox import Fetched
+from mailagent.mail.notify import compose
+from mailagent.mail.threads import parse_command
 from mailagent.service import Service
 from mailagent.store import Store
-from mailagent.threads import parse_command
+from mailagent.tasks.commands import HELP
 from tests.support.clock import FakeClock
 from tests.support.config import settings_for_tests, write_config
 from tests.support.dovecot import Dovecot

@@ -19,7 +19,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from mailagent.worker import conversation_nonce
+from mailagent.tasks.toolbox import conversation_nonce
 from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
 from tests.support.mail import AGENT, OWNER, owner_mail

@@ -11,7 +11,7 @@ import dkim
 import pytest
 
 from mailagent.config import LimitSettings, OwnerSettings
-from mailagent.intake import (
+from mailagent.mail.intake import (
     Inbound,
     IntakeRules,
     Rejection,

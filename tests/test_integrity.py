@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mailagent.integrity import Guard, Mark, compare_policies, policy_marks
+from mailagent.policy.integrity import Guard, Mark, compare_policies, policy_marks
 from tests.support.config import settings_for_tests, write_config
 from tests.support.dovecot import Dovecot
 from tests.support.mail import OWNER, message_id_of, owner_mail

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mailagent.keepawake import KeepAwake
+from mailagent.tasks.keepawake import KeepAwake
 from tests.support.config import write_config
 from tests.support.dovecot import Dovecot
 from tests.support.mail import owner_mail
@@ -132,7 +132,7 @@ def test_a_missing_tool_is_logged_once_and_nothing_is_held(
         caplog: pytest.LogCaptureFixture) -> None:
     # caffeinate exists only on macOS: on this Linux machine it is missing, as in a container.
     keep = KeepAwake(True, platform="darwin")
-    with caplog.at_level(logging.INFO, logger="mailagent.keepawake"):
+    with caplog.at_level(logging.INFO, logger="mailagent.tasks.keepawake"):
         for _ in range(3):
             keep.set_busy(True)
             assert keep.process is None

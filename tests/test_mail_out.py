@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mailagent.config import SmtpSettings
-from mailagent.notify import compose, new_message_id
+from mailagent.mail.notify import compose, new_message_id
 from mailagent.store import ReplyTarget
 from tests.support.dovecot import Dovecot
 from tests.support.fixtures import MakeService

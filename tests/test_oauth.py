@@ -18,11 +18,11 @@ import keyring
 import pytest
 from keyrings.alt.file import PlaintextKeyring
 
-from mailagent import oauth
 from mailagent.config import OAuthSettings, load_settings
 from mailagent.errors import MailagentError
-from mailagent.mailbox import Mailbox
-from mailagent.notify import check_smtp
+from mailagent.mail import oauth
+from mailagent.mail.mailbox import Mailbox
+from mailagent.mail.notify import check_smtp
 from tests.support.model_server import ModelServer
 from tests.support.oauth import CLIENT_ID, OAuthDovecot, OAuthServer, OAuthSmtpServer
 from tests.support.setup_cli import keyring_env, keyring_get, run

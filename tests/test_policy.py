@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from mailagent.errors import PolicyError
+from mailagent.mail.render import shipped_text
 from mailagent.policy import (
     Action,
     Decision,
@@ -32,7 +33,6 @@ from mailagent.policy import (
     protected_paths,
     resolve,
 )
-from mailagent.render import shipped_text
 
 POLICY_FILES = {
     "reports.toml": """\

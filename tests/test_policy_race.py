@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from mailagent import fsat
 from mailagent.errors import PolicyError
 from mailagent.policy import (
     Decision,
@@ -27,6 +26,7 @@ from mailagent.policy import (
     Scope,
     decide,
     decide_move,
+    fsat,
     load_policy,
     protected_paths,
     resolve,

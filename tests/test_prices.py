@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from mailagent.agent.prices import Price, model_price, price_for, price_line
 from mailagent.config import ModelSettings
-from mailagent.prices import Price, model_price, price_for, price_line
 
 
 @pytest.mark.parametrize(("model", "price", "known"), [

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailagent.config import LimitSettings
-from mailagent.mailbox import Fetched
+from mailagent.mail.mailbox import Fetched
 from mailagent.policy import Policy, Scope, decide, load_policy, protected_paths
 from mailagent.service import Service
 from mailagent.store import Store

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mailagent.policy import Decision, protected_paths
-from mailagent.sandbox import CommandResult, Limits, Runner, View, find_sandbox
+from mailagent.policy.sandbox import CommandResult, Limits, Runner, View, find_sandbox
 from mailagent.tools.command import CommandTools
 from mailagent.tools.files import ToolError
 

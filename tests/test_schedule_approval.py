@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from mailagent.provenance import why_the_models
-from mailagent.schedule_approval import ScheduleApprovals
-from mailagent.scheduler import Scheduler
 from mailagent.store import NewTask, SeenContext, SeenTask, Store
 from mailagent.store.tables import Approval, Schedule
+from mailagent.tasks.provenance import why_the_models
+from mailagent.tasks.schedule_approval import ScheduleApprovals
+from mailagent.tasks.scheduler import Scheduler
 from tests.support.config import settings_for_tests
 
 TYPED = "Every day at 8:00, summarise the new files in ~/Reports."

@@ -9,14 +9,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from mailagent.agent.messages import task_message
 from mailagent.config import ScheduleSettings
 from mailagent.errors import WhenError
-from mailagent.messages import task_message
-from mailagent.scheduler import Scheduler
 from mailagent.store import NewTask, Store
+from mailagent.tasks.scheduler import Scheduler
+from mailagent.tasks.when import Rule, describe, next_run, parse_when
 from mailagent.tools.files import ToolError
 from mailagent.tools.schedule import ScheduleTools
-from mailagent.when import Rule, describe, next_run, parse_when
 
 PARIS = ZoneInfo("Europe/Paris")
 NEW_YORK = ZoneInfo("America/New_York")

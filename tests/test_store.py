@@ -9,7 +9,7 @@ import pytest
 
 from mailagent.errors import StoreError
 from mailagent.store import MIGRATIONS, NewTask, Store
-from mailagent.when import IDLE_LOOK_SECONDS, quiet_seconds
+from mailagent.tasks.when import IDLE_LOOK_SECONDS, quiet_seconds
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mailagent.intake import Inbound
+from mailagent.mail.intake import Inbound
+from mailagent.mail.threads import CommandRoute, TaskRoute, route, subject_tag
 from mailagent.store import ThreadMatch
-from mailagent.threads import CommandRoute, TaskRoute, route, subject_tag
 
 
 def inbound(subject: str, typed: str = "do the thing", quoted: str = "",

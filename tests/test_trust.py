@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from mailagent.config import LimitSettings
-from mailagent.mailbox import Fetched
+from mailagent.mail.mailbox import Fetched
 from mailagent.service import Service
 from mailagent.store import Outbound, Store
 from tests.support.config import settings_for_tests, write_config

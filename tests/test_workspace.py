@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mailagent.intake import Attachment
-from mailagent.workspace import save_attachments, workspace_dir
+from mailagent.mail.intake import Attachment
+from mailagent.tasks.workspace import save_attachments, workspace_dir
 
 
 def attachment(index: int, name: str, payload: bytes = b"data",

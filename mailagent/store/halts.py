@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from mailagent.store import MailStore, _audit, _enqueue, _id, _utc
+from mailagent.store.db import MailStore, _audit, _enqueue, _id, _utc
 from mailagent.store.held import hold_row
 from mailagent.store.tables import Halt, HeldMail, OutboxRow, utcnow
 from mailagent.store.views import Outbound

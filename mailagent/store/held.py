@@ -16,7 +16,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, func, select
 
-from mailagent.store import _audit, _enqueue, _utc
+from mailagent.store.db import _audit, _enqueue, _utc
 from mailagent.store.schedules import ScheduleStore
 from mailagent.store.tables import HeldMail, OutboxRow, RawMessage, Task, utcnow
 from mailagent.store.views import HeldView, Outbound

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from sqlmodel import col, func, select
 
-from mailagent.store import MailStore, _aware
+from mailagent.store.db import MailStore, _aware
 from mailagent.store.tables import OutboxRow, RawMessage, Task
 
 ANSWER_KINDS = ("completion", "failure")  # the mails that end a task

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, func, select
 
-from mailagent.store import MailStore, _audit, _conversation, _enqueue, _id, _utc
+from mailagent.store.db import MailStore, _audit, _conversation, _enqueue, _id, _utc
 from mailagent.store.tables import (
     Approval,
     Conversation,

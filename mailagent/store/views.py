@@ -103,9 +103,6 @@ class HeldView:
     release_requested: bool
 
 
-
-
-
 @dataclass(frozen=True)
 class TaskWork:
     """What the agent needs to know of a task it works on."""
@@ -151,8 +148,6 @@ class Usage:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     cost_usd: float = 0.0
-
-
 
 
 @dataclass(frozen=True)

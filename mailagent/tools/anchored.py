@@ -1,5 +1,5 @@
 """Changing a folder through its descriptor: atomic replacement, unlinking, renaming, and copies
-into the trash, each an `*at` call on a folder that mailagent.fsat opened from a rule's root.
+into the trash, each an `*at` call on a folder that mailagent.policy.fsat opened from a rule's root.
 
 In: `Parent`s (an open folder and a name in it) and open file descriptors. Out: the change on
 disk, or PolicyError naming the path. Side effects: exactly the change asked for; a temporary
@@ -18,7 +18,7 @@ import stat
 from pathlib import Path
 
 from mailagent.errors import PolicyError
-from mailagent.fsat import Parent, guarded, policy_error
+from mailagent.policy.fsat import Parent, guarded, policy_error
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)

@@ -1,7 +1,7 @@
 """The command tool: `run_command`, one program from the policy's list, inside the sandbox.
 
 In: the model's command line and optional working folder; the policy's program list and limits;
-a `judge` for the working folder; a `Runner` (mailagent.sandbox) that runs inside a view the
+a `judge` for the working folder; a `Runner` (mailagent.policy.sandbox) that runs inside a view the
 service built from the policy. Out: text for the model (exit code, output, files changed), or
 ToolError. Side effects: what the program does inside its view.
 It must never start a program that is not on the list, never use a shell it was not asked for,
@@ -20,9 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from mailagent import fsat
 from mailagent.errors import PolicyError
-from mailagent.sandbox import CommandResult, Limits, Runner, View, exposed_missing, program_path
+from mailagent.policy import fsat
+from mailagent.policy.sandbox import (
+    CommandResult,
+    Limits,
+    Runner,
+    View,
+    exposed_missing,
+    program_path,
+)
 from mailagent.tools.files import Anchored, ToolError
 
 MAX_CHANGED_SHOWN = 50

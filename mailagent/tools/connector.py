@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mailagent.connector_rules import exposed_name
-from mailagent.connectors import Connectors, Offered, schema_problem
 from mailagent.content import neutralise
+from mailagent.policy.mcp import exposed_name
 from mailagent.tools.files import Judged, ToolError
+from mailagent.tools.mcp_servers import Connectors, Offered, schema_problem
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ a record of every change on disk (created, modified, moved, deleted) for the com
 in the task's trash folder (SECURITY.md A2).
 It must never touch a path the judge did not just allow, never reach a file by its name again:
 each is opened through descriptors walked from the root of the rule that allowed it
-(`Decision.anchor`, mailagent.fsat), with no symlink followed, and judged by fstat (no FIFO,
+(`Decision.anchor`, mailagent.policy.fsat), with no symlink followed, and judged by fstat (no FIFO,
 device or protected file; no second hard link for a change). A folder swapped for a symlink
 between the decision and the I/O makes the call fail with a ToolError, never land elsewhere.
 """
@@ -25,9 +25,9 @@ from typing import Any, Protocol
 
 import regex
 
-from mailagent import fsat
 from mailagent.errors import PolicyError
-from mailagent.fsat import Anchor
+from mailagent.policy import fsat
+from mailagent.policy.fsat import Anchor
 from mailagent.tools import ToolError, anchored
 from mailagent.tools.documents import document_text
 

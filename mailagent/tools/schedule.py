@@ -5,7 +5,7 @@ stores the schedule in the calling task's own conversation and thread, and retur
 confirmation (or raises ValueError with what to write instead). Out: that confirmation, or
 ToolError. It never chooses a conversation, a thread or a recipient: `make` is bound to the task.
 Whether a schedule runs at once or waits for the owner's approval is decided by `make`, from
-provenance (`mailagent.provenance`), never from anything the model says.
+provenance (`mailagent.tasks.provenance`), never from anything the model says.
 """
 
 from __future__ import annotations

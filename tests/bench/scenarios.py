@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mailagent.agent import estimate_tokens
+from mailagent.agent.messages import estimate_tokens
 from tests.bench.harness import FloorListener, Rig, cpu_seconds, percentile, rig, rss_mb
 from tests.support.mail import owner_mail
 from tests.support.model_server import RecordedRequest, Reply, text

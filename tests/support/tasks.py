@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mailagent.agent import Agent
+from mailagent.agent.loop import Agent
 from mailagent.config import AgentSettings, ModelSettings, Settings
 from mailagent.store import NewTask, Store
-from mailagent.worker import Worker
+from mailagent.tasks.worker import Worker
 from tests.support.config import settings_for_tests
 from tests.support.model_server import ModelServer
 

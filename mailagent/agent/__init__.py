@@ -1,0 +1,1 @@
+"""The agent: the tool loop with Claude and the messages of each request."""

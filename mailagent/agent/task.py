@@ -1,0 +1,39 @@
+"""A task as the agent sees it: what it is handed for one task, and what it hands back.
+
+In: nothing (definitions only). Out: `TaskContext`, made by the worker's toolbox (the task, the
+system prompt, the tools, and `check`, the policy decision for a call), and `Outcome`, how a
+run of the task ended. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mailagent.store import TaskWork
+from mailagent.tools.files import Judged
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str  # done | failed | waiting_approval | deferred | cancelled
+    reason: str = ""
+    text: str = ""
+    call: dict[str, Any] | None = None  # the tool_use block that waits for approval
+    account_limit: bool = False  # deferred because the account's spend limit or credit is used
+    retry_after: float | None = None  # deferred: the wait the endpoint asked for
+
+
+
+@dataclass
+class TaskContext:
+    """What the service hands the agent for one task."""
+
+    work: TaskWork
+    system: str
+    tools: dict[str, Callable[..., str]]
+    check: Callable[[str, dict[str, Any]], Judged]
+    nonce: str
+    set_approved: Callable[[bool], None]
+    digest: Callable[[str, dict[str, Any]], str]

@@ -1,0 +1,450 @@
+"""Command line: `mailagent init | run | check | status | resume | policy explain | service | demo`.
+
+Commands only: each turns expected failures (MailagentError) into one readable line on stderr
+and a non-zero exit code, never a traceback. The only module that configures logging handlers.
+`--help` speaks to a user: what each command does for them, with an example (USAGE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from mailagent import __version__
+from mailagent.cli import doctor, init_finish, init_wizard, install, status_view
+from mailagent.cli.demo import add_demo_parser
+from mailagent.cli.install import add_service_parser
+from mailagent.config import Settings, find_config_path, load_settings
+from mailagent.errors import ConfigError, MailagentError, PolicyError, WhenError
+from mailagent.mail.mailbox import Mailbox
+from mailagent.mail.notify import check_smtp
+from mailagent.mail.render import check_templates, shipped_text
+from mailagent.policy import FolderRule, Policy, Scope, explain, load_policy, protected_paths
+from mailagent.policy.sandbox import find_sandbox, process_limit_kind
+from mailagent.store import Store
+from mailagent.store.halts import active_halt, resume
+from mailagent.tasks.when import read_schedules_file
+from mailagent.tasks.workspace import workspace_dir
+
+log = logging.getLogger("mailagent")
+
+
+def _settings(args: argparse.Namespace, secrets: bool = True) -> Settings:
+    return load_settings(find_config_path(args.config), secrets=secrets)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from mailagent.service import run_service  # imports the SDK, which takes seconds
+
+    run_service(settings)
+    return 0
+
+
+def _check_imap(settings: Settings) -> str:
+    mailbox = Mailbox(settings.imap)
+    mailbox.connect()
+    idle = "IDLE" if mailbox.can_idle else "polling (no IDLE)"
+    mailbox.close()
+    return f"IMAP login as {settings.imap.username} on {settings.imap.host}, folder " \
+           f"{settings.imap.folder!r}, {idle}"
+
+
+def _check_smtp(settings: Settings) -> str:
+    asyncio.run(check_smtp(settings.smtp))
+    who = settings.smtp.username or "no AUTH"
+    return f"SMTP {settings.smtp.host}:{settings.smtp.port} ({who})"
+
+
+def _check_model(settings: Settings) -> str:
+    from mailagent.agent.api import check_model  # the SDK takes seconds to import: only when needed
+
+    return asyncio.run(check_model(settings.model))
+
+
+def _check_policies(settings: Settings) -> str:
+    """The policy loads, its folder exists, and every [[folders]] path exists: `run` denies all
+    without the folder and keeps a rule for a path that may appear later, but here both are
+    most likely a mistake."""
+    folder = settings.policies_dir
+    if not folder.exists():
+        raise MailagentError(
+            f"no policies folder at {folder}, so every file is denied: create it (and a "
+            f"*.toml file in it, see README.md), set policies_dir in {settings.config_path}, "
+            "or run `mailagent init`")
+    policy = load_policy(folder)
+    missing = [_missing_folder(folder, rule) for rule in policy.folders if not rule.path.exists()]
+    if missing:
+        raise MailagentError("\nerror: ".join(missing))
+    return (f"policies in {folder}: {len(policy.folders)} folder rule(s) "
+            f"from {len(policy.files)} file(s)")
+
+
+def _missing_folder(policies_dir: Path, rule: FolderRule) -> str:
+    name, _, line = rule.source.rpartition(":")
+    return (f"{policies_dir / name} line {line}: the [[folders]] path {rule.path} does not "
+            "exist: create it, or fix the path in that file")
+
+
+def _policy_if_valid(settings: Settings) -> Policy | None:
+    """The policy, or None when it does not load (the policy check has said why)."""
+    try:
+        return load_policy(settings.policies_dir)
+    except PolicyError:
+        return None
+
+
+def _check_commands(settings: Settings) -> str:
+    """Whether run_command is offered, in which sandbox, and if not, why and how to fix it."""
+    policy = _policy_if_valid(settings)
+    if policy is None:
+        return "run_command: decided once the policy error above is fixed"
+    rule = policy.commands
+    if rule is None:
+        return "run_command: not offered (no [commands] table in the policies)"
+    sandbox = find_sandbox()
+    limit = {"cgroup": "a pids cgroup", "rlimit": "RLIMIT_NPROC",
+             "none": "nothing (running as root without a writable pids cgroup)"}
+    if sandbox.available:
+        network = "network allowed" if rule.network else "no network"
+        return (f"run_command: {', '.join(rule.allow)} in {sandbox.detail} ({network}; "
+                f"process count bounded by {limit[process_limit_kind()]})")
+    if rule.unsafe_no_sandbox:
+        return ("run_command: offered without a sandbox\nwarning: run_command runs WITHOUT A "
+                f"SANDBOX (unsafe_no_sandbox = true in {rule.source}): a fooled model can read "
+                f"and change anything you can. {sandbox.detail}")
+    raise MailagentError(f"run_command is NOT offered although {rule.source} has [commands]: "
+                         f"{sandbox.detail}")
+
+
+def _check_connectors(settings: Settings) -> str:
+    """Each MCP server of the policy: started once, its tools listed with their decisions."""
+    policy = _policy_if_valid(settings)
+    if policy is None:
+        return "MCP servers: checked once the policy error above is fixed"
+    rules = policy.mcp
+    if not rules:
+        return "MCP servers: none (no [mcp.<server>] table in the policies)"
+    from mailagent.tools.mcp_servers import check_servers  # the MCP SDK takes seconds to import
+
+    lines, errors = check_servers(rules)
+    if errors:
+        raise _PartlyFailedError("\nerror: ".join(errors), lines)
+    return "\n".join(lines)
+
+
+def _check_templates(settings: Settings) -> str:
+    return f"templates: {', '.join(check_templates())}"
+
+
+def _check_schedules(settings: Settings) -> str:
+    path, zone = settings.schedules.file, settings.owner.timezone
+    if path is None or not path.exists():
+        return f"schedules in time zone {zone} (no schedules file)"
+    try:
+        entries = read_schedules_file(path, settings.schedules.min_interval_minutes)
+    except WhenError as exc:
+        raise ConfigError(str(exc)) from None
+    return f"schedules in time zone {zone}; {len(entries)} in {path}"
+
+
+def _check_store(settings: Settings) -> str:
+    store = Store.open(settings.database_url)
+    store.close()
+    return f"database {settings.database_url}"
+
+
+def _check_tools(settings: Settings) -> str:
+    """Whether tools are stopped after a failed integrity check (they stay so until resume)."""
+    store = Store.open(settings.database_url)
+    try:
+        halt = active_halt(store)
+    finally:
+        store.close()
+    if halt is None:
+        return "tools: not stopped"
+    raise MailagentError(
+        f"tools are stopped since {halt.halted_at:%Y-%m-%d %H:%M} UTC: {halt.reason}; look at "
+        f"what changed, then run `mailagent resume --config {settings.config_path}`")
+
+
+class _PartlyFailedError(MailagentError):
+    """A check of several things where some passed: `passed` are their lines, as a check
+    returns them."""
+
+    def __init__(self, message: str, passed: list[str]) -> None:
+        super().__init__(message)
+        self.passed = passed
+
+
+CHECKS: tuple[Callable[[Settings], str], ...] = (
+    _check_policies, _check_commands, _check_templates, _check_schedules, _check_store,
+    _check_tools, _check_connectors, doctor.check_keyring, doctor.check_oauth, _check_imap,
+    _check_smtp, _check_model, doctor.check_service)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """One line per check on stdout (`ok:`, `error:`, `hint:`, `warning:`, indented details);
+    whatever else would reach stdout meanwhile (a library's log handler, a stray print) goes
+    to stderr, so the lines can be read by a script."""
+    out = sys.stdout
+    settings = _settings(args)
+    print(f"ok: config {settings.config_path}", file=out)
+    failures = 0
+    with contextlib.redirect_stdout(sys.stderr):
+        for check in CHECKS:
+            failures += not _report(check, settings, out)
+    if settings.owner.verification == "none":
+        print('warning: owner.verification = "none" trusts the From header alone', file=out)
+    return 1 if failures else 0
+
+
+def _report(check: Callable[[Settings], str], settings: Settings, out: TextIO) -> bool:
+    """Run one check and print its lines to `out`: the first as `ok:`, the rest (indented
+    details, `warning:` lines) as they are. Whether it passed."""
+    try:
+        lines = check(settings).splitlines()
+    except MailagentError as exc:
+        for line in exc.passed if isinstance(exc, _PartlyFailedError) else []:
+            print(line if line.startswith(" ") else f"ok: {line}", file=out)
+        print(f"error: {exc}", file=out)
+        for hint in doctor.hints(settings, exc):
+            print(f"hint: {hint}", file=out)
+        return False
+    first = lines[0]  # a check may pass with a warning (a keyring that is a plain file)
+    print(first if first.startswith(doctor.WARNING) else f"ok: {first}", file=out)
+    for line in lines[1:]:
+        print(line, file=out)
+    return True
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = _settings(args, secrets=False)
+    store = Store.open(settings.database_url)
+    try:
+        snapshot = status_view.take_snapshot(store)
+    finally:
+        store.close()
+    if args.json:
+        status_view.print_json(snapshot)
+    elif args.plain or not sys.stdout.isatty():
+        print("\n".join(status_view.plain_lines(snapshot)))
+    else:
+        status_view.print_rich(snapshot)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """End a halt: say what had stopped the tools, and let them run again (the running service
+    notices within seconds; a stopped one at its next start)."""
+    settings = _settings(args, secrets=False)
+    store = Store.open(settings.database_url)
+    try:
+        ended = resume(store)
+    finally:
+        store.close()
+    if ended is None:
+        print("Tools are not stopped; there is nothing to resume.")
+        return 0
+    halt, kept = ended
+    print(f"Tools were stopped since {halt.halted_at:%Y-%m-%d %H:%M} UTC: {halt.reason}")
+    for problem in halt.detail.get("problems", []):
+        print(f"  - {problem}")
+    print(f"Resumed: tools run again, from the files as they are now; {kept} kept mail(s) "
+          "run now. The running service takes this up within seconds (a stopped one at its "
+          "next start).")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Ask (trying each secret as it comes), write the config and the starter policy, run
+    `check` on the result, say what to send, and, when asked, wait for the first answer."""
+    if not args.verbose:  # a person answers questions here: log lines are noise
+        logging.getLogger("mailagent").setLevel(logging.WARNING)
+    answers = init_wizard.run_init(args)
+    path = answers.config_path
+    _make_policies_dir(path.parent / "policies")
+    if args.no_check:
+        print(f"\nNot checked: run `mailagent check --config {path}` before starting it.")
+    else:
+        print(f"\nChecking {path}:")
+        if cmd_check(argparse.Namespace(config=str(path))) != 0:
+            print(f"\nFix what failed above (see the hints), then run "
+                  f"`mailagent check --config {path}` again.")
+            return 1
+    installed = not args.no_check and _wants_service(args)
+    if installed:
+        print()
+        install.install_for(path, print)
+    print("\n".join(init_finish.phone_lines(answers, installed)))
+    if not args.wait_for_first_task:
+        return 0
+    return init_finish.wait_for_first_task(load_settings(path), args.wait_timeout_seconds)
+
+
+def _make_policies_dir(folder: Path) -> None:
+    """The folder init's config points to (by default), empty when no folder was given: every
+    file is denied until a rule is added, and `check` finds the folder it expects."""
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        print(f"made {folder}: empty, so the agent may touch no file outside its workspace "
+              "until you add a [[folders]] rule there (`mailagent example policy` shows how)")
+
+
+def _wants_service(args: argparse.Namespace) -> bool:
+    if args.install_service or args.non_interactive:
+        return bool(args.install_service)
+    return init_wizard.Asker(True).yes("\nInstall mailagent as a service of this computer now?",
+                                       False)
+
+
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    settings = _settings(args, secrets=False)
+    home = Path.home()
+    workspace = workspace_dir(settings.workspaces_dir, args.conversation)
+    scope = Scope(workspace=workspace, home=home, protected=protected_paths(
+        config_path=settings.config_path, policies_dir=settings.policies_dir,
+        data_dir=settings.data_dir, home=home))
+    print(explain(load_policy(settings.policies_dir), args.action, args.path, scope))
+    return 0
+
+
+ABOUT = """\
+Delegate work to Claude on this computer by email. You mail a task from any phone or mail
+client to the agent's address; mailagent does it here, with tools that can touch only the
+folders your policy files allow, and replies in the same thread with the files attached."""
+START = """\
+start here:
+  mailagent demo --base-url URL     the whole loop on this machine, no mail account needed
+                                    (or set ANTHROPIC_API_KEY and leave out --base-url)
+  mailagent init                    connect your own mailbox, step by step
+  mailagent check                   test the config, the policies and every login
+  mailagent run                     run the service (or: mailagent service install)
+
+when a mail says that tools are stopped (a file that governs mailagent changed):
+  mailagent resume                  once you have looked at what changed
+
+`mailagent COMMAND --help` says more about each command."""
+# What each command does for its user, and an example of it.
+USAGE: dict[str, tuple[str, str]] = {
+    "run": ("Run the service in the foreground: watch the mailbox, work on each task and reply. "
+            "Stops cleanly on Ctrl-C or SIGTERM; logs go to stderr.",
+            "mailagent run --config ~/.config/mailagent/mailagent.toml"),
+    "check": ("Check everything the service needs before you rely on it: the config, the "
+              "policies, the templates, the database, the IMAP and SMTP logins and the model. "
+              "One line per check; exit 0 only if all pass, with a hint for each failure.",
+              "mailagent check --config ~/.config/mailagent/mailagent.toml"),
+    "status": ("Show what the service is doing and did: conversations, tasks, schedules, "
+               "approvals waiting for you, the outbox and recent refusals, and whether tools "
+               "are stopped.",
+               "mailagent status --plain"),
+    "resume": ("Let tools run again after they were stopped because the config, a policy file "
+               "or the data directory changed under a command (you had a mail saying what "
+               "changed). Look at that first; then this ends the stop, takes the files as they "
+               "are now as the new reference, and runs the mail kept meanwhile.",
+               "mailagent resume --config ~/.config/mailagent/mailagent.toml"),
+    "init": ("Connect your mailbox: asks for the agent's address, provider, password (kept in "
+             "the OS keyring), your own addresses and a folder the agent may use, then writes "
+             "the config and a starter policy and checks them.",
+             "mailagent init\n  mailagent init --non-interactive --provider gmail --email "
+             "agent@gmail.com --owner me@example.com --password-env APP_PASSWORD "
+             "--policy-folder ~/Documents/reports"),
+    "policy": ("Ask the policy what the agent may do with a path, and which rule decides.",
+               "mailagent policy explain write ~/Documents/reports/summary.md"),
+    "service": ("Run mailagent in the background as a service of this computer (systemd, "
+                "launchd or the Windows task scheduler), started at login and restarted on "
+                "failure.",
+                "mailagent service install --dry-run\n  mailagent service status"),
+    "example": ("Print a complete example config, or a policy file that shows every key, to "
+                "start your own from.",
+                "mailagent example policy > ~/.config/mailagent/policies/reports.toml"),
+    "demo": ("See the whole loop work on this machine with no mail account: an embedded mail "
+             "server on loopback, the service, and a sample task whose reply is printed. Exits "
+             "0 when the task completed, 1 with what to do when it did not.",
+             "ANTHROPIC_API_KEY=sk-ant-... mailagent demo\n  mailagent demo --base-url "
+             "http://127.0.0.1:8080"),
+}
+
+
+def describe_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for name, (description, example) in USAGE.items():
+        command = sub.choices[name]
+        command.description = textwrap.fill(description, 88)
+        command.epilog = f"example:\n  {example}"
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+EXAMPLES = {"config": "examples/mailagent.toml", "policy": "examples/policy.toml"}
+
+
+def cmd_example(args: argparse.Namespace) -> int:
+    print(shipped_text(EXAMPLES[args.what]), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailagent", description=ABOUT, epilog=START,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"mailagent {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, text in (
+        ("run", cmd_run, "run the service in the foreground until SIGINT/SIGTERM"),
+        ("check", cmd_check, "validate the config and log in to IMAP and SMTP"),
+        ("status", cmd_status, "print conversations, tasks and refusals"),
+        ("resume", cmd_resume, "let tools run again after an integrity check stopped them"),
+    ):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--config", help="config file (default: $MAILAGENT_CONFIG, "
+                             "then the user config dir)")
+        command.set_defaults(func=func)
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="JSON with stable keys")
+            command.add_argument("--plain", action="store_true", help="lines, not tables")
+    init = sub.add_parser("init", help="connect a mailbox: write a config and a starter policy")
+    init_wizard.add_arguments(init)
+    init.set_defaults(func=cmd_init)
+    policy = sub.add_parser("policy", help="inspect the policy files")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    explain_parser = policy_sub.add_parser(
+        "explain", help="say allow/ask/deny for ACTION on PATH and which rule decided")
+    explain_parser.add_argument("--config", help="config file")
+    explain_parser.add_argument("--conversation", default="main",
+                                help="whose workspace relative paths resolve in (default main)")
+    explain_parser.add_argument("action", choices=["list", "read", "write", "delete"])
+    explain_parser.add_argument("path")
+    explain_parser.set_defaults(func=cmd_policy_explain)
+    example = sub.add_parser("example", help="print an example config or policy file")
+    example.add_argument("what", choices=list(EXAMPLES))
+    example.set_defaults(func=cmd_example)
+    add_service_parser(sub)
+    add_demo_parser(sub)
+    describe_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # mailagent's own INFO lines; libraries (the SDK's retries, httpx's every request) only
+    # from WARNING up, unless --verbose.
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        logging.getLogger("mailagent").setLevel(logging.INFO)
+    try:
+        result: int = args.func(args)
+        return result
+    except MailagentError as exc:
+        print(f"mailagent: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0

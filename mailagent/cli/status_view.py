@@ -1,0 +1,206 @@
+"""`mailagent status` in three forms: rich tables on a terminal, plain lines, and JSON.
+
+In: an open `Store`. Out: text on stdout. The JSON keys are a stable interface for scripts:
+`conversations`, `tasks`, `schedules`, `approvals`, `outbox`, `commands`, `connectors`,
+`refusals`, `held` (owner mail kept back by the rate limit), each a list of objects,
+`inbound`, what the liveness probe last said, and `halt`, why tools are stopped (null when they
+are not); times in ISO 8601 UTC. Plain lines (the form when
+stdout is not a terminal) keep the wording scripts already grep for. Reads only; never shows a
+mail body or a secret.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from mailagent.mail.canary import status_lines as canary_lines
+from mailagent.store import Store
+from mailagent.store.halts import HaltView, active_halt
+from mailagent.store.views import (
+    ApprovalView,
+    AuditView,
+    CommandView,
+    ConversationView,
+    HeldView,
+    OutboxView,
+    ScheduleView,
+    TaskView,
+)
+from mailagent.tasks.scheduler import schedule_line, schedule_state
+
+if TYPE_CHECKING:  # rich is imported only to print for a person at a terminal
+    from rich.console import Console
+    from rich.table import Table
+
+OUTBOX_STATES = ["queued", "sending", "failed", "unknown"]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    conversations: list[ConversationView]
+    tasks: list[TaskView]
+    schedules: list[tuple[ScheduleView, str]]
+    approvals: list[ApprovalView]
+    outbox: list[OutboxView]
+    commands: list[CommandView]
+    connectors: list[AuditView]  # the latest event of each MCP server
+    refusals: list[AuditView]
+    inbound: list[str]  # the liveness probe's verdict
+    held: list[HeldView]  # owner mail kept back by the per-sender rate limit
+    halt: HaltView | None = None  # why tools are stopped, until `mailagent resume`
+
+
+def take_snapshot(store: Store) -> Snapshot:
+    return Snapshot(
+        conversations=store.conversations() or [], tasks=store.tasks(),
+        schedules=[(view, schedule_line(view)) for view in store.schedules()],
+        approvals=store.approvals(), outbox=store.outbox(OUTBOX_STATES),
+        commands=[c for c in store.commands() if c.state == "pending"],
+        connectors=_latest_per_server(store.audit_events("mcp.server", limit=200)),
+        refusals=[e for e in store.audit_events("intake.", limit=10)
+                  if e.kind not in ("intake.duplicate", "intake.held")],
+        inbound=canary_lines(store), held=store.held(), halt=active_halt(store))
+
+
+def halt_lines(halt: HaltView | None) -> list[str]:
+    """Why tools are stopped and what to do; nothing when they are not."""
+    if halt is None:
+        return []
+    return [f"Tools: STOPPED since {halt.halted_at:%Y-%m-%d %H:%M} UTC: {halt.reason}",
+            *[f"  - {problem}" for problem in halt.detail.get("problems", [])],
+            "  Look at what changed, then run `mailagent resume`; mail is kept meanwhile."]
+
+
+def _latest_per_server(events: list[AuditView]) -> list[AuditView]:
+    latest: dict[str, AuditView] = {}
+    for event in events:  # newest first
+        latest.setdefault(str(event.detail.get("server")), event)
+    return [latest[name] for name in sorted(latest)]
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
+def as_json(snap: Snapshot) -> dict[str, Any]:
+    """The stable JSON form (see the module docstring)."""
+    return {
+        "conversations": [{"name": c.name, "task_counts": dict(sorted(c.task_counts.items()))}
+                          for c in snap.conversations],
+        "tasks": [{"task_id": t.task_id, "conversation": t.conversation_name, "state": t.state,
+                   "subject": t.subject, "owner": t.owner_address,
+                   "created_at": _iso(t.created_at), "reason": t.reason} for t in snap.tasks],
+        "schedules": [{"schedule_id": s.schedule_id, "conversation": s.conversation_name,
+                       "when": s.when_text, "timezone": s.timezone, "state": s.state,
+                       "reason": s.reason, "next_run_at": _iso(s.next_run_at),
+                       "task": s.task_text, "text": line} for s, line in snap.schedules],
+        "approvals": [{"task_id": a.task_id, "operation": a.operation,
+                       "expires_at": _iso(a.expires_at)} for a in snap.approvals],
+        "outbox": [{"state": m.state, "kind": m.kind, "recipient": m.recipient,
+                    "subject": m.subject, "attempts": m.attempts, "last_error": m.last_error}
+                   for m in snap.outbox],
+        "commands": [{"command_id": c.command_id, "name": c.name, "argument": c.argument,
+                      "conversation": c.conversation_name} for c in snap.commands],
+        "connectors": [{"server": e.detail.get("server"), "at": _iso(e.at), "state": e.reason}
+                       for e in snap.connectors],
+        "refusals": [{"at": _iso(e.at), "kind": e.kind, "reason": e.reason}
+                     for e in snap.refusals],
+        "inbound": " ".join(snap.inbound),
+        "held": [{"raw_message_id": h.raw_message_id, "owner": h.owner_address,
+                  "reason": h.reason, "held_at": _iso(h.held_at),
+                  "runs_by_itself": h.runs_by_itself, "release_requested": h.release_requested}
+                 for h in snap.held],
+        "halt": None if snap.halt is None else {
+            "halted_at": _iso(snap.halt.halted_at), "reason": snap.halt.reason,
+            "problems": snap.halt.detail.get("problems", []),
+            "task_id": snap.halt.detail.get("task_id"),
+            "conversation": snap.halt.detail.get("conversation")},
+    }
+
+
+def print_json(snap: Snapshot) -> None:
+    print(json.dumps(as_json(snap), indent=2, ensure_ascii=False))
+
+
+def plain_lines(snap: Snapshot) -> list[str]:
+    """One fact per line, under a heading per kind."""
+    lines = [*halt_lines(snap.halt), "Conversations:"]
+    for c in snap.conversations:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(c.task_counts.items()))
+        lines.append(f"  {c.name}: {counts or 'no tasks'}")
+    lines.append("Tasks:")
+    lines += [f"  #{t.task_id} [{t.conversation_name}] {t.state}: {t.subject[:60]}"
+              f" (from {t.owner_address}, {t.created_at:%Y-%m-%d %H:%M})" for t in snap.tasks]
+    lines.append("Schedules:")
+    lines += [f"  {line}" for _, line in snap.schedules]
+    lines.append("Waiting for your approval:")
+    lines += [f"  task #{a.task_id}: {a.operation} (until {a.expires_at:%Y-%m-%d %H:%M} UTC)"
+              for a in snap.approvals]
+    lines.append("Outbox:")
+    for m in snap.outbox:
+        error = f": {m.last_error}" if m.last_error else ""
+        lines.append(f"  {m.state} {m.kind} to {m.recipient}: {m.subject[:50]}{error}")
+    lines.append("Commands waiting:")
+    lines += [f"  #{c.command_id} {c.name} {c.argument}".rstrip() for c in snap.commands]
+    lines.append("Connectors (MCP):")
+    lines += [f"  {e.reason} ({e.at:%Y-%m-%d %H:%M} UTC)" for e in snap.connectors]
+    lines += snap.inbound
+    lines.append(f"Held mail: {len(snap.held)} (reply `release` by mail to run it now)")
+    lines += [f"  {h.held_at:%Y-%m-%d %H:%M} from {h.owner_address}: {h.reason}"
+              for h in snap.held]
+    lines.append("Recent refusals:")
+    lines += [f"  {e.at:%Y-%m-%d %H:%M} {e.kind}: {e.reason}" for e in snap.refusals]
+    return lines
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=title, title_justify="left", expand=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))  # Text: mail subjects are not markup
+    if not rows:
+        table.add_row(*(["(none)"] + [""] * (len(columns) - 1)))
+    return table
+
+
+def print_rich(snap: Snapshot, console: Console | None = None) -> None:
+    """Tables for a person at a terminal."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = console or Console()
+    for line in halt_lines(snap.halt):
+        console.print(Text(line, style="bold red"))
+    console.print(_table("Conversations", ["conversation", "tasks"], [
+        [c.name, ", ".join(f"{n} {s}" for s, n in sorted(c.task_counts.items())) or "no tasks"]
+        for c in snap.conversations]))
+    console.print(_table("Tasks", ["#", "conversation", "state", "subject", "from", "created"], [
+        [str(t.task_id), t.conversation_name, t.state, t.subject[:60], t.owner_address,
+         f"{t.created_at:%Y-%m-%d %H:%M}"] for t in snap.tasks]))
+    console.print(_table("Schedules", ["#", "conversation", "when", "state", "task"], [
+        [str(s.schedule_id), s.conversation_name, f"{s.when_text} ({s.timezone})",
+         schedule_state(s), s.task_text] for s, _ in snap.schedules]))
+    console.print(_table("Waiting for your approval", ["task", "operation", "until (UTC)"], [
+        [f"#{a.task_id}", a.operation, f"{a.expires_at:%Y-%m-%d %H:%M}"]
+        for a in snap.approvals]))
+    console.print(_table("Outbox", ["state", "kind", "to", "subject", "error"], [
+        [m.state, m.kind, m.recipient, m.subject[:50], m.last_error] for m in snap.outbox]))
+    console.print(_table("Commands waiting", ["#", "command", "argument"], [
+        [str(c.command_id), c.name, c.argument] for c in snap.commands]))
+    console.print(_table("Connectors (MCP)", ["server", "state", "since (UTC)"], [
+        [str(e.detail.get("server")), e.reason, f"{e.at:%Y-%m-%d %H:%M}"]
+        for e in snap.connectors]))
+    for line in snap.inbound:
+        console.print(Text(line))
+    console.print(_table(f"Held mail: {len(snap.held)} (reply `release` by mail to run it now)",
+                         ["held (UTC)", "from", "reason"], [
+        [f"{h.held_at:%Y-%m-%d %H:%M}", h.owner_address, h.reason] for h in snap.held]))
+    console.print(_table("Recent refusals", ["when", "kind", "reason"], [
+        [f"{e.at:%Y-%m-%d %H:%M}", e.kind, e.reason] for e in snap.refusals]))

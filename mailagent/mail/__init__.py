@@ -1,0 +1,1 @@
+"""The mail stages: the mailbox, intake, threads, the outbox and its templates."""

@@ -1,0 +1,283 @@
+"""Loading policies: policies/*.toml -> one frozen `Policy`, or a PolicyError naming the file,
+the line and what to do.
+
+In: the policies folder (TOML written by the owner) and the owner's home. Out: a `Policy`.
+Side effects: reads the policy files. It must never return anything more permissive when a
+policy file is broken (SECURITY.md A4): a broken file is an error, never a skipped file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mailagent.errors import PolicyError, nearest
+from mailagent.policy.mcp import McpServerRule, parse_servers
+from mailagent.policy.paths import expand_path, real_path, shown_path
+from mailagent.policy.rules import (
+    ACCESS_VALUES,
+    COMMANDS_KEYS,
+    DELETE_VALUES,
+    FOLDER_KEYS,
+    MAX_PATH_CHARS,
+    MAX_POLICY_FILE_BYTES,
+    OVERWRITE_VALUES,
+    CommandsRule,
+    FolderRule,
+    Policy,
+)
+
+_TOML_AT = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
+
+
+def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
+    """Every *.toml file in `policies_dir`, by name; a missing or empty folder is the empty Policy.
+
+    `home` is what `~` means in rule paths (default: the user's home). Raises PolicyError naming
+    the file, the line and what to fix; never returns a partial policy.
+    """
+    home = Path.home() if home is None else home
+    files = _policy_files(policies_dir)
+    folders: list[FolderRule] = []
+    commands: CommandsRule | None = None
+    servers: list[McpServerRule] = []
+    for file in files:
+        text = _read_policy_text(file)
+        document = _parse_toml(text, file)
+        file_folders, file_commands = _validate(document, text, file, home)
+        for server in parse_servers(document.get("mcp"), text, file):
+            if any(other.name == server.name for other in servers):
+                raise PolicyError(f"{file} line {server.source.rpartition(':')[2]}: a second "
+                                  f"[mcp.{server.name}] table; keep only one")
+            servers.append(server)
+        for rule in file_folders:
+            _refuse_duplicate(rule, folders, file, home)
+            folders.append(rule)
+        if file_commands is not None and commands is not None:
+            raise PolicyError(
+                f"{file} line {file_commands.source.rpartition(':')[2]}: a second [commands] "
+                f"table (the first is at {commands.source}); keep only one"
+            )
+        commands = commands or file_commands
+    return Policy(tuple(folders), commands, tuple(file.name for file in files), tuple(servers))
+
+
+def is_policy_name(name: str) -> bool:
+    # Hidden names are editor lock and backup files (Emacs' .#x.toml is a dangling symlink);
+    # skipping a file can only drop rules, never add one.
+    return name.endswith(".toml") and not name.startswith(".")
+
+
+def _policy_files(policies_dir: Path) -> list[Path]:
+    if not os.path.lexists(policies_dir):
+        return []
+    if not policies_dir.is_dir():
+        raise PolicyError(f"{policies_dir} is not a folder: make it a folder of *.toml files")
+    try:
+        names = sorted(entry.name for entry in os.scandir(policies_dir))
+    except OSError as error:
+        raise PolicyError(f"{policies_dir} cannot be listed ({error.strerror}): fix it") from None
+    return [policies_dir / name for name in names if is_policy_name(name)]
+
+
+def _read_policy_text(file: Path) -> str:
+    try:
+        with open(file, "rb") as handle:
+            data = handle.read(MAX_POLICY_FILE_BYTES + 1)
+    except OSError as error:
+        raise PolicyError(f"{file} cannot be read ({error.strerror}): fix or remove it") from None
+    if len(data) > MAX_POLICY_FILE_BYTES:
+        raise PolicyError(f"{file} is over {MAX_POLICY_FILE_BYTES} bytes: split or shorten it")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise PolicyError(f"{file} line {line}: not UTF-8 text; save it as UTF-8") from None
+
+
+def _parse_toml(text: str, file: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        message = str(error)
+        match = _TOML_AT.search(message)
+        where = "at the end"
+        if match and match.group(1):
+            where = f"line {match.group(1)}, column {match.group(2)}"
+        problem = message[: match.start()] if match else message
+        raise PolicyError(f"{file} {where}: invalid TOML ({problem}); fix it there") from None
+
+
+@dataclass(frozen=True)
+class _Location:
+    """Where a table starts in a policy file, to name the line of an offending key."""
+
+    file: Path
+    text: str
+    line: int
+
+    def error(self, message: str, key: str | None = None) -> PolicyError:
+        line = self.line if key is None else _key_line(self.text, key, self.line)
+        return PolicyError(f"{self.file} line {line}: {message}")
+
+
+def _key_line(text: str, key: str, header_line: int) -> int:
+    """The line of `key = ...` in the table starting at `header_line` (that line if not found)."""
+    pattern = re.compile(rf"""^\s*["']?{re.escape(key)}["']?\s*[=.]""")
+    lines = text.splitlines()
+    for number in range(header_line + 1, len(lines) + 1):
+        line = lines[number - 1]
+        if line.lstrip().startswith("["):
+            break
+        if pattern.match(line):
+            return number
+    return max(header_line, 1)
+
+
+def _top_level_line(text: str, key: str) -> int:
+    pattern = re.compile(rf"""^\s*(\[\[?\s*)?["']?{re.escape(key)}["']?\s*[=.\]]""")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if pattern.match(line):
+            return number
+    return 1
+
+
+def _header_lines(text: str, array_table: str) -> list[int]:
+    pattern = re.compile(rf"""^\s*\[\[\s*["']?{re.escape(array_table)}["']?\s*\]\]""")
+    return [n for n, line in enumerate(text.splitlines(), start=1) if pattern.match(line)]
+
+
+def _validate(
+    document: dict[str, Any], text: str, file: Path, home: Path
+) -> tuple[list[FolderRule], CommandsRule | None]:
+    for key in document:
+        if key not in ("folders", "commands", "mcp"):
+            raise _Location(file, text, _top_level_line(text, key)).error(
+                f"unknown table or key {key!r}; a policy file holds only [[folders]], "
+                "[commands] and [mcp.<server>] (check the spelling: a misspelt table would "
+                "drop its rule)"
+            )
+    entries = document.get("folders", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise _Location(file, text, _top_level_line(text, "folders")).error(
+            "folders must be written as [[folders]] tables with path, access and delete"
+        )
+    headers = _header_lines(text, "folders")
+    if len(headers) != len(entries):  # an inline array: point at its key instead
+        headers = [_top_level_line(text, "folders")] * len(entries)
+    rules = [
+        _folder_rule(e, _Location(file, text, h), home)
+        for e, h in zip(entries, headers, strict=True)
+    ]
+    commands = document.get("commands")
+    if commands is None:
+        return rules, None
+    where = _Location(file, text, _top_level_line(text, "commands"))
+    if not isinstance(commands, dict):
+        raise where.error("commands must be a [commands] table: allow, network, timeout_seconds")
+    return rules, _commands_rule(commands, where)
+
+
+def _folder_rule(entry: dict[str, Any], where: _Location, home: Path) -> FolderRule:
+    for key in entry:
+        if key not in FOLDER_KEYS:
+            raise where.error(
+                f"unknown key {key!r} in [[folders]]{_did_you_mean(key, FOLDER_KEYS)}; "
+                f"allowed keys: {', '.join(FOLDER_KEYS)}",
+                key,
+            )
+    if "path" not in entry:
+        raise where.error('[[folders]] has no path; add path = "~/some/folder" (absolute or ~)')
+    raw = entry["path"]
+    if not isinstance(raw, str):
+        raise where.error("path must be a string in quotes, absolute or starting with ~/", "path")
+    try:
+        path = _rule_path(raw, home)
+    except PolicyError as error:
+        raise where.error(str(error), "path") from None
+    access = _choice(entry, "access", ACCESS_VALUES, "read", where)
+    delete = _choice(entry, "delete", DELETE_VALUES, "never", where)
+    overwrite = _choice(entry, "overwrite", OVERWRITE_VALUES, "allow", where)
+    if access == "read" and delete != "never":
+        raise where.error(f'delete = "{delete}" needs access = "write"; fix one of them', "delete")
+    source = f"{where.file.name}:{where.line}"
+    return FolderRule(path, access, delete, overwrite, source)
+
+
+def _choice(
+    entry: dict[str, Any], key: str, allowed: tuple[str, ...], default: str, where: _Location
+) -> str:
+    value = entry.get(key, default)
+    if isinstance(value, str) and value in allowed:
+        return value
+    options = " | ".join(f'"{option}"' for option in allowed)
+    hint = _did_you_mean(value, allowed) if isinstance(value, str) else ""
+    raise where.error(f"{key} = {value!r} is not one of {options}{hint}", key)
+
+
+def _did_you_mean(value: str, allowed: tuple[str, ...]) -> str:
+    close = nearest(value, allowed)
+    return f' (did you mean "{close}"?)' if close else ""
+
+
+def _rule_path(raw: str, home: Path) -> Path:
+    if not raw or "\x00" in raw or len(raw) > MAX_PATH_CHARS:
+        raise PolicyError(f"path {raw[:80]!r} is empty, too long or holds a NUL byte; fix it")
+    if not (raw.startswith("~") or Path(raw).is_absolute()):
+        raise PolicyError(
+            f"path {raw!r} is relative; write it absolute or starting with ~/ so it cannot "
+            "depend on the directory mailagent runs in"
+        )
+    return real_path(expand_path(raw, home, home), raw)
+
+
+def _commands_rule(table: dict[str, Any], where: _Location) -> CommandsRule:
+    for key in table:
+        if key not in COMMANDS_KEYS:
+            raise where.error(
+                f"unknown key {key!r} in [commands]{_did_you_mean(key, COMMANDS_KEYS)}; "
+                f"allowed keys: {', '.join(COMMANDS_KEYS)}",
+                key,
+            )
+    allow = table.get("allow", [])
+    if not isinstance(allow, list) or not all(isinstance(a, str) and a.strip() for a in allow):
+        raise where.error('allow must be a list of program names, e.g. ["python3"]', "allow")
+    network, unsafe = (_flag(table, key, where) for key in ("network", "unsafe_no_sandbox"))
+    timeout = table.get("timeout_seconds", 60.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise where.error(
+            f"timeout_seconds = {timeout!r} must be a number of seconds above 0", "timeout_seconds"
+        )
+    counts = {key: _count(table, key, default, where) for key, default in
+              (("memory_mb", 2048), ("max_processes", 256), ("max_output_bytes", 65536))}
+    source = f"{where.file.name}:{where.line}"
+    return CommandsRule(tuple(allow), network, float(timeout), source,
+                        unsafe_no_sandbox=unsafe, **counts)
+
+
+def _flag(table: dict[str, Any], key: str, where: _Location) -> bool:
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise where.error(f"{key} = {value!r} must be true or false", key)
+    return value
+
+
+def _count(table: dict[str, Any], key: str, default: int, where: _Location) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise where.error(f"{key} = {value!r} must be a whole number above 0", key)
+    return value
+
+
+def _refuse_duplicate(rule: FolderRule, earlier: list[FolderRule], file: Path, home: Path) -> None:
+    # Two rules for one folder would leave "most specific wins" undecided: make the owner choose.
+    for other in earlier:
+        if other.path == rule.path:
+            raise PolicyError(
+                f"{file} line {rule.source.rpartition(':')[2]}: {shown_path(rule.path, home)} is "
+                f"already listed at {other.source}; keep one entry for it"
+            )

@@ -1,0 +1,103 @@
+"""Policy rules: the frozen shapes a policy is made of, and what a decision says.
+
+In: nothing (definitions only). Out: `Policy` (folder rules, the commands rule, MCP server rules),
+`Scope` (the conversation's workspace, `~`, the protected paths) and `Decision` (verdict, the rule
+that decided, a reason the model can act on, the resolved path and its `Anchor`). Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from mailagent.policy.fsat import Anchor, Identity, identities
+from mailagent.policy.mcp import McpServerRule
+
+Verdict = Literal["allow", "ask", "deny"]
+
+
+Action = Literal["list", "read", "write", "delete"]
+
+
+MAX_PATH_CHARS = 4096
+
+
+MAX_POLICY_FILE_BYTES = 1024 * 1024
+
+
+ACCESS_VALUES = ("read", "write")
+
+
+DELETE_VALUES = ("never", "ask", "allow")
+
+
+OVERWRITE_VALUES = ("allow", "ask", "never")
+
+
+FOLDER_KEYS = ("path", "access", "delete", "overwrite")
+
+
+COMMANDS_KEYS = ("allow", "network", "timeout_seconds", "memory_mb", "max_processes",
+                 "max_output_bytes", "unsafe_no_sandbox")
+
+
+WORKSPACE_RULE = "workspace"
+
+
+DEFAULT_RULE = "default: deny (no folder rule covers this path)"
+
+
+@dataclass(frozen=True)
+class FolderRule:
+    path: Path  # absolute, ~ expanded, every symlink followed at load time
+    access: str  # read | write
+    delete: str = "never"  # never | ask | allow
+    overwrite: str = "allow"  # allow | ask | never: replacing a file (outside the workspace)
+    source: str = ""  # "reports.toml:3", where the [[folders]] entry starts
+
+
+@dataclass(frozen=True)
+class CommandsRule:
+    allow: tuple[str, ...]
+    network: bool = False
+    timeout_seconds: float = 60.0
+    source: str = ""
+    memory_mb: int = 2048  # address space of each process
+    max_processes: int = 256
+    max_output_bytes: int = 65536  # what the model sees of the output
+    unsafe_no_sandbox: bool = False  # run even where no OS sandbox exists: no isolation at all
+
+
+@dataclass(frozen=True)
+class Policy:
+    folders: tuple[FolderRule, ...] = ()
+    commands: CommandsRule | None = None
+    files: tuple[str, ...] = ()  # the file names it was loaded from
+    mcp: tuple[McpServerRule, ...] = ()  # [mcp.<server>] tables: connectors and their tools
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    rule: str  # which rule decided, e.g. "reports.toml:3 ~/Documents/reports (read)"
+    reason: str  # one sentence for the model: the path as given, why, and what to do instead
+    path: Path | None  # the fully resolved path that was judged (None if it did not resolve)
+    source: Path | None = None  # a move's resolved source (`path` is its destination)
+    anchor: Anchor | None = None  # how tools reach `path`: its rule's root and the names below
+    source_anchor: Anchor | None = None  # likewise for a move's source
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What is fixed for one task: where relative paths go and what is always protected."""
+
+    workspace: Path  # the conversation's workspace, always writable
+    home: Path  # what ~ means
+    protected: tuple[Path, ...]  # never readable or writable, whatever a rule says
+    # The protected files and folders by (st_dev, st_ino), taken when the scope is made (a task
+    # starts): a hard link to one, or one whose folder is renamed later, is still refused.
+    identities: dict[Identity, Path] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "identities", identities(self.protected))

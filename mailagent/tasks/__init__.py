@@ -1,0 +1,1 @@
+"""The task stage: the queue and the worker, mail commands, schedules, workspaces."""

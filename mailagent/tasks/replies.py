@@ -1,0 +1,161 @@
+"""Replies: the mail a task's end brings the owner, and the notices about tasks.
+
+In: a task's `Outcome` and what the store holds of it (its changes, attachments, schedule).
+Out: the completion or failure mail (`Outbound`) with the advice for a failure, the notices of a
+deferred task, a used-up account, a broken policy, and a schedule paused after failures.
+Side effects: the outbox, through the store. It must never attach a file outside the task's
+workspace or the policy's folders, and never let a mail that cannot be built stop a task's end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from mailagent.agent.task import Outcome
+from mailagent.errors import PolicyError
+from mailagent.mail.notify import compose
+from mailagent.policy import decide
+from mailagent.store import Outbound, ReplyTarget, TaskWork
+from mailagent.tasks.scheduler import Scheduler
+from mailagent.tasks.toolbox import Toolbox
+
+log = logging.getLogger(__name__)
+
+
+ACCOUNT_NOTICE_SECONDS = 24 * 3600  # the owner hears of a used-up account once a day
+
+
+FAILURE_ADVICE = (
+    ("budget:", "It stopped at a budget limit. Send the task again in smaller steps, or raise "
+                "the limit in the [agent] section of the config."),
+    ("the model endpoint refused", "The model refused the request. Check [model] in the "
+                                   "config, then send the task again."),
+    ("the conversation cannot be made to fit", "Start a new conversation with a [name] tag."),
+    ("the model declined", "The model declined to do this task; nothing more of it was done. "
+                           "Rephrase the task, or send a different one."),
+)
+
+
+def advice(reason: str) -> str:
+    for prefix, text in FAILURE_ADVICE:
+        if reason.startswith(prefix):
+            return text
+    return "Send the task again; if it fails the same way, run `mailagent status` on the computer."
+
+
+def _describe(change: dict[str, Any]) -> str:
+    if change["op"] == "moved":
+        return f"moved {change['from']} to {change['path']}"
+    return f"{change['op']} {change['path']}"
+
+
+class Replies(Toolbox):
+    """The worker's mail about tasks: outcomes, notices, deferrals. A part of `Worker`."""
+
+    account_told_at: float | None
+    on_mail: Callable[[], None]
+    schedules: Scheduler | None
+
+    def policy_broken(self, error: PolicyError) -> None:
+        """A broken policy file: logged, recorded, and the owner told (once per error)."""
+        log.error("policy: %s (the last good policy stays in force)", error)
+        self.store.audit("policy.error", str(error))
+        self.tell_owner("mailagent: a policy file is broken",
+                        f"A policy file does not validate: {error}\n\nThe last good policy "
+                        "stays in force (or, if there was none, nothing is allowed). Fix the "
+                        "file; the change takes effect without a restart. `mailagent check` "
+                        "shows the problem too.")
+
+    def tell_owner(self, subject: str, body: str) -> None:
+        """A notice to the first owner address that answers no mail."""
+        target = ReplyTarget(self.settings.owner.addresses[0], subject, None, (), None, None,
+                             None)
+        self.store.enqueue_mail(compose(self.settings.smtp, target, "notice", "command.md.j2",
+                                        {"body": body}))
+        self.on_mail()
+
+    def after_scheduled_run(self, task_id: int, state: str, mail: Outbound | None) -> None:
+        """A schedule's run counts towards pausing it after failures in a row."""
+        if self.schedules is None:
+            return
+        notice = self.schedules.after_run(task_id, state, mail.message_id if mail else None)
+        if notice:
+            self.store.enqueue_mail(compose(self.settings.smtp, self.store.reply_target(task_id),
+                                            "notice", "command.md.j2", {"body": notice}))
+
+    def outcome_mail(self, task_id: int, outcome: Outcome) -> Outbound | None:
+        """The completion or failure reply; None (recorded) if it cannot be composed."""
+        try:
+            work = self.store.task_work(task_id)
+            changes = [_describe(c) for c in self.store.changes(task_id)]
+            values = {"task_id": task_id, "tokens": work.tokens, "cost": work.cost_usd,
+                      "changes": changes, **self.schedule_lines(work)}
+            target = self.store.reply_target(task_id)
+            if outcome.state == "done":
+                return compose(self.settings.smtp, target, "completion", "completion.md.j2",
+                               {**values, "answer": outcome.text or "Done.",
+                                "undo_hint": bool(changes)},
+                               self.sendable(work, self.store.attachments(task_id)))
+            return compose(self.settings.smtp, target, "failure", "failure.md.j2",
+                           {**values, "reason": outcome.reason, "advice": advice(outcome.reason),
+                            "partial": outcome.text},
+                           self.sendable(work, self.store.attachments(task_id)))
+        except Exception as exc:  # a reply that cannot be built must not stop the task's end
+            log.exception("cannot compose the mail of task_id=%s", task_id)
+            self.store.audit("mail.compose_failed", f"{type(exc).__name__}: {exc}",
+                             task_id=task_id)
+            return None
+
+    def schedule_lines(self, work: TaskWork) -> dict[str, Any]:
+        """For the reply: which schedule this run belongs to, and the schedules it made."""
+        if self.schedules is None:
+            return {"run_note": "", "scheduled": []}
+        made = self.store.schedules_made_by(work.task_id)
+        return {"run_note": self.schedules.run_note(work.data),
+                "scheduled": [self.schedules.confirmation(view) for view in made]}
+
+    def wait_for_account(self, task_id: int, reason: str) -> None:
+        """The account's spend limit or credit is used up: retrying every minute would only
+        fail again, so the task waits an hour at a time, and the owner hears of it once a day
+        (not once per task), with what to do."""
+        wait = self.settings.agent.account_retry_seconds
+        self.store.defer_task(task_id, datetime.now(UTC) + timedelta(seconds=wait), reason)
+        now = time.monotonic()
+        if self.account_told_at is not None and now - self.account_told_at < ACCOUNT_NOTICE_SECONDS:
+            return
+        self.account_told_at = now
+        body = (f"Task #{task_id} is waiting: {reason}.\n\nRaise the spend limit or add credit "
+                "in the Claude Console (Settings > Limits, and Billing), or wait for the limit "
+                f"to reset. This task, and any others meanwhile, are tried again every "
+                f"{wait / 60:g} minutes; I will not mail about this again today. Reply `cancel` "
+                "to drop this one.")
+        self.store.enqueue_mail(compose(self.settings.smtp, self.store.reply_target(task_id),
+                                        "notice", "command.md.j2", {"body": body}))
+        self.on_mail()
+
+    def tell_deferred(self, task_id: int, reason: str, wait: float) -> None:
+        """Once per task: the model endpoint is down, and the task will be tried again."""
+        mail = compose(self.settings.smtp, self.store.reply_target(task_id), "notice",
+                       "command.md.j2",
+                       {"body": f"Task #{task_id} is waiting: {reason}.\n\nI will try again "
+                                f"in {wait:g} seconds and reply here when it is done. Reply "
+                                "`cancel` to drop it."})
+        self.store.enqueue_mail(mail)
+        self.on_mail()
+
+    def sendable(self, work: TaskWork, paths: list[str]) -> list[Path]:
+        """Attachments that policy still lets us read now, at send time (SECURITY.md E3)."""
+        scope, allowed = self.scope(work), []
+        for path in paths:
+            decision = decide(self.policies.current(), "read", path, scope)
+            if decision.verdict == "allow" and decision.path is not None:
+                allowed.append(decision.path)
+            else:
+                self.store.audit("mail.attachment_refused", decision.reason,
+                                 task_id=work.task_id, detail={"path": path})
+        return allowed

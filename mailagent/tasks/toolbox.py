@@ -1,0 +1,201 @@
+"""Toolbox: the tools, the checks and the system prompt one task runs with.
+
+In: a claimed task (`TaskWork`), the policy in force, the sandbox, the MCP connectors. Out: a
+`TaskContext` for the agent: the tools (files, memory, schedules, run_command, MCP tools), the
+`check` each call passes first (policy.calls, with tools stopped after a failed integrity check),
+the digest an approval binds, the fence nonce, and the system prompt. Side effects: makes the
+task's workspace. Every tool judges again, at each call, by the policy in force then.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mailagent.agent.task import TaskContext
+from mailagent.config import Settings
+from mailagent.content import fence
+from mailagent.mail.render import render
+from mailagent.policy import (
+    CommandsRule,
+    Decision,
+    Policy,
+    PolicyWatcher,
+    Scope,
+    decide,
+    decide_move,
+    protected_paths,
+)
+from mailagent.policy.calls import check_call, operation_digest
+from mailagent.policy.sandbox import Limits, Runner, SandboxInfo, View
+from mailagent.store import Store, TaskWork
+from mailagent.tasks.schedule_approval import ScheduleApprovals
+from mailagent.tasks.workspace import data_key, workspace_dir
+from mailagent.tools.command import CommandTools
+from mailagent.tools.connector import ConnectorTools
+from mailagent.tools.files import FileTools, ToolError
+from mailagent.tools.mcp_servers import Connectors
+from mailagent.tools.memory import MemoryTools
+from mailagent.tools.schedule import ScheduleTools
+
+log = logging.getLogger(__name__)
+
+
+FILE_TOOLS = ("list_files", "read_file", "write_file", "edit_file", "move_file", "delete_file",
+              "search_files", "attach_file")
+
+
+def conversation_nonce(data_dir: Path, conversation_id: int) -> str:
+    """A fence id unknown to senders and stable per conversation (a stable prompt prefix)."""
+    key = data_key(data_dir, "fence.key")
+    return hmac.new(key, str(conversation_id).encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def command_view(policy: Policy, scope: Scope) -> View:
+    """What a command sees: the policy's folders, the workspace, and no protected path."""
+    read = tuple(f.path for f in policy.folders if f.access == "read")
+    write = tuple(f.path for f in policy.folders if f.access == "write")
+    return View(read=read, write=write, hidden=scope.protected, workspace=scope.workspace,
+                home=scope.workspace / ".home")
+
+
+def command_limits(rule: CommandsRule) -> Limits:
+    return Limits(timeout_seconds=rule.timeout_seconds, memory_bytes=rule.memory_mb * 1024**2,
+                  max_processes=rule.max_processes, max_output_bytes=rule.max_output_bytes,
+                  network=rule.network)
+
+
+def keep_in_trash(path: Path, trash: Path) -> str:
+    """Move a protected path a command created out of the way; say where it went."""
+    trash.mkdir(parents=True, exist_ok=True)
+    kept = trash / f"protected-{secrets.token_hex(4)}-{path.name}"
+    os.replace(path, kept)
+    log.warning("a command created the protected path %s; moved to %s", path, kept)
+    return f"{path} (moved to {kept})"
+
+
+class Toolbox:
+    """What one task runs with: its scope, tools, checks and system prompt. A part of `Worker`."""
+
+    connectors: Connectors | None
+    home: Path
+    policies: PolicyWatcher
+    runners: dict[int, Runner]
+    sandbox: SandboxInfo
+    schedule_approvals: ScheduleApprovals | None
+    settings: Settings
+    store: Store
+    tools_stopped: Callable[[], bool]
+    watch: Callable[[TaskWork, str], AbstractContextManager[list[str]]]
+
+    def scope(self, work: TaskWork) -> Scope:
+        s = self.settings
+        workspace = workspace_dir(s.workspaces_dir, work.conversation_name)
+        workspace.mkdir(parents=True, exist_ok=True)
+        home = self.home
+        protected = protected_paths(config_path=s.config_path, policies_dir=s.policies_dir,
+                                    data_dir=s.data_dir, home=home)
+        return Scope(workspace=workspace.resolve(), home=home, protected=protected)
+
+    def context(self, work: TaskWork) -> TaskContext:
+        scope = self.scope(work)
+        files = FileTools(
+            workspace=scope.workspace,
+            judge=lambda action, path: decide(self.policies.current(), action, path, scope),  # type: ignore[arg-type]
+            judge_move=lambda src, dst: decide_move(self.policies.current(), src, dst, scope),
+            trash=self.settings.data_dir / "trash" / f"task-{work.task_id}",
+            on_attach=lambda path: self.store.add_attachment(work.task_id, path),
+            max_output_chars=self.settings.agent.max_tool_output_chars,
+        )
+        memory = MemoryTools(save=lambda note: self.store.remember(work.conversation_id, note),
+                             notes=lambda: self.store.memory(work.conversation_id),
+                             max_notes=self.settings.agent.max_memory_notes,
+                             max_chars=self.settings.agent.max_memory_chars)
+        tools = {name: getattr(files, name) for name in FILE_TOOLS}
+        tools["remember"] = memory.remember
+        if self.schedule_approvals is not None:  # who made it decides whether it waits (S5)
+            tools["schedule_task"] = ScheduleTools(make=functools.partial(
+                self.schedule_approvals.make, work.task_id)).schedule_task
+        policy = self.policies.current()
+        if self.offers_commands(policy):
+            tools["run_command"] = self.command_tools(work, scope).run_command
+        connector = self.connector_tools(work, scope)
+        if connector is not None:
+            tools.update(connector.tools())
+
+        def approve(flag: bool) -> None:
+            files.approved = flag
+            if connector is not None:
+                connector.approved = flag
+
+        nonce = conversation_nonce(self.settings.data_dir, work.conversation_id)
+        return TaskContext(
+            work=work, system=self.system_prompt(work, scope, policy, nonce), tools=tools,
+            check=lambda name, tool_input: self.judge_call(scope, name, tool_input),
+            nonce=nonce,
+            set_approved=approve,
+            digest=lambda name, tool_input: operation_digest(
+                self.judge_call(scope, name, tool_input), name, tool_input),
+        )
+
+    def judge_call(self, scope: Scope, name: str, tool_input: dict[str, Any]) -> Decision:
+        """A tool call decided by the policy in force now, knowing whether commands are
+        sandboxed: the one judgement behind the check, approvals and digests."""
+        if self.tools_stopped():
+            return Decision("deny", "integrity", "tools are stopped: an integrity check failed; "
+                            "the owner was told and decides when they run again", None)
+        return check_call(self.policies.current(), scope, name, tool_input,
+                          sandboxed=self.sandbox.available)
+
+    def connector_tools(self, work: TaskWork, scope: Scope) -> ConnectorTools | None:
+        """The MCP tools of this task: decided again, by the policy in force, at each call."""
+        if self.connectors is None:
+            return None
+        return ConnectorTools(
+            self.connectors,
+            judge=lambda name: self.judge_call(scope, name, {}),
+            audit=lambda kind, reason, detail: self.store.audit(kind, reason,
+                                                                task_id=work.task_id,
+                                                                detail=detail))
+
+    def offers_commands(self, policy: Policy) -> bool:
+        rule = policy.commands
+        return rule is not None and (self.sandbox.available or rule.unsafe_no_sandbox)
+
+    def command_tools(self, work: TaskWork, scope: Scope) -> CommandTools:
+        """run_command for one task: policy, view and limits are read again at every call."""
+        runner = self.runners.setdefault(
+            work.task_id, Runner(self.sandbox if self.sandbox.available else None))
+        trash = self.settings.data_dir / "trash" / f"task-{work.task_id}"
+
+        def setup() -> tuple[CommandsRule, View, Limits]:
+            policy = self.policies.current()
+            if policy.commands is None or not self.offers_commands(policy):
+                raise ToolError("run_command is no longer allowed by the policy")
+            return policy.commands, command_view(policy, scope), command_limits(policy.commands)
+
+        return CommandTools(
+            runner=runner, setup=setup,
+            judge=lambda action, path: decide(self.policies.current(), action, path, scope),  # type: ignore[arg-type]
+            remove_protected=lambda path: keep_in_trash(path, trash),
+            watch=lambda command: self.watch(work, command))
+
+    def system_prompt(self, work: TaskWork, scope: Scope, policy: Policy, nonce: str) -> str:
+        """The task's standing orders. Memory notes were written by the model (`remember`), which
+        may have been fooled when it wrote them, so they come fenced as data like any content."""
+        folders = [{"path": str(f.path), "access": f.access, "delete": f.delete}
+                   for f in policy.folders]
+        commands = policy.commands if self.offers_commands(policy) else None
+        return render("system.md.j2", today=datetime.now(UTC).date().isoformat(),
+                      workspace=str(scope.workspace), folders=folders, commands=commands,
+                      memory=[fence("memory-note", note, nonce, number=number)
+                              for number, note in self.store.memory(work.conversation_id)])
