@@ -252,7 +252,7 @@ def test_mail_that_comes_between_the_catch_up_and_idle_is_announced_at_once(
     # IDLE only announces what arrives after it starts; the catch-up records what it fetched
     # before IDLE begins, and mail delivered meanwhile must not wait for the IDLE renewal.
     from mailagent.config import load_settings
-    from mailagent.mailbox import Mailbox
+    from mailagent.mail.mailbox import Mailbox
 
     config = write_config(tmp_path, dovecot.imap_port, 1)
     mailbox = Mailbox(load_settings(config, {"TEST_IMAP_PASSWORD": "agent-secret"}).imap)
