@@ -163,11 +163,8 @@ def _check_store(settings: Settings) -> str:
 
 def _check_tools(settings: Settings) -> str:
     """Whether tools are stopped after a failed integrity check (they stay so until resume)."""
-    store = Store.open(settings.database_url)
-    try:
+    with contextlib.closing(Store.open(settings.database_url)) as store:
         halt = active_halt(store)
-    finally:
-        store.close()
     if halt is None:
         return "tools: not stopped"
     raise MailagentError(
@@ -227,11 +224,8 @@ def _report(check: Callable[[Settings], str], settings: Settings, out: TextIO) -
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=False)
-    store = Store.open(settings.database_url)
-    try:
+    with contextlib.closing(Store.open(settings.database_url)) as store:
         snapshot = status_view.take_snapshot(store)
-    finally:
-        store.close()
     if args.json:
         status_view.print_json(snapshot)
     elif args.plain or not sys.stdout.isatty():
@@ -245,11 +239,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     """End a halt: say what had stopped the tools, and let them run again (the running service
     notices within seconds; a stopped one at its next start)."""
     settings = _settings(args, secrets=False)
-    store = Store.open(settings.database_url)
-    try:
+    with contextlib.closing(Store.open(settings.database_url)) as store:
         ended = resume(store)
-    finally:
-        store.close()
     if ended is None:
         print("Tools are not stopped; there is nothing to resume.")
         return 0
