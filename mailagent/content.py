@@ -180,14 +180,24 @@ def neutralise(text: str) -> str:
     return _FENCE_LIKE.sub(_defuse, text)
 
 
-def fence(kind: str, text: str, nonce: str, **labels: str | int) -> str:
-    """Wrap untrusted `text` in a data block the model is told never to obey.
-
-    `nonce` is random per task and unknown to the sender, so content cannot close the fence.
-    """
+def fence_open(kind: str, nonce: str, **labels: str | int) -> str:
+    """The opening tag of a data block, its labels neutralised like its content."""
     attributes = "".join(
         f' {name}="{neutralise(str(value))[:200].replace(chr(34), chr(39))}"'
         for name, value in labels.items()
     )
-    body = neutralise(text)
-    return f'<data kind="{kind}" id="{nonce}"{attributes}>\n{body}\n</data id="{nonce}">'
+    return f'<data kind="{kind}" id="{nonce}"{attributes}>'
+
+
+def fence_close(nonce: str) -> str:
+    return f'</data id="{nonce}">'
+
+
+def fence(kind: str, text: str, nonce: str, **labels: str | int) -> str:
+    """Wrap untrusted `text` in a data block the model is told never to obey.
+
+    `nonce` is random per task and unknown to the sender, so content cannot close the fence.
+    An image or a PDF is fenced the same way, by a text block with the opening tag before it
+    and one with the closing tag after it.
+    """
+    return f"{fence_open(kind, nonce, **labels)}\n{neutralise(text)}\n{fence_close(nonce)}"

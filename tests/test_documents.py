@@ -28,14 +28,16 @@ def files(tmp_path: Path) -> FileTools:
         trash=tmp_path / "trash", on_attach=lambda _path: None)
 
 
-def test_read_file_gives_the_text_of_a_pdf(files: FileTools) -> None:
+def test_read_file_gives_the_text_of_a_pdf_when_lines_are_asked_for(files: FileTools) -> None:
+    # Without offset or limit a PDF is shown whole, as a document block (tests/test_media.py).
     pdf = FPDF()
     for words in ("Quarterly report", "Revenue rose by 12 percent"):
         pdf.add_page()
         pdf.set_font("helvetica", size=14)
         pdf.cell(text=words)
     (files.workspace / "report.pdf").write_bytes(bytes(pdf.output()))
-    text = files.read_file("report.pdf")
+    text = files.read_file("report.pdf", offset=1)
+    assert isinstance(text, str)
     assert "--- page 1 ---" in text and "Quarterly report" in text
     assert "--- page 2 ---" in text and "Revenue rose by 12 percent" in text
 

@@ -37,12 +37,17 @@ SEAMS = {
     "httpx2": {"tools/mcp_servers.py"},
     "regex": {"tools/files.py"},
     "jsonschema": {"tools/mcp_servers.py"},
+    "PIL": {"tools/media.py"},
+    "pillow_heif": {"tools/media.py"},
+    "icalendar": {"tools/cards.py"},
+    "vobject": {"tools/cards.py"},
 }
 
 # Libraries the waiting daemon does without: imported where a task, a tool, a configured
 # connector or a person at a terminal first needs them, never when a module is loaded.
 LOADED_WHEN_NEEDED = ("anthropic", "mcp", "pypdf", "docx", "openpyxl", "rich", "httpx", "httpx2",
-                      "jsonschema", "aiosmtpd", "pymap")
+                      "jsonschema", "aiosmtpd", "pymap", "PIL", "pillow_heif", "icalendar",
+                      "vobject")
 
 
 def imported_roots(path: Path) -> set[str]:

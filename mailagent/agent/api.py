@@ -28,7 +28,7 @@ UNSUPPORTED_COMPACTION = re.compile(r"compact|context_management|anthropic-beta|
 _DEFINITIONS: dict[tuple[object, str], dict[str, Any]] = {}
 
 
-def tool_definition(name: str, function: Callable[..., str]) -> dict[str, Any]:
+def tool_definition(name: str, function: Callable[..., Any]) -> dict[str, Any]:
     """A tool's schema, built once per function: building it from the signature takes tens of
     milliseconds, and every task of every conversation offers the same tools."""
     from anthropic import beta_tool
@@ -42,7 +42,7 @@ def tool_definition(name: str, function: Callable[..., str]) -> dict[str, Any]:
     return dict(json.loads(json.dumps(_DEFINITIONS[key])))
 
 
-def tool_definitions(tools: dict[str, Callable[..., str]]) -> list[dict[str, Any]]:
+def tool_definitions(tools: dict[str, Callable[..., Any]]) -> list[dict[str, Any]]:
     """Schemas from the tools' signatures and docstrings (or the `tool_spec` an MCP tool
     carries), in a stable order, last one cached."""
     definitions = [tool_definition(name, tools[name]) for name in sorted(tools)]

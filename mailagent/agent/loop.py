@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mailagent.agent.api import (
     TRANSIENT_ERRORS,
@@ -28,7 +28,8 @@ from mailagent.agent.api import (
 )
 from mailagent.agent.context import SUMMARY_PROMPT, BoundedContext
 from mailagent.agent.messages import (
-    task_message,
+    fenced_media,
+    task_content,
     text_of,
     tool_uses,
     with_cache_breakpoint,
@@ -48,6 +49,7 @@ from mailagent.failpoints import failpoint
 from mailagent.store import HistoryItem, Store, Usage
 from mailagent.store.repair import valid_messages, without_empty_text
 from mailagent.tools.files import ToolError
+from mailagent.tools.media import Media
 
 if TYPE_CHECKING:
     import anthropic
@@ -109,8 +111,9 @@ class Agent(BoundedContext):
         cid = work.conversation_id
         items = self.store.history(cid)
         if not any(item.task_id == work.task_id for item in items):
-            items.append(self.append(cid, work.task_id, "user",
-                                     [{"type": "text", "text": task_message(work, ctx.nonce)}]))
+            # Images and PDFs of the mail are read and scaled off the event loop.
+            content = await asyncio.to_thread(task_content, work, ctx.nonce, ctx.show)
+            items.append(self.append(cid, work.task_id, "user", content))
         tools = tool_definitions(ctx.tools)
         paused = False  # a pause_turn: the turn goes on, sent back as it stands
         while True:
@@ -366,14 +369,16 @@ class Agent(BoundedContext):
 
         from anthropic import beta_tool
 
-        def call() -> str:
+        def call() -> str | Media:
             ctx.set_approved(approved)
             try:
                 spec = getattr(function, "tool_spec", {})  # MCP tools: the server's schema
-                return str(beta_tool(function, **spec).call(tool_input))
+                output = beta_tool(cast(Any, function), **spec).call(tool_input)
+                return output if isinstance(output, Media) else str(output)
             finally:
                 ctx.set_approved(False)
 
+        text: str | Media
         try:
             text, error = await asyncio.to_thread(call), False
         except ToolError as exc:
@@ -384,11 +389,14 @@ class Agent(BoundedContext):
         change = changes[before] if len(changes) > before else None
         return self.finish_call(ctx, tool_use_id, text, error=error, change=change)
 
-    def finish_call(self, ctx: TaskContext, tool_use_id: str, text: str, *, error: bool,
-                    change: dict[str, Any] | None = None) -> dict[str, Any]:
+    def finish_call(self, ctx: TaskContext, tool_use_id: str, text: str | Media, *,
+                    error: bool, change: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The call's result, fenced as data (an image or PDF between the fence's two text
+        blocks: tool_result content may hold text, image and document blocks), recorded."""
         result: dict[str, Any] = {
             "type": "tool_result", "tool_use_id": tool_use_id,
-            "content": fence("tool-output", text, ctx.nonce),
+            "content": fenced_media("tool-output", text, ctx.nonce) if isinstance(text, Media)
+            else fence("tool-output", text, ctx.nonce),
         }
         if error:
             result["is_error"] = True

@@ -1,20 +1,34 @@
 """Messages: a conversation's stored history as the messages of one Messages API request.
 
-In: history entries (`HistoryItem`), the task's mail, the conversation's fence nonce. Out:
-API-shaped messages, valid for the API however the history was left (`valid_messages`), with
-the latest compaction block as their start and one cache breakpoint at their end. Pure: no
-I/O, no SDK. It must never present the owner's mail data as instructions (it is fenced).
+In: history entries (`HistoryItem`), the task's mail (and what can be shown of its attachments),
+the conversation's fence nonce. Out: API-shaped messages, valid for the API however the history
+was left (`valid_messages`), with the latest compaction block as their start, within the API's
+bounds on images and PDF pages (older ones give way to a note), and one cache breakpoint at
+their end; their token estimate, images and PDFs counted as the API counts them. Pure: no I/O,
+no SDK. It must never present the owner's mail data as instructions (it is fenced, images and
+PDFs included).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
-from mailagent.content import fence
+from mailagent.content import fence, fence_close, fence_open, neutralise
 from mailagent.store import HistoryItem, TaskWork
 from mailagent.store.repair import valid_messages
+from mailagent.tools import ToolError
+from mailagent.tools.media import (
+    MAX_IMAGES_PER_REQUEST,
+    MAX_MEDIA_BASE64_PER_REQUEST,
+    MAX_PDF_PAGES_PER_REQUEST,
+    Media,
+    base64_source,
+    block_tokens,
+    pdf_block_pages,
+)
 
 CHARS_PER_TOKEN = 3  # conservative: real tokenizers average closer to 4 characters per token
 
@@ -25,15 +39,90 @@ _WIDE = re.compile("[\u2e80-\U0010ffff]")
 
 
 def estimate_tokens(value: Any) -> int:
-    """A conservative token count: a third of the characters, and one per wide character."""
-    text = json.dumps(value, ensure_ascii=False)
+    """A conservative token count: a third of the characters, and one per wide character; an
+    image or PDF block what the API charges for it (tools/media.py), not its base64 text."""
+    media = 0
+
+    def plain(node: Any) -> Any:
+        nonlocal media
+        if isinstance(node, dict):
+            tokens = block_tokens(node)
+            if tokens is not None:
+                media += tokens
+                return None
+            return {key: plain(item) for key, item in node.items()}
+        if isinstance(node, list):
+            return [plain(item) for item in node]
+        return node
+
+    text = json.dumps(plain(value), ensure_ascii=False)
     narrow = len(_WIDE.sub("", text))
-    return narrow // CHARS_PER_TOKEN + (len(text) - narrow) + 1
+    return narrow // CHARS_PER_TOKEN + (len(text) - narrow) + 1 + media
 
 
-def task_message(work: TaskWork, nonce: str) -> str:
-    """The owner's words as the instruction; everything else of the mail as fenced data, the
-    subject included (a forward's subject is the stranger's: "Fwd: ...")."""
+Show = Callable[[dict[str, Any]], "Media | str | None"]
+
+
+def fenced_media(kind: str, media: Media, nonce: str,
+                 **labels: str | int) -> list[dict[str, Any]]:
+    """An image or PDF as data: a text block opening the fence and saying what it is, its
+    blocks, and a text block closing the fence. Words inside the picture stay data."""
+    return [{"type": "text", "text": f"{fence_open(kind, nonce, **labels)}\n"
+             f"{neutralise(media.text)}"},
+            *media.blocks, {"type": "text", "text": fence_close(nonce)}]
+
+
+class Room:
+    """What is left of one request's bounds on images, PDF pages and their bytes."""
+
+    def __init__(self) -> None:
+        self.images = self.pages = self.chars = 0
+
+    def take(self, blocks: list[dict[str, Any]]) -> str | None:
+        """Count `blocks` in if they fit; else why not (and nothing is counted)."""
+        images = sum(1 for b in blocks if b.get("type") == "image")
+        pages = sum(pdf_block_pages(b) for b in blocks if b.get("type") == "document")
+        chars = sum(len(found[1]) for b in blocks if (found := base64_source(b)))
+        if self.images + images > MAX_IMAGES_PER_REQUEST:
+            return f"at most {MAX_IMAGES_PER_REQUEST} images go in one request"
+        if self.pages + pages > MAX_PDF_PAGES_PER_REQUEST:
+            return f"at most {MAX_PDF_PAGES_PER_REQUEST} PDF pages go in one request"
+        if self.chars + chars > MAX_MEDIA_BASE64_PER_REQUEST:
+            return (f"at most {MAX_MEDIA_BASE64_PER_REQUEST // 2**20} MB of images and PDFs "
+                    "go in one request")
+        self.images, self.pages, self.chars = (self.images + images, self.pages + pages,
+                                               self.chars + chars)
+        return None
+
+
+def _attachment(attachment: dict[str, Any], show: Show, nonce: str,
+                room: Room) -> tuple[str, list[dict[str, Any]]]:
+    """The fenced text of one attachment, or its image or PDF blocks in a fence."""
+    labels: dict[str, str | int] = {
+        "path": attachment["path"], "name": attachment["original_name"],
+        "type": attachment["content_type"], "size": attachment["size"]}
+    try:
+        seen = show(attachment)
+    except ToolError as exc:
+        return fence("attachment", f"saved in the workspace, but it cannot be shown: {exc}",
+                     nonce, **labels), []
+    if isinstance(seen, Media):
+        refused = room.take(list(seen.blocks))
+        if refused is None:
+            return "", fenced_media("attachment", seen, nonce, **labels)
+        return fence("attachment", f"saved in the workspace; not shown here: {refused}; "
+                     "read it with read_file in a later step", nonce, **labels), []
+    if isinstance(seen, str):
+        return fence("attachment", seen, nonce, **labels), []
+    return fence("attachment", "saved in the workspace; read it with read_file", nonce,
+                 **labels), []
+
+
+def task_content(work: TaskWork, nonce: str, show: Show | None = None) -> list[dict[str, Any]]:
+    """The task's first message: the owner's words as the instruction and everything else of
+    the mail as fenced data, the subject included (a forward's subject is the stranger's:
+    "Fwd: ..."); images and PDFs attached to it follow as their blocks, each in its fence, and
+    calendars and contact cards come as their text."""
     parts = [f"New task #{work.task_id} from the owner:",
              work.instruction or "(no typed text: the owner wrote only the mail subject below)"]
     data = work.data
@@ -45,11 +134,40 @@ def task_message(work: TaskWork, nonce: str) -> str:
         parts.append(fence("quoted-mail", data["quoted_text"], nonce))
     for forwarded in data.get("forwarded", []):
         parts.append(fence("forwarded-mail", forwarded, nonce))
+    shown: list[dict[str, Any]] = []
+    room = Room()
     for attachment in data.get("attachments", []):
-        parts.append(fence("attachment", "saved in the workspace; read it with read_file",
-                           nonce, path=attachment["path"], name=attachment["original_name"],
-                           type=attachment["content_type"], size=attachment["size"]))
-    return "\n\n".join(parts)
+        text, blocks = _attachment(attachment, show or (lambda _a: None), nonce, room)
+        parts += [text] if text else []
+        shown += blocks
+    return [{"type": "text", "text": "\n\n".join(parts)}, *shown]
+
+
+def task_message(work: TaskWork, nonce: str) -> str:
+    """The text of the task's first message, without what is shown of its attachments."""
+    return str(task_content(work, nonce)[0]["text"])
+
+
+def bounded_media(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages with their images and PDFs within one request's bounds: the newest are
+    kept, and each older one that does not fit becomes a note saying so (the API refuses a
+    request past them, and a conversation must stay usable however many were shown)."""
+    room = Room()
+
+    def kept(block: Any) -> Any:
+        if base64_source(block) is None:
+            if isinstance(block, dict) and isinstance(block.get("content"), list):
+                return {**block, "content": [kept(b) for b in reversed(block["content"])][::-1]}
+            return block
+        refused = room.take([block])
+        if refused is None:
+            return block
+        return {"type": "text", "text": "[an image or PDF shown earlier is left out of this "
+                f"request: {refused}; read the file again if it is needed]"}
+
+    newest_first = [{**m, "content": [kept(b) for b in reversed(m["content"])][::-1]}
+                    for m in reversed(messages)]
+    return newest_first[::-1]
 
 
 def has_compaction(item: HistoryItem) -> bool:
@@ -80,7 +198,7 @@ def to_messages(items: list[HistoryItem], nonce: str) -> list[dict[str, Any]]:
             messages[-1]["content"] = [*messages[-1]["content"], *content]
         else:
             messages.append({"role": item.role, "content": content})
-    return valid_messages(messages)
+    return bounded_media(valid_messages(messages))
 
 
 def without_compaction(messages: list[dict[str, Any]], nonce: str) -> list[dict[str, Any]]:

@@ -13,6 +13,11 @@ from typing import Any
 
 from mailagent.store import TaskWork
 from mailagent.tools.files import Judged
+from mailagent.tools.media import Media
+
+
+def show_nothing(_attachment: dict[str, Any]) -> Media | str | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -32,8 +37,11 @@ class TaskContext:
 
     work: TaskWork
     system: str
-    tools: dict[str, Callable[..., str]]
+    tools: dict[str, Callable[..., str | Media]]
     check: Callable[[str, dict[str, Any]], Judged]
     nonce: str
     set_approved: Callable[[bool], None]
     digest: Callable[[str, dict[str, Any]], str]
+    # What the model is shown of an attachment of the task's mail: its image or PDF blocks,
+    # the text of a calendar or contact card, or None (read it with read_file).
+    show: Callable[[dict[str, Any]], Media | str | None] = show_nothing

@@ -6,6 +6,7 @@ In: history entries. Out: text with tool calls and results shortened. No side ef
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from mailagent.store import HistoryItem
 
@@ -24,5 +25,17 @@ def render_transcript(items: list[HistoryItem]) -> str:
             elif kind == "tool_use":
                 lines.append(f"[tool call] {block['name']} {json.dumps(block.get('input'))[:500]}")
             elif kind == "tool_result":
-                lines.append(f"[tool result] {str(block.get('content'))[:1000]}")
+                lines.append(f"[tool result] {_result_text(block.get('content'))[:1000]}")
+            elif kind in ("image", "document"):
+                lines.append(f"[{item.role}] [{'an image' if kind == 'image' else 'a PDF'}]")
     return "\n".join(lines)
+
+
+def _result_text(content: Any) -> str:
+    """A tool result's text; its images and PDFs named, never their base64 data."""
+    if not isinstance(content, list):
+        return str(content)
+    names = {"image": "[an image]", "document": "[a PDF]"}
+    return "\n".join(str(b.get("text", "")) if b.get("type") == "text" else
+                     names.get(str(b.get("type")), f"[{b.get('type')}]")
+                     for b in content if isinstance(b, dict))

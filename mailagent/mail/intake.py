@@ -345,6 +345,9 @@ def _render_forwarded(part: Message) -> str:
     return "\n".join([*lines, "", strip_invisible(text)])
 
 
+_BODY_TYPES = frozenset({"text/plain", "text/html"})
+
+
 def _walk(part: Message, parts: _Parts, depth: int, limit: int) -> None:
     parts.count += 1
     parts.depth = max(parts.depth, depth)
@@ -359,7 +362,9 @@ def _walk(part: Message, parts: _Parts, depth: int, limit: int) -> None:
         for sub in part.get_payload():
             if isinstance(sub, Message):
                 _walk(sub, parts, depth + 1, limit)
-    elif filename or disposition == "attachment" or not content_type.startswith("text/"):
+    elif filename or disposition == "attachment" or content_type not in _BODY_TYPES:
+        # An invitation (text/calendar) or contact card inside multipart/alternative is a file
+        # of data, never the owner's typed text.
         payload = part.get_payload(decode=True)
         parts.attachments.append(Attachment(
             index=len(parts.attachments), original_name=clean_header(str(filename or ""), 255),

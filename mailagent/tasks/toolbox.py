@@ -42,7 +42,7 @@ from mailagent.tasks.schedule_approval import ScheduleApprovals
 from mailagent.tasks.workspace import data_key, workspace_dir
 from mailagent.tools.command import CommandTools
 from mailagent.tools.connector import ConnectorTools
-from mailagent.tools.files import FileTools, ToolError
+from mailagent.tools.files import FileTools, Media, ToolError
 from mailagent.tools.mcp_servers import Connectors
 from mailagent.tools.memory import MemoryTools
 from mailagent.tools.schedule import ScheduleTools
@@ -120,7 +120,8 @@ class Toolbox:
                              notes=lambda: self.store.memory(work.conversation_id),
                              max_notes=self.settings.agent.max_memory_notes,
                              max_chars=self.settings.agent.max_memory_chars)
-        tools = {name: getattr(files, name) for name in FILE_TOOLS}
+        tools: dict[str, Callable[..., str | Media]] = {
+            name: getattr(files, name) for name in FILE_TOOLS}
         tools["remember"] = memory.remember
         if self.schedule_approvals is not None:  # who made it decides whether it waits (S5)
             tools["schedule_task"] = ScheduleTools(make=functools.partial(
@@ -145,6 +146,8 @@ class Toolbox:
             set_approved=approve,
             digest=lambda name, tool_input: operation_digest(
                 self.judge_call(scope, name, tool_input), name, tool_input),
+            show=lambda attachment: files.show_attachment(attachment["path"],
+                                                          attachment["content_type"]),
         )
 
     def judge_call(self, scope: Scope, name: str, tool_input: dict[str, Any]) -> Decision:

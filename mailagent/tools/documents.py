@@ -1,7 +1,8 @@
-"""Documents: the text of .pdf, .docx and .xlsx files, for read_file.
+"""Documents: the text of .pdf, .docx, .xlsx, .ics and .vcf files, for read_file; a PDF's pages.
 
 In: the bytes of one file (already bounded by read_file) and its name. Out: plain text, or None
-when the file is not a document this module reads. Raises ToolError for a document that is
+when the file is not a document this module reads (calendars and contact cards are read by
+tools/cards.py); the number of pages of a PDF. Raises ToolError for a document that is
 broken, encrypted or would unpack past the limits.
 It must never unpack an archive past MAX_UNPACKED_BYTES or MAX_RATIO, and never write anything.
 """
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from mailagent.tools import ToolError
+from mailagent.tools.cards import calendar_text, contacts_text
 
 MAX_UNPACKED_BYTES = 64 * 1024 * 1024
 MAX_RATIO = 200  # unpacked / packed: office files are ~10, zip bombs are thousands
@@ -24,7 +26,9 @@ MAX_SHEET_ROWS = 5000
 def document_text(name: str, data: bytes) -> str | None:
     """The text of a PDF, Word or Excel file; None for any other kind of file."""
     readers: dict[str, Callable[[bytes], str]] = {
-        ".pdf": _pdf_text, ".docx": _docx_text, ".xlsx": _xlsx_text, ".xlsm": _xlsx_text}
+        ".pdf": _pdf_text, ".docx": _docx_text, ".xlsx": _xlsx_text, ".xlsm": _xlsx_text,
+        ".ics": calendar_text, ".vcs": calendar_text, ".vcf": contacts_text,
+        ".vcard": contacts_text}
     suffix = name[name.rfind("."):].lower() if "." in name else ""
     reader = readers.get(suffix)
     if reader is None:
@@ -35,6 +39,23 @@ def document_text(name: str, data: bytes) -> str | None:
         raise
     except Exception as exc:  # a third-party parser on hostile input: any failure is the file's
         raise ToolError(f"{name} could not be read as {suffix[1:]}: {type(exc).__name__}: "
+                        f"{str(exc)[:200]}") from exc
+
+
+def pdf_pages(data: bytes, name: str) -> int:
+    """How many pages a PDF has; ToolError when it is broken or encrypted (the Messages API
+    refuses both: "Standard PDF (no passwords/encryption)")."""
+    try:
+        from pypdf import PdfReader
+
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            raise ToolError(f"{name} is an encrypted PDF; ask the owner for an unprotected copy")
+        return len(reader.pages)
+    except ToolError:
+        raise
+    except Exception as exc:  # a third-party parser on hostile input: any failure is the file's
+        raise ToolError(f"{name} could not be read as pdf: {type(exc).__name__}: "
                         f"{str(exc)[:200]}") from exc
 
 

@@ -29,9 +29,11 @@ from mailagent.errors import PolicyError
 from mailagent.policy import fsat
 from mailagent.policy.fsat import Anchor
 from mailagent.tools import ToolError, anchored
+from mailagent.tools.cards import MAX_CARD_BYTES
 from mailagent.tools.documents import document_text
+from mailagent.tools.media import Media, MediaError, media_of
 
-__all__ = ["Anchored", "FileTools", "Judged", "JudgedMove", "ToolError"]
+__all__ = ["Anchored", "FileTools", "Judged", "JudgedMove", "Media", "ToolError"]
 
 MAX_READ_BYTES = 2 * 1024 * 1024
 MAX_DOCUMENT_BYTES = 20 * 1024 * 1024  # a PDF or office file is read whole or not at all
@@ -45,6 +47,8 @@ MAX_SEARCH_RESULTS = 200
 # are searched in pieces of MAX_SEARCH_LINE_CHARS).
 MAX_SEARCH_SECONDS = 5.0
 MAX_SEARCH_LINE_CHARS = 1000
+CARD_SUFFIXES = (".ics", ".vcs", ".vcf", ".vcard")
+CARD_TYPES = ("text/calendar", "application/ics", "text/vcard", "text/x-vcard", "text/directory")
 
 
 class Judged(Protocol):
@@ -146,8 +150,12 @@ class FileTools:
                 lines.append(f"{kind} {info.st_size:>10} {entry.name}")
         return self._cap("\n".join(lines) or "(empty folder)")
 
-    def read_file(self, path: str, offset: int | None = None, limit: int | None = None) -> str:
-        """Read a text file, or the text of a .pdf, .docx or .xlsx; lines are numbered from 1.
+    def read_file(self, path: str, offset: int | None = None,
+                  limit: int | None = None) -> str | Media:
+        """Read a file. Text files, and the text of .docx, .xlsx, calendar (.ics) and contact
+        (.vcf) files, come with lines numbered from 1. An image (JPEG, PNG, GIF, WebP, HEIC) or
+        a PDF of up to 100 pages is shown to you as it is (images scaled to at most 1568 px);
+        give offset or limit to get a PDF's text instead.
 
         Other binary files are not shown (attach them instead). Large files are cut: use offset and
         limit to read them in parts.
@@ -160,6 +168,17 @@ class FileTools:
         anchor = self._anchor("read", path)
         with _refusals():
             data = _read(anchor, MAX_DOCUMENT_BYTES)
+        note = ""
+        if offset is None and limit is None:
+            try:
+                media = media_of(anchor.path.name, data)
+            except MediaError as exc:
+                if not anchor.path.name.lower().endswith(".pdf"):
+                    raise
+                note = f"[{exc}: its text follows]\n"
+            else:
+                if media is not None:
+                    return media
         text = document_text(anchor.path.name, data)
         if text is None:
             data = data[:MAX_READ_BYTES]
@@ -170,7 +189,27 @@ class FileTools:
         start = max(1, offset or 1)
         chosen = lines[start - 1 : (start - 1 + limit) if limit else None]
         numbered = "\n".join(f"{start + i:>6}  {line}" for i, line in enumerate(chosen))
-        return self._cap(numbered or "(no lines there)")
+        return self._cap(note + (numbered or "(no lines there)"))
+
+    def show_attachment(self, path: str, content_type: str) -> Media | str | None:
+        """What the model is shown of an attachment saved in the workspace: its image or PDF
+        blocks, the text of a calendar or contact card, or None (it is read with read_file).
+        Not a tool: the agent calls it for the task's first message. ToolError when the file
+        cannot be shown."""
+        anchor = self._anchor("read", path)
+        with _refusals():
+            data = _read(anchor, MAX_DOCUMENT_BYTES)
+        name = anchor.path.name
+        media = media_of(name, data, content_type)
+        if media is not None:
+            return media
+        if name.lower().endswith(CARD_SUFFIXES) or content_type.lower() in CARD_TYPES:
+            if len(data) > MAX_CARD_BYTES:
+                return None
+            card = name if name.lower().endswith(CARD_SUFFIXES) else (
+                "card.ics" if "calendar" in content_type or "ics" in content_type else "card.vcf")
+            return self._cap(document_text(card, data) or "")
+        return None
 
     def write_file(self, path: str, content: str) -> str:
         """Create a file, or replace an existing one, with the given text.

@@ -15,6 +15,8 @@ the tool adapter), hand a server mailagent's own secrets, or leave a server runn
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -55,31 +57,68 @@ class Offered:
     input_schema: dict[str, Any]
 
 
+MAX_RESULT_IMAGES = 8  # images of one call passed on; each is scaled and re-encoded later
+
+
 @dataclass(frozen=True)
 class McpResult:
-    """What a call gave: its text (only text is passed on) and whether the tool failed."""
+    """What a call gave: its text, its images (declared type and decoded bytes, not yet
+    checked) and whether the tool failed."""
 
     text: str
     is_error: bool
+    images: tuple[tuple[str, bytes], ...] = ()
 
 
-def result_text(result: CallToolResult) -> str:
-    """Text blocks and text resources as they are; other content named, not passed on (the
-    anthropic SDK's MCP helpers convert the same way, but its images need not reach a mail)."""
-    from mcp.types import EmbeddedResource, TextContent, TextResourceContents
+def _is_image(mime_type: str | None) -> bool:
+    return (mime_type or "").lower().startswith("image/")
+
+
+def _image_bytes(data: str) -> bytes | None:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def result_parts(result: CallToolResult) -> tuple[str, tuple[tuple[str, bytes], ...]]:
+    """Text blocks and text resources as they are, and images (image blocks and image blob
+    resources, at most MAX_RESULT_IMAGES) as bytes; other content named, not passed on."""
+    from mcp.types import (
+        BlobResourceContents,
+        EmbeddedResource,
+        ImageContent,
+        TextContent,
+        TextResourceContents,
+    )
 
     parts: list[str] = []
+    images: list[tuple[str, bytes]] = []
     for block in result.content:
+        resource = block.resource if isinstance(block, EmbeddedResource) else None
         if isinstance(block, TextContent):
             parts.append(block.text)
-        elif isinstance(block, EmbeddedResource) and isinstance(block.resource,
-                                                                TextResourceContents):
-            parts.append(block.resource.text)
+        elif isinstance(resource, TextResourceContents):
+            parts.append(resource.text)
+        elif isinstance(block, ImageContent) or (isinstance(resource, BlobResourceContents)
+                                                 and _is_image(resource.mime_type)):
+            if isinstance(block, ImageContent):
+                mime, data = block.mime_type, block.data
+            else:
+                assert isinstance(resource, BlobResourceContents)
+                mime, data = str(resource.mime_type), resource.blob
+            raw = _image_bytes(data)
+            if raw is None:
+                parts.append("[an image left out: its data is not valid base64]")
+            elif len(images) >= MAX_RESULT_IMAGES:
+                parts.append(f"[an image left out: at most {MAX_RESULT_IMAGES} are passed on]")
+            else:
+                images.append((mime, raw))
         else:
-            parts.append(f"[{block.type} content left out: only text is passed on]")
+            parts.append(f"[{block.type} content left out: only text and images are passed on]")
     if not result.content and result.structured_content is not None:
         parts.append(json.dumps(result.structured_content, ensure_ascii=False))
-    return "\n".join(parts)
+    return "\n".join(parts), tuple(images)
 
 
 @dataclass
@@ -335,7 +374,8 @@ class Connectors:
         try:
             result = await asyncio.wait_for(client.call_tool(tool, arguments),
                                             server.rule.timeout_seconds)
-            return McpResult(result_text(result), bool(result.is_error))
+            text, images = result_parts(result)
+            return McpResult(text, bool(result.is_error), images)
         except Exception as exc:
             reason = describe_error(exc)
         if not await self.answers(client):

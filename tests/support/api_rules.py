@@ -15,6 +15,8 @@ from typing import Any
 
 import jsonschema
 
+from tests.support.api_media import media_is_valid
+
 COMPACTION_MIN_TRIGGER = 50_000
 MAX_CACHE_BREAKPOINTS = 4
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -206,6 +208,7 @@ RULES: tuple[Rule, ...] = (
     compaction_trigger_is_high_enough,
     no_empty_text,
     tool_results_follow_tool_uses,
+    media_is_valid,
 )
 
 

@@ -23,6 +23,8 @@ not to predict real bills:
   are neither read nor written.  Only ``model`` and the prompt blocks are part of
   the cache key (not ``tool_choice``, ``thinking``, ...).
 * ``output_tokens`` is ``len(json.dumps(content)) // 4`` (at least 1).
+* An image or PDF block counts what the API charges for it (``api_media.media_tokens``:
+  width*height/750 for an image), not its base64 text.
 * Every field can be overridden per reply with ``usage={...}``.
 
 With server-side compaction on, message blocks before the last ``compaction`` block are left
@@ -37,6 +39,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from tests.support.api_media import media_tokens
 
 __all__ = ["PromptBlock", "PromptCache", "count_tokens", "output_tokens", "prompt_blocks"]
 
@@ -57,9 +61,21 @@ def _has_cache_control(block: object) -> bool:
     return isinstance(block, dict) and block.get("cache_control") is not None
 
 
+def _costed(block: object) -> object:
+    """``block`` with each image or PDF in it replaced by text as long as its tokens."""
+    if isinstance(block, dict):
+        tokens = media_tokens(block)
+        if tokens is not None:
+            return {"type": block["type"], "cost": "x" * (4 * tokens)}
+        return {k: _costed(v) for k, v in block.items()}
+    if isinstance(block, list):
+        return [_costed(v) for v in block]
+    return block
+
+
 def _serialize(section: str, block: object) -> str:
     return json.dumps(
-        [section, _strip_cache_control(block)],
+        [section, _costed(_strip_cache_control(block))],
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
