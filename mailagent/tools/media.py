@@ -103,6 +103,9 @@ def _open(data: bytes, name: str) -> Image:
         with warnings.catch_warnings():  # our own bound is checked below, before decoding
             warnings.simplefilter("ignore", pil.DecompressionBombWarning)
             image: Image = pil.open(io.BytesIO(data), formats=list(IMAGE_TYPES))
+    except pil.DecompressionBombError as exc:
+        raise MediaError(f"{name} has more pixels than the {MAX_SOURCE_PIXELS // 1_000_000} "
+                         "megapixels that are read at all") from exc
     except Exception as exc:  # a third-party parser on hostile input: any failure is the file's
         raise MediaError(f"{name} is not an image that can be shown ({SHOWN}): "
                          f"{type(exc).__name__}") from exc
@@ -186,7 +189,7 @@ def image_media(data: bytes, name: str) -> Media:
     scaled = "" if shown.size == (width, height) else \
         f", scaled from {width}x{height}"
     text = (f"image {name}: {source_format} {shown.width}x{shown.height} px{scaled}; "
-            "metadata (EXIF, location) removed")
+            "re-encoded without its metadata (EXIF, location)")
     return Media(text, (block,))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Image, MCPServer
 
 server = MCPServer("notes")
 
@@ -61,6 +61,15 @@ def crash() -> str:
     """Exit the server process in the middle of a call."""
     _ran(f"crash {os.getpid()}")
     os._exit(3)
+
+
+@server.tool()
+def snapshot(width: int) -> list[object]:
+    """A picture of the notes: a camera JPEG `width` pixels wide, GPS position in its EXIF."""
+    from tests.support.media import photo
+
+    _ran(f"snapshot {width}")
+    return ["Here is the picture.", Image(data=photo(width, width * 3 // 4), format="jpeg")]
 
 
 @server.tool()
