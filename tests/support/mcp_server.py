@@ -63,7 +63,7 @@ def crash() -> str:
     os._exit(3)
 
 
-@server.tool()
+@server.tool(structured_output=False)
 def snapshot(width: int) -> list[object]:
     """A picture of the notes: a camera JPEG `width` pixels wide, GPS position in its EXIF."""
     from tests.support.media import photo
