@@ -283,7 +283,7 @@ def test_check_lists_each_server_and_its_tools_with_their_decisions(tmp_path: Pa
     result = subprocess.run([sys.executable, "-m", "mailagent", "check", "--config",
                              str(config)], capture_output=True, text=True, env=env, timeout=120)
     out = result.stdout
-    assert "ok: MCP server notes (stdio: " in out and "starts, 7 tool(s):" in out, out
+    assert "ok: MCP server notes (stdio: " in out and "starts, 8 tool(s):" in out, out
     for line in ("mcp__notes__lookup: allow", "mcp__notes__add_note: ask",
                  "mcp__notes__erase_all: deny", "mcp__notes__backdoor: deny (unlisted)"):
         assert f"    {line}\n" in out, out
