@@ -30,6 +30,7 @@ from typing import Any
 
 import aiosmtplib
 
+from mailagent.bell import Bell
 from mailagent.config import SmtpSettings
 from mailagent.content import clean_header
 from mailagent.errors import OAuthError, RenderError, SmtpError
@@ -307,14 +308,14 @@ def retry_delay(attempts: int) -> float:
 class Postman:
     """Sends what the outbox holds; a mail's row and Message-ID exist before any attempt."""
 
-    def __init__(self, settings: SmtpSettings, store: Store, *,
+    def __init__(self, settings: SmtpSettings, store: Store, bell: Bell, *,
                  find_in_sent: Callable[[str], Awaitable[bool | None]],
                  save_to_sent: Callable[[bytes], Awaitable[None]],
                  failpoint_name: str | None = None) -> None:
         self.settings, self.store = settings, store
         self.find_in_sent, self.save_to_sent = find_in_sent, save_to_sent
         self.failpoint_name = failpoint_name
-        self.wake = asyncio.Event()
+        self.wake = bell  # rung by whatever queues a mail
         self.courier = Courier(settings)
 
     async def run(self, stop: asyncio.Event) -> None:

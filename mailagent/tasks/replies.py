@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from mailagent.agent.task import Outcome
-from mailagent.errors import PolicyError
 from mailagent.mail.notify import compose
 from mailagent.policy import decide
-from mailagent.store import Outbound, ReplyTarget, TaskWork
+from mailagent.store import Outbound, TaskWork
 from mailagent.tasks.scheduler import Scheduler
 from mailagent.tasks.toolbox import Toolbox
 
@@ -60,24 +59,6 @@ class Replies(Toolbox):
     account_told_at: float | None
     on_mail: Callable[[], None]
     schedules: Scheduler | None
-
-    def policy_broken(self, error: PolicyError) -> None:
-        """A broken policy file: logged, recorded, and the owner told (once per error)."""
-        log.error("policy: %s (the last good policy stays in force)", error)
-        self.store.audit("policy.error", str(error))
-        self.tell_owner("mailagent: a policy file is broken",
-                        f"A policy file does not validate: {error}\n\nThe last good policy "
-                        "stays in force (or, if there was none, nothing is allowed). Fix the "
-                        "file; the change takes effect without a restart. `mailagent check` "
-                        "shows the problem too.")
-
-    def tell_owner(self, subject: str, body: str) -> None:
-        """A notice to the first owner address that answers no mail."""
-        target = ReplyTarget(self.settings.owner.addresses[0], subject, None, (), None, None,
-                             None)
-        self.store.enqueue_mail(compose(self.settings.smtp, target, "notice", "command.md.j2",
-                                        {"body": body}))
-        self.on_mail()
 
     def after_scheduled_run(self, task_id: int, state: str, mail: Outbound | None) -> None:
         """A schedule's run counts towards pausing it after failures in a row."""
