@@ -31,6 +31,7 @@ import signal
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from email.utils import parseaddr
 from typing import Any
 
 from mailagent.agent.loop import Agent
@@ -91,7 +92,8 @@ class Service:
             self.process_pending()
         stop = asyncio.Event()
         agent = Agent(self.settings.model, self.settings.agent, self.store, self.settings.failpoint)
-        postman = Postman(self.settings.smtp, self.store, find_in_sent=self.find_in_sent,
+        postman = Postman(self.settings.smtp, self.store, own_addresses=self.own_addresses(),
+                          find_in_sent=self.find_in_sent,
                           save_to_sent=self.save_to_sent, failpoint_name=self.settings.failpoint)
 
         def wake_postman() -> None:
@@ -187,6 +189,13 @@ class Service:
     def stop(self) -> None:
         self.stopping.set()
         self.watcher.stop()
+
+    def own_addresses(self) -> frozenset[str]:
+        """Who may get mail that is no draft the owner approved: the owners, and the agent
+        itself (the liveness probe)."""
+        s = self.settings
+        ours = [*s.owner.addresses, parseaddr(s.smtp.from_address)[1], s.canary.address or ""]
+        return frozenset(a.lower() for a in ours if a)
 
     # ------------------------------------------------------------ the Sent folder, for the outbox
 

@@ -60,6 +60,7 @@ class Worker(Approvals):
         self.sandbox = sandbox or SandboxInfo("none", detail="not looked for")
         self.runners: dict[int, Runner] = {}  # task_id -> what runs its commands
         self.on_mail = on_mail
+        self.draft_approvals = self.make_draft_approvals()
         self.cancelling: dict[int, str] = {}  # task_id -> why it is being stopped
         self.account_told_at: float | None = None  # when the owner last heard of the account
         self.policies = PolicyWatcher(settings.policies_dir, self.policy_broken)
