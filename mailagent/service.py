@@ -31,6 +31,7 @@ import signal
 import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from email.utils import parseaddr
 from typing import Any
 
 from mailagent.agent.loop import Agent
@@ -99,6 +100,7 @@ class Service:
                              stoppage=self.stoppage)
         # send: the outbox, with the Sent folder as the record of what went out
         self.postman = Postman(settings.smtp, store, self.mail_bell,
+                               own_addresses=self.own_addresses(),
                                find_in_sent=self.find_in_sent, save_to_sent=self.save_to_sent,
                                failpoint_name=settings.failpoint)
         self.stopping = threading.Event()
@@ -175,6 +177,13 @@ class Service:
     def stop(self) -> None:
         self.stopping.set()
         self.watcher.stop()
+
+    def own_addresses(self) -> frozenset[str]:
+        """Who may get mail that is no draft the owner approved: the owners, and the agent
+        itself (the liveness probe)."""
+        s = self.settings
+        ours = [*s.owner.addresses, parseaddr(s.smtp.from_address)[1], s.canary.address or ""]
+        return frozenset(a.lower() for a in ours if a)
 
     # ------------------------------------------------------------ the Sent folder, for the outbox
 

@@ -247,16 +247,18 @@ class Courier:
         self.client: aiosmtplib.SMTP | None = None
         self.used_at = 0.0
 
-    async def send(self, mail: OutboxView) -> tuple[str, str]:
-        """Hand one mail to SMTP: (outcome, detail). Before DATA a failure is retried; after
-        it, a broken connection leaves the outcome unknown."""
+    async def send(self, mail: OutboxView,
+                   envelope: Sequence[str] | None = None) -> tuple[str, str]:
+        """Hand one mail to SMTP, to `envelope` (default its recipient): (outcome, detail).
+        Before DATA a failure is retried; after it, a broken connection leaves the outcome
+        unknown."""
         sender = parseaddr(self.settings.from_address)[1]
         try:
             client = await self.connection()
         except SmtpError as exc:
             return (SendOutcome.RETRY if exc.transient else SendOutcome.FAILED), str(exc)
         try:
-            await client.sendmail(sender, [mail.recipient], mail.raw)
+            await client.sendmail(sender, list(envelope or [mail.recipient]), mail.raw)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             await self.close()
             codes = [r.code for r in exc.recipients]
@@ -306,13 +308,19 @@ def retry_delay(attempts: int) -> float:
 
 
 class Postman:
-    """Sends what the outbox holds; a mail's row and Message-ID exist before any attempt."""
+    """Sends what the outbox holds; a mail's row and Message-ID exist before any attempt.
+
+    Before each send, `envelope_of` (mail/drafts.py) says to whom: a row goes to anyone but
+    `own_addresses` (the owners' and the agent's) only as a draft the owner approved, byte for
+    byte; any other row is refused there and recorded as failed, whatever wrote it."""
 
     def __init__(self, settings: SmtpSettings, store: Store, bell: Bell, *,
+                 own_addresses: frozenset[str],
                  find_in_sent: Callable[[str], Awaitable[bool | None]],
                  save_to_sent: Callable[[bytes], Awaitable[None]],
                  failpoint_name: str | None = None) -> None:
         self.settings, self.store = settings, store
+        self.own_addresses = frozenset(a.lower() for a in own_addresses)
         self.find_in_sent, self.save_to_sent = find_in_sent, save_to_sent
         self.failpoint_name = failpoint_name
         self.wake = bell  # rung by whatever queues a mail
@@ -357,9 +365,18 @@ class Postman:
 
     async def deliver(self, mail: OutboxView) -> None:
         failpoint(self.failpoint_name, "after-queue")  # in the outbox, no attempt made yet
+        from mailagent.mail.drafts import envelope_of  # it builds on this module
+
+        draft = self.store.draft(mail.draft_id) if mail.draft_id is not None else None
+        envelope, refusal = envelope_of(mail, self.own_addresses, draft)
+        if refusal:
+            log.warning("mail refused message_id=%s task_id=%s: %s", mail.message_id,
+                        mail.task_id, refusal)
+            self.store.set_mail_state(mail.outbox_id, "failed", refusal)
+            return
         self.store.set_mail_state(mail.outbox_id, "sending")
         failpoint(self.failpoint_name, "before-smtp")  # marked sending, nothing handed over
-        outcome, detail = await self.courier.send(mail)
+        outcome, detail = await self.courier.send(mail, envelope)
         failpoint(self.failpoint_name, "after-smtp")  # sent, but not yet recorded
         log.info("mail %s message_id=%s task_id=%s %s", outcome, mail.message_id, mail.task_id,
                  detail)

@@ -98,6 +98,12 @@ SAMPLES: dict[str, dict[str, Any]] = {
                                 "task_lines": ["Summarise ~/Reports"],
                                 "reason": "the mail forwards a message",
                                 "owner_lines": ["What is this?"], "hours": 24.0},
+    "draft_approval.md.j2": {"draft_id": 1, "task_id": 1, "sender": "agent@example.com",
+                             "to": "a@example.org", "cc": "", "subject": "Tuesday",
+                             "in_reply_to": "", "fence": "```", "body": "Tuesday works.",
+                             "attachments": [{"name": "a.pdf", "size": 1, "sha256": "00"}],
+                             "message_id": "<x@example.com>", "message_sha256": "00",
+                             "digest": "00", "hours": 24.0},
     "mail.html.j2": {"subject": "Re: x", "body": "<p>x</p>"},
 }
 

@@ -83,6 +83,8 @@ class Approvals(Replies):
                 continue
             if approval.schedule_id is not None and self.schedule_approvals is not None:
                 return self.schedule_approvals.settle(approval, command.name)
+            if approval.draft_id is not None:
+                return self.draft_approvals.settle(approval, command.name)
             if approval.expires_at < datetime.now(UTC):
                 self.expire(approval)
                 return f"The question about {approval.operation} had expired; nothing was done."
@@ -117,6 +119,9 @@ class Approvals(Replies):
     def expire(self, approval: ApprovalView) -> None:
         if approval.schedule_id is not None and self.schedule_approvals is not None:
             self.schedule_approvals.expire(approval)
+            return
+        if approval.draft_id is not None:
+            self.draft_approvals.expire(approval)
             return
         if approval.operation == BUDGET_STEP:
             if self.store.settle_approval(approval.approval_id, "expired", "no answer in time"):

@@ -65,6 +65,7 @@ class Worker(Approvals):
         self.home = home or Path.home()
         self.sandbox = sandbox or SandboxInfo("none", detail="not looked for")
         self.runners: dict[int, Runner] = {}  # task_id -> what runs its commands
+        self.draft_approvals = self.make_draft_approvals()
         self.cancelling: dict[int, str] = {}  # task_id -> why it is being stopped
         self.account_told_at: float | None = None  # when the owner last heard of the account
         self.running: dict[int, asyncio.Task[None]] = {}
