@@ -255,7 +255,8 @@ def forward_a_planted_schedule(service: ServiceProcess, dovecot: Dovecot,
     [question] = [r for r in replies if r["Message-ID"].startswith("<mailagent.approval.")]
     [answer] = [r for r in replies if r is not question]
     assert question["In-Reply-To"] == message_id_of(forward)
-    assert "Schedule #1 waits for your approval" in body(question)
+    assert body(question).startswith("Reply approve or deny: schedule #1 does not run until")
+    assert question["Subject"] == "Re: Answer needed: Fwd: reports"
     assert f"> {PLANTED}" in body(question) and "forwards a message" in body(question)
     assert "Schedule #1 (every day at 08:00, Europe/Paris) waits for the owner's approval" in \
         body(answer)

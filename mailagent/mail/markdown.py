@@ -188,7 +188,9 @@ class _TextWriter:
         elif kind == "inline":
             if not token.hidden and not (self.tight and self.tight[-1] and self.markers):
                 self.gap()
-            self.emit(inline_text(token.children or []).split("\n"))
+            # A quote keeps its lines: the words of a mail or a task, as they were written.
+            soft = "\n" if "> " in self.prefixes else " "
+            self.emit(inline_text(token.children or [], soft).split("\n"))
         elif kind in ("fence", "code_block"):
             self.gap()
             self.emit(["    " + line for line in token.content.rstrip("\n").split("\n")])
@@ -254,14 +256,14 @@ def aligned(rows: list[list[str]]) -> list[str]:
             *(line(row) for row in rows[1:])]
 
 
-def inline_text(children: Sequence[Token]) -> str:
+def inline_text(children: Sequence[Token], soft: str = " ") -> str:
     parts: list[str] = []
     links: list[str] = []
     for index, token in enumerate(children):
         if token.type in ("text", "code_inline"):
             parts.append(token.content)
         elif token.type == "softbreak":
-            parts.append(" ")
+            parts.append(soft)
         elif token.type == "hardbreak":
             parts.append("\n")
         elif token.type == "image":
