@@ -21,7 +21,7 @@ SEAMS = {
     "sqlmodel": {"store/"},
     "sqlalchemy": {"store/"},
     "jinja2": {"mail/render.py"},
-    "markdown_it": {"mail/render.py"},
+    "markdown_it": {"mail/markdown.py"},
     "markupsafe": {"mail/render.py"},
     "schedule": {"tasks/scheduler.py"},
     "pypdf": {"tools/documents.py"},

@@ -8,6 +8,7 @@ from __future__ import annotations
 import email
 import hashlib
 import re
+import textwrap
 from email.message import EmailMessage
 from email.policy import default as default_policy
 from email.utils import formatdate
@@ -100,9 +101,10 @@ def test_a_draft_goes_out_only_after_approve_byte_for_byte_what_was_shown_in_its
                     if "Draft #1" in str(r["content"])]
         assert not result.get("is_error") and "NOT sent" in str(result["content"])
         shown_text = body(question)
-        assert f"**To:** {LANDLORD}" in shown_text and "**Cc:** office@example.org" in shown_text
-        assert "**Subject:** Re: Visit next week?" in shown_text
-        assert BODY.strip() in shown_text  # the whole body, verbatim
+        assert f"To: {LANDLORD}" in shown_text and "Cc: office@example.org" in shown_text
+        assert "Subject: Re: Visit next week?" in shown_text
+        # the whole body, verbatim (the text part sets it off as a block, indented)
+        assert textwrap.indent(BODY.strip(), "    ") in shown_text
         notes = tmp_path / "data" / "workspaces" / "main" / "notes.txt"
         file_sha = hashlib.sha256(notes.read_bytes()).hexdigest()
         assert f"notes.txt, {notes.stat().st_size} bytes, SHA-256 {file_sha}" in shown_text
@@ -152,8 +154,8 @@ def test_deny_a_changed_attachment_and_a_stranger_send_nothing_to_anyone_but_the
     dovecot.append(owner_mail("Landlord", "Write to the landlord twice."))
     service.start()
     try:
-        first = wait_mail(smtp_server, service, "the first question", "**Subject:** First")
-        second = wait_mail(smtp_server, service, "the second question", "**Subject:** Second")
+        first = wait_mail(smtp_server, service, "the first question", "Subject: First")
+        second = wait_mail(smtp_server, service, "the second question", "Subject: Second")
         wait_mail(smtp_server, service, "the task's answer", "Two drafts wait")
         refusals = [re.search(r"thief@\S+ is not one of", str(r["content"]))
                     for req in model_server.message_requests for r in req.tool_results
@@ -197,7 +199,7 @@ def test_an_unanswered_draft_expires_and_is_never_sent(
     dovecot.append(owner_mail("Landlord", "Write to the landlord."))
     service.start()
     try:
-        question = wait_mail(smtp_server, service, "the question", "**Subject:** Late")
+        question = wait_mail(smtp_server, service, "the question", "Subject: Late")
         wait_mail(smtp_server, service, "the expiry notice", "No answer came in time, so this "
                   "was not sent: send draft #1")
         dovecot.append(owner_mail("Re: Landlord", "approve",

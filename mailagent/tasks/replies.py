@@ -47,6 +47,12 @@ def advice(reason: str) -> str:
     return "Send the task again; if it fails the same way, run `mailagent status` on the computer."
 
 
+def is_in_workspace(change: dict[str, Any], workspace: Path) -> bool:
+    """A change that touched only the conversation's own workspace (or the folder itself)."""
+    paths = [change["path"], *([change["from"]] if change.get("from") else [])]
+    return all(Path(p) == workspace or workspace in Path(p).parents for p in paths)
+
+
 def _describe(change: dict[str, Any]) -> str:
     if change["op"] == "moved":
         return f"moved {change['from']} to {change['path']}"
@@ -73,14 +79,19 @@ class Replies(Toolbox):
         """The completion or failure reply; None (recorded) if it cannot be composed."""
         try:
             work = self.store.task_work(task_id)
-            changes = [_describe(c) for c in self.store.changes(task_id)]
+            every = self.store.changes(task_id)
+            # The workspace is the task's own scratch room: its files are attached or counted,
+            # and only what the task changed outside it is listed by name.
+            workspace = self.scope(work).workspace
+            changes = [_describe(c) for c in every if not is_in_workspace(c, workspace)]
             values = {"task_id": task_id, "tokens": work.tokens, "cost": work.cost_usd,
-                      "changes": changes, **self.schedule_lines(work)}
+                      "changes": changes, "workspace_changes": len(every) - len(changes),
+                      **self.schedule_lines(work)}
             target = self.store.reply_target(task_id)
             if outcome.state == "done":
                 return compose(self.settings.smtp, target, "completion", "completion.md.j2",
                                {**values, "answer": outcome.text or "Done.",
-                                "undo_hint": bool(changes)},
+                                "undo_hint": bool(every)},
                                self.sendable(work, self.store.attachments(task_id)))
             return compose(self.settings.smtp, target, "failure", "failure.md.j2",
                            {**values, "reason": outcome.reason, "advice": advice(outcome.reason),
