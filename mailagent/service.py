@@ -29,11 +29,13 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from email.utils import parseaddr
 from typing import Any
 
 from mailagent.agent.loop import Agent
+from mailagent.bell import Bell
 from mailagent.config import Settings
 from mailagent.errors import MailagentError, StoreError, StoreFullError, as_full
 from mailagent.failpoints import failpoint
@@ -42,10 +44,11 @@ from mailagent.mail.canary import Canary
 from mailagent.mail.holding import Hold, Holding
 from mailagent.mail.intake import Inbound, IntakeRules, Rejection, content_key, read_inbound
 from mailagent.mail.mailbox import Fetched, Watcher, in_folder
+from mailagent.mail.notices import Notices
 from mailagent.mail.notify import Postman, compose
 from mailagent.mail.render import check_templates
 from mailagent.mail.threads import CommandRoute, TaskRoute, route
-from mailagent.policy.integrity import Guard
+from mailagent.policy import PolicyWatcher
 from mailagent.policy.sandbox import find_sandbox
 from mailagent.store import NewCommand, NewTask, Outbound, ReplyTarget, Store
 from mailagent.tasks.keepawake import KeepAwake
@@ -63,19 +66,47 @@ RESTART_SECONDS = 5.0  # a stage's loop that a database error ended starts again
 
 
 class Service:
-    """The daemon. It is also the mailbox's sink: every fetched message comes through here."""
+    """The daemon. Its stages are built here once, in the order of the flow, each given what it
+    needs; it is also the mailbox's sink: every fetched message comes through here."""
 
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings, self.store = settings, store
-        self.watcher = Watcher(settings.imap, self, settings.limits.max_message_bytes,
-                               settings.limits.max_age_days)
-        self.stopping = threading.Event()
-        self.canary = Canary(settings, store)
-        self.holding = Holding(store, settings.limits, settings.smtp)
-        self.stoppage = Stoppage(settings, store)
+        # The postman and the worker sleep until there is work; whoever gives them work rings.
+        self.mail_bell, self.work_bell = Bell(), Bell()
+        self.notices = Notices(settings, store, self.mail_bell)
+        # Tools stopped after a failed integrity check; a full store (SECURITY.md L6, L7).
+        self.stoppage = Stoppage(settings, store, mail_bell=self.mail_bell,
+                                 work_bell=self.work_bell)
         store.on_full = self.stoppage.full
-        self.on_new_task: Callable[[], None] = lambda: None
-        self.on_mail: Callable[[], None] = lambda: None
+        # in: the mailbox, the liveness probes, the hourly limit
+        self.watcher = Watcher(settings.imap, store, self, settings.limits.max_message_bytes,
+                               settings.limits.max_age_days)
+        self.canary = Canary(settings, store, self.notices)
+        self.holding = Holding(store, settings.limits, settings.smtp)
+        # task: the policy, the schedules, the connectors, the agent, the worker
+        self.policies = PolicyWatcher(settings.policies_dir, self.notices.policy_broken)
+        self.scheduler = Scheduler(settings.schedules, settings.owner.timezone, store,
+                                   on_new_task=self.work_bell.ring, tell_owner=self.notices.tell,
+                                   owner_address=settings.owner.addresses[0])
+        self.connectors = Connectors(lambda: self.policies.current().mcp, self.notices.tell,
+                                     self.audit)
+        self.keep_awake = KeepAwake(settings.service.keep_awake)
+        self.agent = Agent(settings.model, settings.agent, store, settings.failpoint)
+        self.sandbox = find_sandbox()
+        self.worker = Worker(settings, store, self.agent, bell=self.work_bell,
+                             mail_bell=self.mail_bell, policies=self.policies,
+                             schedules=self.scheduler, sandbox=self.sandbox,
+                             connectors=self.connectors, on_busy=self.keep_awake.set_busy,
+                             stoppage=self.stoppage)
+        # send: the outbox, with the Sent folder as the record of what went out
+        self.postman = Postman(settings.smtp, store, self.mail_bell,
+                               own_addresses=self.own_addresses(),
+                               find_in_sent=self.find_in_sent, save_to_sent=self.save_to_sent,
+                               failpoint_name=settings.failpoint)
+        self.stopping = threading.Event()
+
+    def audit(self, kind: str, reason: str, detail: dict[str, Any]) -> None:
+        self.store.audit(kind, reason, detail=detail)
 
     # ------------------------------------------------------------ running
 
@@ -83,66 +114,30 @@ class Service:
         if self.settings.owner.verification == "none":
             log.warning("owner.verification is \"none\": ANYONE who writes From: your address "
                         "can give orders; use authentication-results or dkim")
-        loop = asyncio.get_running_loop()
-        self.stoppage.loop = loop
+        if self.sandbox.available:
+            log.info("commands run in %s (%s)", self.sandbox.kind, self.sandbox.detail)
+        else:
+            log.warning("no sandbox for run_command: %s", self.sandbox.detail)
         self.stoppage.load()
-        guard = Guard(self.settings, self.store.file_path(), self.stoppage.halt)
         with contextlib.suppress(StoreFullError):  # the watcher takes them up later
             self.process_pending()
         stop = asyncio.Event()
-        agent = Agent(self.settings.model, self.settings.agent, self.store, self.settings.failpoint)
-        postman = Postman(self.settings.smtp, self.store, find_in_sent=self.find_in_sent,
-                          save_to_sent=self.save_to_sent, failpoint_name=self.settings.failpoint)
-
-        def wake_postman() -> None:
-            loop.call_soon_threadsafe(postman.wake.set)
-
-        sandbox = find_sandbox()
-        if sandbox.available:
-            log.info("commands run in %s (%s)", sandbox.kind, sandbox.detail)
-        else:
-            log.warning("no sandbox for run_command: %s", sandbox.detail)
-        scheduler = Scheduler(self.settings.schedules, self.settings.owner.timezone, self.store,
-                              owner_address=self.settings.owner.addresses[0])
-        connectors = Connectors(lambda: worker.policies.current().mcp,
-                                lambda subject, body: worker.tell_owner(subject, body),
-                                lambda kind, reason, detail: self.store.audit(
-                                    kind, reason, detail=detail))
-        keep_awake = KeepAwake(self.settings.service.keep_awake)
-        worker = Worker(self.settings, self.store, agent, on_mail=wake_postman,
-                        schedules=scheduler, sandbox=sandbox, connectors=connectors,
-                        on_busy=keep_awake.set_busy, tools_stopped=self.stoppage.halted.is_set,
-                        watch=lambda work, command: guard.watching(
-                            work.task_id, work.conversation_name, command))
-        self.on_mail = wake_postman
-        self.stoppage.on_halt, self.stoppage.on_mail = worker.stop_tools, wake_postman
-        self.stoppage.on_room = worker.requeue_stranded
-
-        def wake_worker() -> None:
-            loop.call_soon_threadsafe(worker.wake.set)
-
-        self.on_new_task = scheduler.on_new_task = wake_worker
-
-        def resumed() -> None:  # in the held-mail thread, before tools run again
-            guard.rebase()
-            wake_worker()
-
-        self.stoppage.on_resume = resumed
-        scheduler.tell_owner = worker.tell_owner
-        connecting = asyncio.create_task(self.keep_running("connectors", connectors.run, stop))
-        working = asyncio.create_task(worker.run(stop))
-        scheduling = asyncio.create_task(scheduler.run(stop))
-        posting = asyncio.create_task(self.keep_running("postman", postman.run, stop))
-        self.canary.tell_owner, self.canary.on_mail = worker.tell_owner, wake_postman
-        probing = asyncio.create_task(self.keep_running("canary", self.canary.run, stop))
-        stopping = asyncio.create_task(self.stoppage.run(stop))
-        watching = asyncio.create_task(asyncio.to_thread(self.watch))
-        releasing = asyncio.create_task(self.run_held_mail(stop))
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, stop.set)
             except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
                 signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+        stages = [
+            asyncio.create_task(self.keep_running("connectors", self.connectors.run, stop)),
+            asyncio.create_task(self.worker.run(stop)),
+            asyncio.create_task(self.scheduler.run(stop)),
+            asyncio.create_task(self.keep_running("postman", self.postman.run, stop)),
+            asyncio.create_task(self.keep_running("canary", self.canary.run, stop)),
+            asyncio.create_task(self.stoppage.run(stop)),
+            asyncio.create_task(self.run_held_mail(stop)),
+        ]
+        watching = asyncio.create_task(asyncio.to_thread(self.watch))
         log.info("mailagent running data_dir=%s", self.settings.data_dir)
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({watching, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -150,15 +145,10 @@ class Service:
         self.stop()
         stop.set()
         await watching
-        await working
-        await scheduling
-        await posting
-        await connecting
-        await probing
-        await releasing
-        await stopping
-        await agent.close()
-        keep_awake.release()
+        for stage in stages:
+            await stage
+        await self.agent.close()
+        self.keep_awake.release()
         stopped.cancel()
 
     async def keep_running(self, name: str, run: Callable[[asyncio.Event], Awaitable[None]],
@@ -188,6 +178,13 @@ class Service:
         self.stopping.set()
         self.watcher.stop()
 
+    def own_addresses(self) -> frozenset[str]:
+        """Who may get mail that is no draft the owner approved: the owners, and the agent
+        itself (the liveness probe)."""
+        s = self.settings
+        ours = [*s.owner.addresses, parseaddr(s.smtp.from_address)[1], s.canary.address or ""]
+        return frozenset(a.lower() for a in ours if a)
+
     # ------------------------------------------------------------ the Sent folder, for the outbox
 
     async def find_in_sent(self, message_id: str) -> bool | None:
@@ -214,18 +211,8 @@ class Service:
 
     # ------------------------------------------------------------ the mailbox sink
 
-    def position(self, folder: str) -> tuple[int, int] | None:
+    def catching_up(self) -> None:
         self.process_pending()
-        return self.store.mailbox_position(folder)
-
-    def advance(self, folder: str, uidvalidity: int, last_uid: int) -> None:
-        self.store.set_mailbox_position(folder, uidvalidity, last_uid)
-
-    def unflagged(self, folder: str, uidvalidity: int) -> list[int]:
-        return self.store.unflagged_uids(folder, uidvalidity)
-
-    def flagged(self, folder: str, uidvalidity: int, uids: Sequence[int]) -> None:
-        self.store.mark_flagged(folder, uidvalidity, uids)
 
     def receive(self, fetched: Fetched) -> None:
         """A message counts as received once its raw bytes are committed (SECURITY.md L1)."""
@@ -280,7 +267,7 @@ class Service:
         held mail was let go (`by_owner`, `by_itself`): it is not held again by the limit."""
         raw, size, attempts = self.store.begin_processing(raw_message_id)
         if attempts > MAX_ATTEMPTS:
-            self.store.record_rejection(raw_message_id, "intake.error",
+            self.store.record_rejection(raw_message_id, "intake.gave_up",
                                         f"gave up after {MAX_ATTEMPTS} attempts", {})
             return
         try:
@@ -323,13 +310,13 @@ class Service:
         self.store.record_rejection(raw_message_id, f"intake.{rejection.kind}",
                                     rejection.reason, detail, mail)
         if mail is not None:
-            self.on_mail()
+            self.mail_bell.ring()
 
     def accept(self, raw_message_id: int, inbound: Inbound, now: datetime | None = None,
                released: str | None = None) -> None:
         if self.stoppage.halted.is_set():  # kept, not lost, until the owner resumes (L6)
             if self.stoppage.keep(raw_message_id, inbound):
-                self.on_mail()
+                self.mail_bell.ring()
             return
         thread = self.store.find_thread([*inbound.references, *inbound.in_reply_to])
         destination = route(inbound, thread)
@@ -352,7 +339,7 @@ class Service:
         log.info("held raw_message_id=%s runs_by_itself=%s reason=%s", raw_message_id,
                  hold.runs_by_itself, hold.reason)
         if notice is not None:
-            self.on_mail()
+            self.mail_bell.ring()
 
     def accept_command(self, raw_message_id: int, inbound: Inbound,
                        destination: CommandRoute) -> None:
@@ -366,7 +353,7 @@ class Service:
         ), reason=f"command from {inbound.owner_address} ({inbound.authenticated_by})")
         log.info("command raw_message_id=%s command_id=%s name=%s", raw_message_id,
                  command_id, destination.name)
-        self.on_new_task()
+        self.work_bell.ring()
 
     def accept_task(self, raw_message_id: int, inbound: Inbound, destination: TaskRoute,
                     released: str | None) -> None:
@@ -388,9 +375,9 @@ class Service:
             receipt=receipt)
         log.info("task queued raw_message_id=%s task_id=%s conversation=%s", raw_message_id,
                  task_id, destination.conversation_name)
-        self.on_new_task()
+        self.work_bell.ring()
         if receipt is not None:
-            self.on_mail()
+            self.mail_bell.ring()
 
     def receipt(self, inbound: Inbound,
                 references: tuple[str, ...]) -> Callable[[int, int], Outbound]:

@@ -2,8 +2,9 @@
 # The test command of README.md: installs what the tests need, then runs lint, types and tests.
 # It builds the wheel and installs it with pipx outside the tree, as a user does, for
 # tests/test_installed*.py; the other tests use the editable install in .venv.
-# On Debian as root it installs Dovecot, OpenSSL, bubblewrap and libfaketime (the schedule
-# tests move the service's clock with it) when they are missing.
+# On Debian as root it installs Dovecot, OpenSSL, bubblewrap, libfaketime (the schedule
+# tests move the service's clock with it) and Chromium (tests/test_mail_look.py) when they are
+# missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,8 @@ command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
 command -v bwrap >/dev/null 2>&1 || need_packages+=(bubblewrap)
 # systemd-analyze verifies the generated systemd unit (nothing is started in a container)
 command -v systemd-analyze >/dev/null 2>&1 || need_packages+=(systemd)
+# headless Chromium shows each kind of mail at a phone's and a desktop's width (test_mail_look)
+command -v chromium >/dev/null 2>&1 || need_packages+=(chromium fonts-liberation)
 compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || [ -e /usr/lib/faketime/libfaketime.so.1 ] || need_packages+=(faketime)
 if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

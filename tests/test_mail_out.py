@@ -148,8 +148,10 @@ def test_status_help_and_memory_are_answered_by_mail_without_the_model(
     replies = smtp_server.wait_for(3, timeout=20)
     bodies = {parsed(m)["Subject"]: parsed(m).get_body(("plain",)).get_content()  # type: ignore[union-attr]
               for m in replies}
-    assert "**Conversations**" in bodies["Re: status"]
-    assert "`cancel`" in bodies["Re: anything"]
+    # The text part is clean text: the Markdown's marks are gone, its lists stay lists.
+    assert bodies["Re: status"].splitlines()[:3] == ["Conversations", "", "- main: no tasks"]
+    assert "cancel" in bodies["Re: anything"]
+    assert not [body for body in bodies.values() if "**" in body or "`" in body]
     assert "I remember nothing in the conversation taxes." in bodies["Re: [taxes] memory"]
     assert model_server.message_requests == []
     service.stop()
@@ -487,7 +489,8 @@ def test_a_file_name_with_a_line_break_is_attached_under_a_clean_name(tmp_path: 
     odd.write_text("numbers")
     outbound = compose(_smtp(), _target(), "completion", "completion.md.j2",
                        {"task_id": 7, "tokens": 1, "cost": 0.0, "changes": [],
-                        "answer": "Here is the report.", "undo_hint": False, "run_note": "",
+                        "workspace_changes": 0, "answer": "Here is the report.",
+                        "undo_hint": False, "run_note": "",
                         "scheduled": []}, [odd])
     message = email.message_from_bytes(outbound.raw, policy=default_policy)
     assert isinstance(message, EmailMessage)

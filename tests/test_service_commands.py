@@ -103,6 +103,19 @@ def test_a_mailed_csv_comes_back_as_a_chart_and_a_spreadsheet(
         image = Image.open(io.BytesIO(files["sales.png"]))
         image.verify()
         assert image.format == "PNG" and image.size == (400, 300)
+        # The chart shows in the body too, from a part of the mail itself.
+        reply = parsed(mail.raw)
+        related = reply.get_body(("related",))
+        assert related is not None
+        [html_part, picture] = list(related.iter_parts())
+        assert picture.get_content() == files["sales.png"]
+        assert f'src="cid:{str(picture["Content-ID"]).strip("<>")}"' in html_part.get_content()
+        # make.py was written in the conversation's workspace: counted, not listed by name.
+        plain = reply.get_body(("plain",))
+        assert plain is not None
+        assert "Changed files" not in plain.get_content()
+        assert "1 file change in this conversation's workspace." in plain.get_content()
+        assert "make.py" not in plain.get_content()
         assert service.stop() == 0
     finally:
         service.kill()

@@ -13,14 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.config import write_config
+from mailagent.cli.status_view import as_json, plain_lines, take_snapshot
+from mailagent.mail.mailbox import Fetched
+from mailagent.service import Service
+from mailagent.store import Store
+from tests.support.config import settings_for_tests, write_config
 from tests.support.dovecot import Dovecot
 from tests.support.mail import owner_mail
 from tests.support.model_server import ModelServer
 from tests.support.service import ServiceProcess, wait_until
 
 KEYS = {"conversations", "tasks", "schedules", "approvals", "outbox", "commands", "connectors",
-        "refusals", "inbound", "held", "halt"}
+        "refusals", "inbound", "held", "halt", "duplicates", "gave_up"}
 
 
 @pytest.fixture
@@ -59,6 +63,37 @@ def test_status_json_has_the_stable_keys(served: ServiceProcess) -> None:
     assert ("intake.unauthenticated", "sender is not an owner address") in refusals
     assert data["schedules"] == [] and data["approvals"] == [] and data["commands"] == []
     assert data["held"] == [] and data["halt"] is None
+    assert data["duplicates"] == [] and data["gave_up"] == []
+
+
+def test_status_shows_mail_seen_twice_and_mail_given_up(tmp_path: Path) -> None:
+    """Mail taken in but not acted on is not hidden: a second copy of a mail already seen,
+    and a mail whose processing failed three times, each with the number it is kept under."""
+    settings = settings_for_tests(tmp_path)
+    store = Store.open(settings.database_url)
+    service = Service(settings, store)
+    raw = owner_mail("[home] water the plants")
+    for uid in (1, 2):  # the same mail twice in the mailbox (a client saved it again)
+        service.receive(Fetched("INBOX", 7, uid, raw, len(raw)))
+    crashing = owner_mail("this one crashed the service every time")
+    saved = store.save_raw(folder="INBOX", uidvalidity=7, uid=3, raw=crashing,
+                           size=len(crashing), content_key="k3", message_id=None)
+    for _ in range(3):  # three starts that died while processing it
+        store.begin_processing(saved.raw_message_id)
+    service.process_pending()
+
+    snap = take_snapshot(store)
+    data = as_json(snap)
+    [duplicate] = data["duplicates"]
+    assert (duplicate["uid"], duplicate["raw_message_id"]) == (2, 1)
+    [gave_up] = data["gave_up"]
+    assert (gave_up["raw_message_id"], gave_up["reason"]) == (saved.raw_message_id,
+                                                               "gave up after 3 attempts")
+    assert all(r["kind"] != "intake.gave_up" for r in data["refusals"])
+    text = "\n".join(plain_lines(snap))
+    assert "Duplicates (seen before, not acted on again):" in text
+    assert "raw #1 uid 2" in text
+    assert f"raw #{saved.raw_message_id}: gave up after 3 attempts" in text
 
 
 def read_terminal(command: list[str], env: dict[str, str]) -> str:

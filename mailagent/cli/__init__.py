@@ -26,7 +26,15 @@ from mailagent.errors import ConfigError, MailagentError, PolicyError, WhenError
 from mailagent.mail.mailbox import Mailbox
 from mailagent.mail.notify import check_smtp
 from mailagent.mail.render import check_templates, shipped_text
-from mailagent.policy import FolderRule, Policy, Scope, explain, load_policy, protected_paths
+from mailagent.policy import (
+    FolderRule,
+    Policy,
+    Scope,
+    explain,
+    explain_recipient,
+    load_policy,
+    protected_paths,
+)
 from mailagent.policy.sandbox import find_sandbox, process_limit_kind
 from mailagent.store import Store
 from mailagent.store.halts import active_halt, resume
@@ -298,6 +306,9 @@ def _wants_service(args: argparse.Namespace) -> bool:
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=False)
+    if args.action == "mail":  # PATH is an address: whom draft_mail may write to
+        print(explain_recipient(load_policy(settings.policies_dir), args.path))
+        return 0
     home = Path.home()
     workspace = workspace_dir(settings.workspaces_dir, args.conversation)
     scope = Scope(workspace=workspace, home=home, protected=protected_paths(
@@ -409,8 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain_parser.add_argument("--config", help="config file")
     explain_parser.add_argument("--conversation", default="main",
                                 help="whose workspace relative paths resolve in (default main)")
-    explain_parser.add_argument("action", choices=["list", "read", "write", "delete"])
-    explain_parser.add_argument("path")
+    explain_parser.add_argument("action", choices=["list", "read", "write", "delete", "mail"],
+                                help="mail: whether draft_mail may write to the address PATH")
+    explain_parser.add_argument("path", help="a path, or for mail an address")
     explain_parser.set_defaults(func=cmd_policy_explain)
     example = sub.add_parser("example", help="print an example config or policy file")
     example.add_argument("what", choices=list(EXAMPLES))

@@ -2,7 +2,8 @@
 
 In: an open `Store`. Out: text on stdout. The JSON keys are a stable interface for scripts:
 `conversations`, `tasks`, `schedules`, `approvals`, `outbox`, `commands`, `connectors`,
-`refusals`, `held` (owner mail kept back by the rate limit), each a list of objects,
+`refusals`, `held` (owner mail kept back by the rate limit), `duplicates` (mail seen before, not
+acted on again), `gave_up` (mail whose processing failed every time), each a list of objects,
 `inbound`, what the liveness probe last said, and `halt`, why tools are stopped (null when they
 are not); times in ISO 8601 UTC. Plain lines (the form when
 stdout is not a terminal) keep the wording scripts already grep for. Reads only; never shows a
@@ -36,6 +37,7 @@ if TYPE_CHECKING:  # rich is imported only to print for a person at a terminal
     from rich.table import Table
 
 OUTBOX_STATES = ["queued", "sending", "failed", "unknown"]
+RECENT = 5  # duplicates and give-ups shown, newest first
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Snapshot:
     inbound: list[str]  # the liveness probe's verdict
     held: list[HeldView]  # owner mail kept back by the per-sender rate limit
     halt: HaltView | None = None  # why tools are stopped, until `mailagent resume`
+    duplicates: list[AuditView] | None = None  # the latest mail seen before, not acted on
+    gave_up: list[AuditView] | None = None  # the latest mail that failed every attempt
 
 
 def take_snapshot(store: Store) -> Snapshot:
@@ -61,8 +65,10 @@ def take_snapshot(store: Store) -> Snapshot:
         commands=[c for c in store.commands() if c.state == "pending"],
         connectors=_latest_per_server(store.audit_events("mcp.server", limit=200)),
         refusals=[e for e in store.audit_events("intake.", limit=10)
-                  if e.kind not in ("intake.duplicate", "intake.held")],
-        inbound=canary_lines(store), held=store.held(), halt=active_halt(store))
+                  if e.kind not in ("intake.duplicate", "intake.held", "intake.gave_up")],
+        inbound=canary_lines(store), held=store.held(), halt=active_halt(store),
+        duplicates=store.audit_events("intake.duplicate", limit=RECENT),
+        gave_up=store.audit_events("intake.gave_up", limit=RECENT))
 
 
 def halt_lines(halt: HaltView | None) -> list[str]:
@@ -113,6 +119,11 @@ def as_json(snap: Snapshot) -> dict[str, Any]:
                   "reason": h.reason, "held_at": _iso(h.held_at),
                   "runs_by_itself": h.runs_by_itself, "release_requested": h.release_requested}
                  for h in snap.held],
+        "duplicates": [{"at": _iso(e.at), "raw_message_id": e.raw_message_id,
+                        "uid": e.detail.get("uid"), "reason": e.reason}
+                       for e in snap.duplicates or []],
+        "gave_up": [{"at": _iso(e.at), "raw_message_id": e.raw_message_id, "reason": e.reason}
+                    for e in snap.gave_up or []],
         "halt": None if snap.halt is None else {
             "halted_at": _iso(snap.halt.halted_at), "reason": snap.halt.reason,
             "problems": snap.halt.detail.get("problems", []),
@@ -153,6 +164,19 @@ def plain_lines(snap: Snapshot) -> list[str]:
               for h in snap.held]
     lines.append("Recent refusals:")
     lines += [f"  {e.at:%Y-%m-%d %H:%M} {e.kind}: {e.reason}" for e in snap.refusals]
+    lines += not_acted_on_lines(snap)
+    return lines
+
+
+def not_acted_on_lines(snap: Snapshot) -> list[str]:
+    """Mail taken in but not acted on: seen before, or failing every time (kept, with its
+    number, for `mailagent status` and a bug report)."""
+    lines = ["Duplicates (seen before, not acted on again):"]
+    lines += [f"  {e.at:%Y-%m-%d %H:%M} raw #{e.raw_message_id} uid {e.detail.get('uid')}"
+              for e in snap.duplicates or []]
+    lines.append("Gave up (kept in the store, not acted on):")
+    lines += [f"  {e.at:%Y-%m-%d %H:%M} raw #{e.raw_message_id}: {e.reason}"
+              for e in snap.gave_up or []]
     return lines
 
 
@@ -204,3 +228,9 @@ def print_rich(snap: Snapshot, console: Console | None = None) -> None:
         [f"{h.held_at:%Y-%m-%d %H:%M}", h.owner_address, h.reason] for h in snap.held]))
     console.print(_table("Recent refusals", ["when", "kind", "reason"], [
         [f"{e.at:%Y-%m-%d %H:%M}", e.kind, e.reason] for e in snap.refusals]))
+    console.print(_table("Duplicates (seen before, not acted on again)", ["when", "raw", "uid"], [
+        [f"{e.at:%Y-%m-%d %H:%M}", f"#{e.raw_message_id}", str(e.detail.get("uid"))]
+        for e in snap.duplicates or []]))
+    console.print(_table("Gave up (kept in the store, not acted on)", ["when", "raw", "reason"], [
+        [f"{e.at:%Y-%m-%d %H:%M}", f"#{e.raw_message_id}", e.reason]
+        for e in snap.gave_up or []]))

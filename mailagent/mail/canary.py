@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
@@ -29,6 +28,7 @@ from email.utils import formatdate, parseaddr
 from mailagent.config import Settings
 from mailagent.content import clean_header
 from mailagent.mail.intake import message_ids, parse_headers
+from mailagent.mail.notices import Notices
 from mailagent.mail.notify import new_message_id
 from mailagent.store import Outbound, Store
 from mailagent.store.probes import ProbeReport, probe_report, queue_probe, set_alarm, take_probe
@@ -84,10 +84,9 @@ def verified_nonce(raw: bytes, key: bytes) -> tuple[str, str] | None:
 class Canary:
     """Sends probes on time, takes them back, and tells the owner when they stop coming."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, notices: Notices) -> None:
         self.settings, self.store = settings, store
-        self.tell_owner: Callable[[str, str], None] = lambda _subject, _body: None
-        self.on_mail: Callable[[], None] = lambda: None
+        self.tell_owner, self.on_mail = notices.tell, notices.mail_bell.ring
         self.started_at = datetime.now(UTC)  # the first probe goes one interval after start
 
     @property

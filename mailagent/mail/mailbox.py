@@ -1,7 +1,8 @@
 """Mailbox: IMAP only. Watch one folder and hand every new message's raw bytes to a sink.
 
-In: `ImapSettings` and a `MailSink` (the service). Out: calls to `sink.receive(fetched)`, one per
-message, in UID order; after the sink has committed a message, the message gets the done keyword.
+In: `ImapSettings`, a `Ledger` of where it is in each folder (the store) and a `MailSink` (the
+service). Out: calls to `sink.receive(fetched)`, one per message, in UID order; after the sink
+has committed a message, the message gets the done keyword.
 Side effects: one persistent IMAP connection, IDLE where offered (renewed well within the 29
 minutes of RFC 2177) or polling, reconnects with jittered backoff, a UID catch-up after every
 (re)connect and after a wake from sleep. The only importer of imapclient.
@@ -18,7 +19,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any, Protocol, TypeVar
@@ -56,11 +57,19 @@ class Fetched:
 
 
 class MailSink(Protocol):
-    def position(self, folder: str) -> tuple[int, int] | None: ...
+    """Who takes the fetched messages (the service)."""
+
+    def catching_up(self) -> None: ...  # before each catch-up: finish what came before
     def receive(self, fetched: Fetched) -> None: ...
-    def advance(self, folder: str, uidvalidity: int, last_uid: int) -> None: ...
-    def unflagged(self, folder: str, uidvalidity: int) -> list[int]: ...
-    def flagged(self, folder: str, uidvalidity: int, uids: Sequence[int]) -> None: ...
+
+
+class Ledger(Protocol):
+    """Where the watcher keeps its place in each folder (the store)."""
+
+    def mailbox_position(self, folder: str) -> tuple[int, int] | None: ...
+    def set_mailbox_position(self, folder: str, uidvalidity: int, last_uid: int) -> None: ...
+    def unflagged_uids(self, folder: str, uidvalidity: int) -> list[int]: ...
+    def mark_flagged(self, folder: str, uidvalidity: int, uids: Iterable[int]) -> None: ...
 
 
 def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
@@ -285,9 +294,9 @@ def in_folder(settings: ImapSettings, folder: str, action: Callable[[Mailbox], T
 class Watcher:
     """Keeps a Mailbox connected and feeds its new messages to the sink until stopped."""
 
-    def __init__(self, settings: ImapSettings, sink: MailSink, max_message_bytes: int,
-                 max_age_days: float) -> None:
-        self.settings, self.sink = settings, sink
+    def __init__(self, settings: ImapSettings, ledger: Ledger, sink: MailSink,
+                 max_message_bytes: int, max_age_days: float) -> None:
+        self.settings, self.ledger, self.sink = settings, ledger, sink
         self.max_message_bytes, self.max_age_days = max_message_bytes, max_age_days
         self.stop_event = threading.Event()
         self.connected = threading.Event()
@@ -331,7 +340,8 @@ class Watcher:
     def catch_up(self, mailbox: Mailbox) -> None:
         """Fetch every message after the last one recorded, hand each over, then flag them."""
         folder = self.settings.folder
-        position = self.sink.position(folder)
+        self.sink.catching_up()
+        position = self.ledger.mailbox_position(folder)
         first_contact = position is None or position[0] != mailbox.uidvalidity
         if first_contact:
             # Only recent mail: older mail would be refused by the replay window anyway.
@@ -349,7 +359,7 @@ class Watcher:
             self.sink.receive(fetched)
         if first_contact:
             last = max([*uids, mailbox.uidnext - 1, 0])
-            self.sink.advance(folder, mailbox.uidvalidity, last)
-        pending = self.sink.unflagged(folder, mailbox.uidvalidity)
+            self.ledger.set_mailbox_position(folder, mailbox.uidvalidity, last)
+        pending = self.ledger.unflagged_uids(folder, mailbox.uidvalidity)
         mailbox.mark_done(pending)
-        self.sink.flagged(folder, mailbox.uidvalidity, pending)
+        self.ledger.mark_flagged(folder, mailbox.uidvalidity, pending)

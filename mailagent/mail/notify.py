@@ -16,6 +16,7 @@ import io
 import logging
 import mimetypes
 import random
+import re
 import secrets
 import ssl
 import time
@@ -30,12 +31,13 @@ from typing import Any
 
 import aiosmtplib
 
+from mailagent.bell import Bell
 from mailagent.config import SmtpSettings
 from mailagent.content import clean_header
 from mailagent.errors import OAuthError, RenderError, SmtpError
 from mailagent.failpoints import failpoint
 from mailagent.mail import oauth
-from mailagent.mail.render import markdown_html, render
+from mailagent.mail.render import markdown_html, markdown_text, render
 from mailagent.store import Outbound, OutboxView, ReplyTarget, Store
 from mailagent.tasks.when import quiet_seconds
 
@@ -74,11 +76,56 @@ def reply_subject(subject: str) -> str:
     return subject if subject.lower().startswith("re:") else f"Re: {subject}"
 
 
+ANSWER_NEEDED = "Answer needed:"
+_REPLY_AND_TAG = re.compile(r"^(re:\s*)?(\[[^\]]{1,64}\]\s*)?", re.IGNORECASE)
+
+
+def question_subject(subject: str) -> str:
+    """A question's subject says an answer is needed, after `Re:` and any `[name]` tag, which
+    keep their places (SPEC.md), so that the reply still finds its conversation; said once."""
+    match = _REPLY_AND_TAG.match(subject)
+    end = match.end() if match else 0
+    head, rest = subject[:end], subject[end:]
+    if rest.lower().startswith(ANSWER_NEEDED.lower()):
+        return subject
+    return f"{head}{ANSWER_NEEDED} {rest}".rstrip()
+
+
 @dataclass(frozen=True)
 class AttachmentPlan:
     files: list[tuple[str, bytes, str]]  # (file name, bytes, MIME type)
     attached: list[str]
     not_attached: list[str]
+
+
+@dataclass(frozen=True)
+class Picture:
+    """An attached image shown in the HTML part too: a multipart/related part named by `cid`;
+    `key` is the image source the template writes for it."""
+    key: str
+    cid: str
+    name: str
+    payload: bytes
+    content_type: str
+
+
+# Shown in the body as well as attached; never SVG, which may load or run what it holds.
+PICTURE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+
+
+def plan_pictures(plan: AttachmentPlan, max_bytes: int, from_address: str) -> list[Picture]:
+    """The attached images that fit a second time (inline) within the size limit."""
+    room = max_bytes - sum(len(payload) for _, payload, _ in plan.files)
+    domain = parseaddr(from_address)[1].rpartition("@")[2] or "mailagent.invalid"
+    pictures: list[Picture] = []
+    for name, payload, content_type in plan.files:
+        if content_type not in PICTURE_TYPES or len(payload) > room:
+            continue
+        room -= len(payload)
+        cid = f"picture{len(pictures) + 1}.{secrets.token_hex(8)}@{clean_header(domain, 200)}"
+        pictures.append(Picture(f"picture-{len(pictures) + 1}", cid, name, payload,
+                                content_type))
+    return pictures
 
 
 def attachment_name(name: str) -> str:
@@ -120,31 +167,40 @@ def compose(smtp: SmtpSettings, target: ReplyTarget, kind: str, template: str,
     What cannot be built as asked still goes out, saying why, so the owner always hears: as
     plain text when a template does not render, without the files when attaching them fails."""
     plan = plan_attachments(attachments, smtp.max_attachment_bytes)
+    pictures = plan_pictures(plan, smtp.max_attachment_bytes, smtp.from_address)
     # A reply says so; a notice that answers no mail (no Message-ID to answer) does not.
     subject = reply_subject(target.subject) if target.message_id else clean_header(
         target.subject, 200)
+    if kind == "approval":
+        subject = question_subject(subject)
     message_id = message_id or new_message_id(smtp.from_address)
+    shown = [{"key": p.key, "alt": re.sub(r"[\[\]\\]", "", p.name)} for p in pictures]
     try:
-        text = render(template, **values, attached=plan.attached, not_attached=plan.not_attached)
-        html: str | None = render("mail.html.j2", subject=subject, body=markdown_html(text))
+        source = render(template, **values, attached=plan.attached,
+                        not_attached=plan.not_attached, pictures=shown)
+        html: str | None = render("mail.html.j2", subject=subject, body=markdown_html(
+            source, {p.key: p.cid for p in pictures}))
+        text = markdown_text(source)
     except RenderError as exc:
         log.error("mail %s rendered as plain text: %s", kind, exc)
-        text, html = plain_fallback(kind, values, exc), None
+        text, html, pictures = plain_fallback(kind, values, exc), None, []
     try:
-        message = _message(smtp, target, subject, message_id, text, html, plan.files)
+        message = _message(smtp, target, subject, message_id, text, html, plan.files, pictures)
     except (ValueError, TypeError) as exc:  # e.g. a file name the email package refuses
         log.error("mail %s sent without its attachments: %s", kind, exc)
         names = ", ".join(repr(name) for name, _, _ in plan.files)
         text += (f"\n\nThe files could not be attached ({type(exc).__name__}: {exc}): {names}. "
                  "They are still where the task left them.\n")
-        message = _message(smtp, target, subject, message_id, text, None, [])
+        message = _message(smtp, target, subject, message_id, text, None, [], [])
     return Outbound(message_id, kind, target.recipient, subject, message.as_bytes(),
                     target.task_id, target.conversation_id)
 
 
 def _message(smtp: SmtpSettings, target: ReplyTarget, subject: str, message_id: str,
-             text: str, html: str | None, files: Sequence[tuple[str, bytes, str]]
-             ) -> EmailMessage:
+             text: str, html: str | None, files: Sequence[tuple[str, bytes, str]],
+             pictures: Sequence[Picture]) -> EmailMessage:
+    """multipart/mixed: the text and the HTML as alternatives (the HTML with its pictures as
+    multipart/related parts), then the files, the pictures among them again as attachments."""
     message = EmailMessage()
     message["From"] = clean_header(smtp.from_address)
     message["To"] = clean_header(target.recipient)
@@ -162,6 +218,13 @@ def _message(smtp: SmtpSettings, target: ReplyTarget, subject: str, message_id: 
     message.set_content(text)
     if html is not None:
         message.add_alternative(html, subtype="html")
+        html_part = message.get_body(("html",))
+        assert isinstance(html_part, EmailMessage)
+        for picture in pictures:
+            maintype, _, subtype = picture.content_type.partition("/")
+            html_part.add_related(picture.payload, maintype=maintype, subtype=subtype,
+                                  cid=f"<{picture.cid}>", filename=picture.name,
+                                  disposition="inline")
     for name, payload, content_type in files:
         maintype, _, subtype = content_type.partition("/")
         message.add_attachment(payload, maintype=maintype, subtype=subtype, filename=name)
@@ -246,16 +309,18 @@ class Courier:
         self.client: aiosmtplib.SMTP | None = None
         self.used_at = 0.0
 
-    async def send(self, mail: OutboxView) -> tuple[str, str]:
-        """Hand one mail to SMTP: (outcome, detail). Before DATA a failure is retried; after
-        it, a broken connection leaves the outcome unknown."""
+    async def send(self, mail: OutboxView,
+                   envelope: Sequence[str] | None = None) -> tuple[str, str]:
+        """Hand one mail to SMTP, to `envelope` (default its recipient): (outcome, detail).
+        Before DATA a failure is retried; after it, a broken connection leaves the outcome
+        unknown."""
         sender = parseaddr(self.settings.from_address)[1]
         try:
             client = await self.connection()
         except SmtpError as exc:
             return (SendOutcome.RETRY if exc.transient else SendOutcome.FAILED), str(exc)
         try:
-            await client.sendmail(sender, [mail.recipient], mail.raw)
+            await client.sendmail(sender, list(envelope or [mail.recipient]), mail.raw)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             await self.close()
             codes = [r.code for r in exc.recipients]
@@ -305,16 +370,22 @@ def retry_delay(attempts: int) -> float:
 
 
 class Postman:
-    """Sends what the outbox holds; a mail's row and Message-ID exist before any attempt."""
+    """Sends what the outbox holds; a mail's row and Message-ID exist before any attempt.
 
-    def __init__(self, settings: SmtpSettings, store: Store, *,
+    Before each send, `envelope_of` (mail/drafts.py) says to whom: a row goes to anyone but
+    `own_addresses` (the owners' and the agent's) only as a draft the owner approved, byte for
+    byte; any other row is refused there and recorded as failed, whatever wrote it."""
+
+    def __init__(self, settings: SmtpSettings, store: Store, bell: Bell, *,
+                 own_addresses: frozenset[str],
                  find_in_sent: Callable[[str], Awaitable[bool | None]],
                  save_to_sent: Callable[[bytes], Awaitable[None]],
                  failpoint_name: str | None = None) -> None:
         self.settings, self.store = settings, store
+        self.own_addresses = frozenset(a.lower() for a in own_addresses)
         self.find_in_sent, self.save_to_sent = find_in_sent, save_to_sent
         self.failpoint_name = failpoint_name
-        self.wake = asyncio.Event()
+        self.wake = bell  # rung by whatever queues a mail
         self.courier = Courier(settings)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -356,9 +427,18 @@ class Postman:
 
     async def deliver(self, mail: OutboxView) -> None:
         failpoint(self.failpoint_name, "after-queue")  # in the outbox, no attempt made yet
+        from mailagent.mail.drafts import envelope_of  # it builds on this module
+
+        draft = self.store.draft(mail.draft_id) if mail.draft_id is not None else None
+        envelope, refusal = envelope_of(mail, self.own_addresses, draft)
+        if refusal:
+            log.warning("mail refused message_id=%s task_id=%s: %s", mail.message_id,
+                        mail.task_id, refusal)
+            self.store.set_mail_state(mail.outbox_id, "failed", refusal)
+            return
         self.store.set_mail_state(mail.outbox_id, "sending")
         failpoint(self.failpoint_name, "before-smtp")  # marked sending, nothing handed over
-        outcome, detail = await self.courier.send(mail)
+        outcome, detail = await self.courier.send(mail, envelope)
         failpoint(self.failpoint_name, "after-smtp")  # sent, but not yet recorded
         log.info("mail %s message_id=%s task_id=%s %s", outcome, mail.message_id, mail.task_id,
                  detail)

@@ -1,7 +1,8 @@
 """Rendering: the Jinja2 templates shipped in mailagent/templates/, and Markdown to safe HTML.
 
-The only importer of jinja2 and markdown_it. Templates are package data, found through the
-import system (jinja2's PackageLoader), so they load alike from a wheel, a zip or a checkout.
+The only importer of jinja2 and markupsafe (Markdown is read by mailagent.mail.markdown).
+Templates are package data, found through the import system (jinja2's PackageLoader), so they
+load alike from a wheel, a zip or a checkout.
 
 In: a template name and its values. Out: text. Templates render with StrictUndefined, so a
 missing value is an error at render time, never an empty string in a prompt or a mail.
@@ -10,14 +11,15 @@ missing value is an error at render time, never an empty string in a prompt or a
 from __future__ import annotations
 
 import importlib.resources
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
 import jinja2
-from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from mailagent.errors import RenderError
+from mailagent.mail import markdown
 
 
 @cache
@@ -77,12 +79,15 @@ SAMPLES: dict[str, dict[str, Any]] = {
                      "commands": {"allow": ["python3"], "network": False,
                                   "timeout_seconds": 60}},
     "completion.md.j2": {"answer": "Done.", "attached": ["a.txt"], "not_attached": ["/b.bin"],
-                         "changes": ["created /a.txt"], "task_id": 1, "tokens": 10,
-                         "cost": 0.01, "undo_hint": True, "run_note": "Scheduled run of #1",
+                         "pictures": [{"key": "picture-1", "alt": "chart.png"}],
+                         "changes": ["created /a.txt"], "workspace_changes": 2, "task_id": 1,
+                         "tokens": 10, "cost": 0.01, "undo_hint": True,
+                         "run_note": "Scheduled run of #1",
                          "scheduled": ["Scheduled #1: every day at 08:00 (UTC)"]},
     "failure.md.j2": {"task_id": 1, "reason": "budget", "advice": "Reply continue.",
-                      "partial": "Half.", "changes": ["created /a.txt"], "tokens": 10,
-                      "cost": 0.01, "run_note": "Scheduled run of #1",
+                      "partial": "Half.", "pictures": [], "changes": ["created /a.txt"],
+                      "workspace_changes": 1, "tokens": 10, "cost": 0.01,
+                      "run_note": "Scheduled run of #1",
                       "scheduled": ["Scheduled #1: every day at 08:00 (UTC)"]},
     "command.md.j2": {"body": "status"},
     "refused.md.j2": {"reason": "too large", "kind": "limit"},
@@ -98,6 +103,12 @@ SAMPLES: dict[str, dict[str, Any]] = {
                                 "task_lines": ["Summarise ~/Reports"],
                                 "reason": "the mail forwards a message",
                                 "owner_lines": ["What is this?"], "hours": 24.0},
+    "draft_approval.md.j2": {"draft_id": 1, "task_id": 1, "sender": "agent@example.com",
+                             "to": "a@example.org", "cc": "", "subject": "Tuesday",
+                             "in_reply_to": "", "fence": "```", "body": "Tuesday works.",
+                             "attachments": [{"name": "a.pdf", "size": 1, "sha256": "00"}],
+                             "message_id": "<x@example.com>", "message_sha256": "00",
+                             "digest": "00", "hours": 24.0},
     "mail.html.j2": {"subject": "Re: x", "body": "<p>x</p>"},
 }
 
@@ -116,9 +127,13 @@ def check_templates() -> list[str]:
     return names
 
 
-def markdown_html(text: str) -> str:
-    """HTML from the model's Markdown that loads nothing: no raw HTML, no images, no links
-    (URLs stay visible as text, and mail clients may link them for the reader)."""
-    parser = MarkdownIt("commonmark", {"html": False}).enable("table")
-    parser.disable(["image", "link", "autolink"])
-    return Markup(parser.render(text))  # escaped by the parser already: kept as it is
+def markdown_html(text: str, pictures: Mapping[str, str] | None = None) -> Markup:
+    """HTML from the model's Markdown that loads nothing: no raw HTML, links as their text and
+    address, images as their words unless `pictures` maps their source to a part of the mail
+    (a Content-ID); every element styled inline, to read on a phone and in dark mode."""
+    return Markup(markdown.to_html(text, pictures))  # escaped by the parser: kept as it is
+
+
+def markdown_text(text: str) -> str:
+    """The plain text part: `text` without Markdown's marks (mailagent.mail.markdown)."""
+    return markdown.to_text(text)

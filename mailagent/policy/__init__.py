@@ -15,10 +15,10 @@ and the names below it, never the model's string), through descriptors with no s
 followed, and ask again right before they act. Deciding never raises anything but PolicyError.
 
 The package, by concern: `rules` (the frozen shapes), `load` (TOML to a `Policy`), `watch`
-(reloading on edits), `paths` (resolving and protecting paths), `decide` (the verdicts),
-`calls` (which rule judges each tool call), `mcp` (MCP server rules), `fsat` (files reached by
-descriptors from a rule's root), `sandbox` (bubblewrap), `integrity` (the protected files by
-identity). This module is the face the rest of mailagent imports.
+(reloading on edits), `paths` (resolving and protecting paths), `decide` (the verdicts), `calls`
+(which rule judges each tool call), `mail` (whom drafts may address), `mcp` (MCP server rules),
+`fsat` (files reached by descriptors from a rule's root), `sandbox` (bubblewrap), `integrity` (the
+protected files by identity). This module is the face the rest of mailagent imports.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 from mailagent.policy.calls import PATH_ACTIONS, check_call, describe_operation, operation_digest
 from mailagent.policy.decide import decide, decide_command, decide_move, explain
 from mailagent.policy.load import load_policy
+from mailagent.policy.mail import decide_recipients, explain_recipient
 from mailagent.policy.paths import HOME_PROTECTED, SYSTEM_ROOTS, protected_paths, resolve
 from mailagent.policy.rules import (
     ACCESS_VALUES,
@@ -41,6 +42,7 @@ from mailagent.policy.rules import (
     CommandsRule,
     Decision,
     FolderRule,
+    MailRule,
     Policy,
     Scope,
     Verdict,
@@ -64,6 +66,7 @@ __all__ = [
     "CommandsRule",
     "Decision",
     "FolderRule",
+    "MailRule",
     "Policy",
     "PolicyWatcher",
     "Scope",
@@ -72,8 +75,10 @@ __all__ = [
     "decide",
     "decide_command",
     "decide_move",
+    "decide_recipients",
     "describe_operation",
     "explain",
+    "explain_recipient",
     "load_policy",
     "operation_digest",
     "protected_paths",

@@ -2,9 +2,10 @@
 
 In: the `Policy` in force, the task's `Scope`, a tool's name and its input. Out: the `Decision`
 for the call before it runs (file tools by their path, `move_file` by both ends, `run_command`
-by its command and folder, MCP tools by their server's rule; an unknown tool is denied), and the
-digest and words of an operation the owner is asked to approve. Side effects: reads the files an
-approval is bound to (their size and hash). It never raises: a bad path is a denial.
+by its command and folder, `draft_mail` by its recipients and attachments, MCP tools by their
+server's rule; an unknown tool is denied), and the digest and words of an operation the owner
+is asked to approve. Side effects: reads the files an approval is bound to (their size and
+hash). It never raises: a bad path is a denial.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from mailagent.errors import PolicyError
 from mailagent.policy.decide import decide, decide_command, decide_move
+from mailagent.policy.mail import decide_draft
 from mailagent.policy.mcp import PREFIX as MCP_PREFIX
 from mailagent.policy.mcp import decide_mcp, split_name
 from mailagent.policy.rules import Decision, Policy, Scope
@@ -76,6 +78,8 @@ def check_call(policy: Policy, scope: Scope, name: str, tool_input: dict[str, An
         if name == "schedule_task":
             return Decision("allow", "schedules", "a schedule of this conversation, bounded by "
                             "the [schedules] limits", None)
+        if name == "draft_mail":  # sends nothing: the owner approves each mail (E1)
+            return decide_draft(policy, scope, tool_input)
         if name == "move_file":
             return decide_move(policy, str(tool_input.get("source", "")),
                                str(tool_input.get("destination", "")), scope)

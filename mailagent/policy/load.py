@@ -23,11 +23,13 @@ from mailagent.policy.rules import (
     COMMANDS_KEYS,
     DELETE_VALUES,
     FOLDER_KEYS,
+    MAIL_KEYS,
     MAX_PATH_CHARS,
     MAX_POLICY_FILE_BYTES,
     OVERWRITE_VALUES,
     CommandsRule,
     FolderRule,
+    MailRule,
     Policy,
 )
 
@@ -45,10 +47,16 @@ def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
     folders: list[FolderRule] = []
     commands: CommandsRule | None = None
     servers: list[McpServerRule] = []
+    mail: MailRule | None = None
     for file in files:
         text = _read_policy_text(file)
         document = _parse_toml(text, file)
         file_folders, file_commands = _validate(document, text, file, home)
+        file_mail = _mail_rule(document.get("mail"), text, file)
+        if file_mail is not None and mail is not None:
+            raise PolicyError(f"{file} line {file_mail.source.rpartition(':')[2]}: a second "
+                              f"[mail] table (the first is at {mail.source}); keep only one")
+        mail = mail or file_mail
         for server in parse_servers(document.get("mcp"), text, file):
             if any(other.name == server.name for other in servers):
                 raise PolicyError(f"{file} line {server.source.rpartition(':')[2]}: a second "
@@ -63,7 +71,8 @@ def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
                 f"table (the first is at {commands.source}); keep only one"
             )
         commands = commands or file_commands
-    return Policy(tuple(folders), commands, tuple(file.name for file in files), tuple(servers))
+    return Policy(tuple(folders), commands, tuple(file.name for file in files), tuple(servers),
+                  mail)
 
 
 def is_policy_name(name: str) -> bool:
@@ -155,11 +164,11 @@ def _validate(
     document: dict[str, Any], text: str, file: Path, home: Path
 ) -> tuple[list[FolderRule], CommandsRule | None]:
     for key in document:
-        if key not in ("folders", "commands", "mcp"):
+        if key not in ("folders", "commands", "mcp", "mail"):
             raise _Location(file, text, _top_level_line(text, key)).error(
                 f"unknown table or key {key!r}; a policy file holds only [[folders]], "
-                "[commands] and [mcp.<server>] (check the spelling: a misspelt table would "
-                "drop its rule)"
+                "[commands], [mail] and [mcp.<server>] (check the spelling: a misspelt table "
+                "would drop its rule)"
             )
     entries = document.get("folders", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -257,6 +266,33 @@ def _commands_rule(table: dict[str, Any], where: _Location) -> CommandsRule:
     source = f"{where.file.name}:{where.line}"
     return CommandsRule(tuple(allow), network, float(timeout), source,
                         unsafe_no_sandbox=unsafe, **counts)
+
+
+_PATTERN = re.compile(r"^[^\s@]+@[^\s@]+$")
+
+
+def _mail_rule(table: Any, text: str, file: Path) -> MailRule | None:
+    """[mail] may_write_to = ["*@example.org", ...]: whom draft_mail may address. Each pattern
+    is a glob on the whole lower-cased address, so it must have one @ (a bare domain would
+    match nothing, silently)."""
+    if table is None:
+        return None
+    where = _Location(file, text, _top_level_line(text, "mail"))
+    if not isinstance(table, dict):
+        raise where.error('mail must be a [mail] table: may_write_to = ["name@example.org"]')
+    for key in table:
+        if key not in MAIL_KEYS:
+            raise where.error(f"unknown key {key!r} in [mail]{_did_you_mean(key, MAIL_KEYS)}; "
+                              f"allowed keys: {', '.join(MAIL_KEYS)}", key)
+    patterns = table.get("may_write_to", [])
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise where.error('may_write_to must be a list of addresses or patterns, e.g. '
+                          '["*@example.org", "landlord@example.net"]', "may_write_to")
+    for pattern in patterns:
+        if not _PATTERN.match(pattern) or any(ord(c) < 32 or ord(c) == 127 for c in pattern):
+            raise where.error(f"may_write_to: {pattern[:80]!r} is not an address or a pattern "
+                              'with one @, e.g. "*@example.org"', "may_write_to")
+    return MailRule(tuple(p.lower() for p in patterns), f"{file.name}:{where.line}")
 
 
 def _flag(table: dict[str, Any], key: str, where: _Location) -> bool:

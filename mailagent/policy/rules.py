@@ -1,8 +1,9 @@
 """Policy rules: the frozen shapes a policy is made of, and what a decision says.
 
-In: nothing (definitions only). Out: `Policy` (folder rules, the commands rule, MCP server rules),
-`Scope` (the conversation's workspace, `~`, the protected paths) and `Decision` (verdict, the rule
-that decided, a reason the model can act on, the resolved path and its `Anchor`). Pure: no I/O.
+In: nothing (definitions only). Out: `Policy` (folder rules, the commands rule, MCP server rules,
+the mail rule), `Scope` (the conversation's workspace, `~`, the protected paths) and `Decision`
+(verdict, the rule that decided, a reason the model can act on, the resolved path and its
+`Anchor`). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ COMMANDS_KEYS = ("allow", "network", "timeout_seconds", "memory_mb", "max_proces
                  "max_output_bytes", "unsafe_no_sandbox")
 
 
+MAIL_KEYS = ("may_write_to",)
+
+
 WORKSPACE_RULE = "workspace"
 
 
@@ -70,11 +74,21 @@ class CommandsRule:
 
 
 @dataclass(frozen=True)
+class MailRule:
+    """Who `draft_mail` may address: glob patterns on the whole lower-cased address. Every
+    draft still goes out only after the owner approves that exact mail."""
+
+    may_write_to: tuple[str, ...]
+    source: str = ""  # "mail.toml:1", where the [mail] table starts
+
+
+@dataclass(frozen=True)
 class Policy:
     folders: tuple[FolderRule, ...] = ()
     commands: CommandsRule | None = None
     files: tuple[str, ...] = ()  # the file names it was loaded from
     mcp: tuple[McpServerRule, ...] = ()  # [mcp.<server>] tables: connectors and their tools
+    mail: MailRule | None = None  # [mail]: absent or empty, draft_mail is not offered
 
 
 @dataclass(frozen=True)

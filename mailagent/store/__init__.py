@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from mailagent.store.approvals import ApprovalStore
 from mailagent.store.db import create_store_engine
+from mailagent.store.drafts import DraftStore
 from mailagent.store.held import HeldStore
 from mailagent.store.history import HistoryStore
 from mailagent.store.inbox import InboxStore
@@ -22,9 +23,12 @@ from mailagent.store.views import (
     CommandView,
     CommandWork,
     ConversationView,
+    DraftQuestion,
+    DraftView,
     HeldView,
     HistoryItem,
     NewCommand,
+    NewDraft,
     NewSchedule,
     NewTask,
     Outbound,
@@ -52,9 +56,12 @@ __all__ = [
     "CommandView",
     "CommandWork",
     "ConversationView",
+    "DraftQuestion",
+    "DraftView",
     "HeldView",
     "HistoryItem",
     "NewCommand",
+    "NewDraft",
     "NewSchedule",
     "NewTask",
     "Outbound",
@@ -77,10 +84,11 @@ __all__ = [
 ]
 
 
-class Store(InboxStore, TaskStore, OutboxStore, ApprovalStore, HistoryStore, HeldStore):
+class Store(InboxStore, TaskStore, OutboxStore, ApprovalStore, HistoryStore, HeldStore,
+            DraftStore):
     """Every read and write of mailagent's state, one area per module (inbox, tasks, outbox,
-    approvals, history, schedules, held mail) over one database (`db`). Safe to share between
-    threads."""
+    approvals, history, schedules, held mail, drafts) over one database (`db`). Safe to share
+    between threads."""
 
     @classmethod
     def open(cls, url: str, migrate: bool = True) -> Store:

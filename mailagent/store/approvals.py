@@ -58,8 +58,9 @@ class ApprovalStore(MailStore):
         """
         with self.session() as s:
             row = s.get(Approval, approval_id)
-            if row is None or row.state != "pending" or row.schedule_id is not None:
-                return False  # a schedule's approval is settled with its schedule
+            if row is None or row.state != "pending" or row.schedule_id is not None \
+                    or row.draft_id is not None:
+                return False  # a schedule's or a draft's approval is settled with it
             row.state, row.settled_at = state, utcnow()
             s.add(row)
             task = s.get(Task, row.task_id)

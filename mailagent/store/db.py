@@ -222,7 +222,7 @@ def _enqueue(s: Session, outbound: Outbound) -> None:
     now = utcnow()
     s.add(OutboxRow(message_id=outbound.message_id, kind=outbound.kind, task_id=outbound.task_id,
                     recipient=outbound.recipient, subject=outbound.subject, raw=outbound.raw,
-                    next_attempt_at=now, created_at=now))
+                    next_attempt_at=now, created_at=now, draft_id=outbound.draft_id))
     if outbound.conversation_id is not None:
         _add_ref(s, outbound.message_id, outbound.conversation_id, outbound.task_id, "out")
     else:
@@ -239,12 +239,13 @@ def _main_id(s: Session) -> int:
 def _approval_view(row: Approval) -> ApprovalView:
     return ApprovalView(_id(row.approval_id), row.task_id, row.tool_use_id, row.token, row.digest,
                         row.operation, row.state, row.message_id, _aware(row.expires_at),
-                        row.schedule_id)
+                        row.schedule_id, row.draft_id)
 
 
 def _outbox_view(row: OutboxRow) -> OutboxView:
     return OutboxView(_id(row.outbox_id), row.message_id, row.kind, row.recipient, row.subject,
-                      row.raw, row.state, row.attempts, row.last_error, row.task_id)
+                      row.raw, row.state, row.attempts, row.last_error, row.task_id,
+                      row.draft_id)
 
 
 def _audit(s: Session, kind: str, reason: str, raw_message_id: int | None, task_id: int | None,

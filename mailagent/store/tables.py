@@ -195,6 +195,9 @@ class OutboxRow(SQLModel, table=True):
     last_error: str = ""
     created_at: datetime
     sent_at: datetime | None = None
+    # Set only for a draft the owner approved: the one kind of row that may go to anyone but
+    # the owner, and only while it is that draft's exact bytes (mailagent.mail.drafts).
+    draft_id: int | None = None
 
 
 class Approval(SQLModel, table=True):
@@ -215,6 +218,31 @@ class Approval(SQLModel, table=True):
     # Set when what waits is a schedule the model made, not a tool call of the task: approved,
     # the schedule becomes active; otherwise it is cancelled. The task never waits for it.
     schedule_id: int | None = None
+    # Set when what waits is a mail the model drafted (draft_mail): approved, that exact mail
+    # goes out; otherwise it is dropped. The task never waits for it either.
+    draft_id: int | None = None
+
+
+class Draft(SQLModel, table=True):
+    """A mail to someone other than the owner, composed whole when the model drafted it (its
+    Message-ID and Date included) and held until the owner approves it as shown. `digest` binds
+    the recipients, the exact bytes and each attachment's source file (path, size, SHA-256)."""
+
+    draft_id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="task.task_id", index=True)
+    conversation_id: int = Field(foreign_key="conversation.conversation_id", index=True)
+    message_id: str = Field(unique=True)
+    recipients_json: str  # the envelope: to and cc, plain lower-cased addresses
+    subject: str
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    raw_sha256: str
+    attachments_json: str = "[]"  # [{path, name, size, sha256}]
+    digest: str
+    # awaiting_approval -> approved | denied | expired | void (an attachment changed, say)
+    state: str = Field(default="awaiting_approval", index=True)
+    reason: str = ""
+    created_at: datetime
+    settled_at: datetime | None = None
 
 
 class Schedule(SQLModel, table=True):
@@ -369,6 +397,12 @@ def _halts(connection: Connection) -> None:
     SQLModel.metadata.create_all(connection, tables=[SQLModel.metadata.tables["halt"]])
 
 
+def _drafts(connection: Connection) -> None:
+    SQLModel.metadata.create_all(connection, tables=[SQLModel.metadata.tables["draft"]])
+    _add_columns(connection, "approval", {"draft_id": "INTEGER"})
+    _add_columns(connection, "outbox", {"draft_id": "INTEGER"})
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_agent", _agent),
@@ -382,5 +416,6 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0010_held_mail", _held),
     ("0011_schedule_approvals", _schedule_approvals),
     ("0012_halts", _halts),
+    ("0013_drafts", _drafts),
 ]
 

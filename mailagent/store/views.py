@@ -174,6 +174,7 @@ class Outbound:
     raw: bytes
     task_id: int | None = None
     conversation_id: int | None = None
+    draft_id: int | None = None  # an approved draft: the one mail that may go to others
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ class OutboxView:
     attempts: int
     last_error: str
     task_id: int | None
+    draft_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,48 @@ class ApprovalView:
     message_id: str
     expires_at: datetime
     schedule_id: int | None = None  # a schedule waiting, rather than a call of the task
+    draft_id: int | None = None  # a drafted mail waiting, likewise
+
+
+@dataclass(frozen=True)
+class NewDraft:
+    """A composed draft to hold: its exact bytes, envelope and what its digest binds."""
+
+    task_id: int
+    conversation_id: int
+    message_id: str
+    recipients: tuple[str, ...]
+    subject: str
+    raw: bytes
+    raw_sha256: str
+    attachments: tuple[dict[str, Any], ...]  # {path, name, size, sha256}
+    digest: str
+
+
+@dataclass(frozen=True)
+class DraftView:
+    draft_id: int
+    task_id: int
+    conversation_id: int
+    message_id: str
+    recipients: tuple[str, ...]
+    subject: str
+    raw: bytes
+    raw_sha256: str
+    attachments: tuple[dict[str, Any], ...]
+    digest: str
+    state: str
+    approved_digest: str  # the digest of its approval once approved, else ""
+
+
+@dataclass(frozen=True)
+class DraftQuestion:
+    """The approval a draft waits for, asked in the commit that holds the draft."""
+
+    token: str
+    operation: str
+    expires_at: datetime
+    mail: Outbound
 
 
 @dataclass(frozen=True)

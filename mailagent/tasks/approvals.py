@@ -11,13 +11,13 @@ approval judges the call again; an attachment is judged by the policy).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from datetime import UTC, datetime, timedelta
 
 from mailagent.agent.loop import Agent
 from mailagent.agent.task import Outcome
+from mailagent.bell import Bell
 from mailagent.mail.notify import approval_message_id, compose
 from mailagent.policy.calls import describe_operation, operation_digest
 from mailagent.store import ApprovalView, CommandWork
@@ -34,7 +34,7 @@ class Approvals(Replies):
     """Approvals and budget pauses of the worker's tasks. A part of `Worker`."""
 
     agent: Agent
-    wake: asyncio.Event
+    wake: Bell
 
     def ask_approval(self, task_id: int, outcome: Outcome) -> None:
         """Record what waits, bound to a digest and a token, and mail the owner the question."""
@@ -83,6 +83,8 @@ class Approvals(Replies):
                 continue
             if approval.schedule_id is not None and self.schedule_approvals is not None:
                 return self.schedule_approvals.settle(approval, command.name)
+            if approval.draft_id is not None:
+                return self.draft_approvals.settle(approval, command.name)
             if approval.expires_at < datetime.now(UTC):
                 self.expire(approval)
                 return f"The question about {approval.operation} had expired; nothing was done."
@@ -90,7 +92,7 @@ class Approvals(Replies):
             if not self.store.settle_approval(approval.approval_id, state,
                                               f"{state} by the owner"):
                 break
-            self.wake.set()
+            self.wake.ring()
             if is_budget:
                 return self.after_budget_answer(approval, state)
             if state == "approved":
@@ -117,6 +119,9 @@ class Approvals(Replies):
     def expire(self, approval: ApprovalView) -> None:
         if approval.schedule_id is not None and self.schedule_approvals is not None:
             self.schedule_approvals.expire(approval)
+            return
+        if approval.draft_id is not None:
+            self.draft_approvals.expire(approval)
             return
         if approval.operation == BUDGET_STEP:
             if self.store.settle_approval(approval.approval_id, "expired", "no answer in time"):

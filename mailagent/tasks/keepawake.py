@@ -11,6 +11,7 @@ logged once, and mailagent goes on without keeping anything awake.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import logging
@@ -18,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,8 @@ WHY = "mailagent is working on a task"
 ES_CONTINUOUS = 0x80000000
 ES_SYSTEM_REQUIRED = 0x00000001
 STOP_SECONDS = 5.0
+LINGER_SECONDS = 5.0  # tasks that follow each other closely keep one hold
+FAILED_RETRY_SECONDS = 3600.0  # a tool that failed is tried again after this
 
 
 def inhibitor_command(platform: str, pid: int) -> list[str] | None:
@@ -54,13 +58,23 @@ class KeepAwake:
         self.windows_held = False
         self.warned = False
         self.tool = ""
+        self.linger: asyncio.TimerHandle | None = None
+        self.retry_at = 0.0  # time.monotonic() before which a failed tool is not started again
 
     def set_busy(self, busy: bool) -> None:
+        """The first task started (True), the last one ended (False). On the event loop, the
+        hold outlives the last task by LINGER_SECONDS, so a queue of tasks holds it once."""
         if not self.enabled:
             return
+        if self.linger is not None:
+            self.linger.cancel()
+            self.linger = None
         if busy:
             self._hold()
-        else:
+            return
+        try:
+            self.linger = asyncio.get_running_loop().call_later(LINGER_SECONDS, self.release)
+        except RuntimeError:  # no event loop: let go now
             self.release()
 
     def _warn_once(self, message: str, *args: object) -> None:
@@ -72,8 +86,12 @@ class KeepAwake:
         if self.platform == "win32":
             self._windows(ES_CONTINUOUS | ES_SYSTEM_REQUIRED)
             return
-        if self.process is not None and self.process.poll() is None:
-            return
+        if self.process is not None:
+            if self.process.poll() is None:
+                return  # held still
+            self.release()  # it ended by itself: it failed, or held nothing
+        if time.monotonic() < self.retry_at:
+            return  # it failed a short while ago
         command = inhibitor_command(self.platform, os.getpid())
         if command is None:
             tool = "caffeinate" if self.platform == "darwin" else "systemd-inhibit"
@@ -90,6 +108,9 @@ class KeepAwake:
 
     def release(self) -> None:
         """Let the machine sleep again; safe to call when nothing is held."""
+        if self.linger is not None:
+            self.linger.cancel()
+            self.linger = None
         if self.windows_held:
             self._windows(ES_CONTINUOUS)
         process, self.process = self.process, None
@@ -108,8 +129,9 @@ class KeepAwake:
             waited = process.wait()
         if code is None and self.platform != "darwin":
             code = waited
-        if code not in (None, 0):  # e.g. systemd-inhibit without a system bus
-            self._warn_once("%s exited with code %s", self.tool, code)
+        if code not in (None, 0):  # e.g. systemd-inhibit without a system bus: not tried again
+            self._warn_once("%s exited with code %s", self.tool, code)  # for a while
+            self.retry_at = time.monotonic() + FAILED_RETRY_SECONDS
             return
         log.info("keep_awake: released")
 

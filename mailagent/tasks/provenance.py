@@ -29,7 +29,7 @@ from mailagent.store import SeenContext, SeenTask
 # Tools whose results are mailagent's own words about the model's own input (a path, a note,
 # a schedule): they bring nothing from outside before the model.
 QUIET_TOOLS = frozenset({"write_file", "edit_file", "move_file", "delete_file", "attach_file",
-                         "remember", "schedule_task"})
+                         "remember", "schedule_task", "draft_mail"})
 # Content blocks the model's turns and mailagent's messages are made of; any other kind (web
 # search or fetch results, documents, images) is content from outside.
 OWN_BLOCKS = frozenset({"text", "tool_use", "tool_result", "thinking", "redacted_thinking",

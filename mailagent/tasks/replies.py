@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from mailagent.agent.task import Outcome
-from mailagent.errors import PolicyError
 from mailagent.mail.notify import compose
 from mailagent.policy import decide
-from mailagent.store import Outbound, ReplyTarget, TaskWork
+from mailagent.store import Outbound, TaskWork
 from mailagent.tasks.scheduler import Scheduler
 from mailagent.tasks.toolbox import Toolbox
 
@@ -48,6 +47,12 @@ def advice(reason: str) -> str:
     return "Send the task again; if it fails the same way, run `mailagent status` on the computer."
 
 
+def is_in_workspace(change: dict[str, Any], workspace: Path) -> bool:
+    """A change that touched only the conversation's own workspace (or the folder itself)."""
+    paths = [change["path"], *([change["from"]] if change.get("from") else [])]
+    return all(Path(p) == workspace or workspace in Path(p).parents for p in paths)
+
+
 def _describe(change: dict[str, Any]) -> str:
     if change["op"] == "moved":
         return f"moved {change['from']} to {change['path']}"
@@ -60,24 +65,6 @@ class Replies(Toolbox):
     account_told_at: float | None
     on_mail: Callable[[], None]
     schedules: Scheduler | None
-
-    def policy_broken(self, error: PolicyError) -> None:
-        """A broken policy file: logged, recorded, and the owner told (once per error)."""
-        log.error("policy: %s (the last good policy stays in force)", error)
-        self.store.audit("policy.error", str(error))
-        self.tell_owner("mailagent: a policy file is broken",
-                        f"A policy file does not validate: {error}\n\nThe last good policy "
-                        "stays in force (or, if there was none, nothing is allowed). Fix the "
-                        "file; the change takes effect without a restart. `mailagent check` "
-                        "shows the problem too.")
-
-    def tell_owner(self, subject: str, body: str) -> None:
-        """A notice to the first owner address that answers no mail."""
-        target = ReplyTarget(self.settings.owner.addresses[0], subject, None, (), None, None,
-                             None)
-        self.store.enqueue_mail(compose(self.settings.smtp, target, "notice", "command.md.j2",
-                                        {"body": body}))
-        self.on_mail()
 
     def after_scheduled_run(self, task_id: int, state: str, mail: Outbound | None) -> None:
         """A schedule's run counts towards pausing it after failures in a row."""
@@ -92,14 +79,19 @@ class Replies(Toolbox):
         """The completion or failure reply; None (recorded) if it cannot be composed."""
         try:
             work = self.store.task_work(task_id)
-            changes = [_describe(c) for c in self.store.changes(task_id)]
+            every = self.store.changes(task_id)
+            # The workspace is the task's own scratch room: its files are attached or counted,
+            # and only what the task changed outside it is listed by name.
+            workspace = self.scope(work).workspace
+            changes = [_describe(c) for c in every if not is_in_workspace(c, workspace)]
             values = {"task_id": task_id, "tokens": work.tokens, "cost": work.cost_usd,
-                      "changes": changes, **self.schedule_lines(work)}
+                      "changes": changes, "workspace_changes": len(every) - len(changes),
+                      **self.schedule_lines(work)}
             target = self.store.reply_target(task_id)
             if outcome.state == "done":
                 return compose(self.settings.smtp, target, "completion", "completion.md.j2",
                                {**values, "answer": outcome.text or "Done.",
-                                "undo_hint": bool(changes)},
+                                "undo_hint": bool(every)},
                                self.sendable(work, self.store.attachments(task_id)))
             return compose(self.settings.smtp, target, "failure", "failure.md.j2",
                            {**values, "reason": outcome.reason, "advice": advice(outcome.reason),

@@ -10,10 +10,10 @@ Two causes, one rule: the owner gets one mail saying so, and nothing is lost.
   lives in the full database: it goes straight to SMTP (and into the outbox's record once there
   is room). The service tries again by itself and goes on when there is room again.
 
-In: a `Breach` from the integrity guard and a `StoreFullError` from the store, from any thread.
-Out: `halted` (a threading.Event the worker reads before every tool call and every claim),
-`on_resume()` (in the thread that noticed the resume, before tools run again), and calls on the
-event loop: `on_halt(reason)` (stop every tool now) and `on_room()`.
+In: a `Breach` from the integrity guard (which it owns: `guard`) and a `StoreFullError` from the
+store, from any thread. Out: `halted` (a threading.Event the worker reads before every tool call
+and every claim) with `halt_reason`, and `room_again`; the worker's bell rings when either
+changes, and the worker stops every running task or resumes the stranded ones.
 Side effects: halt rows, held rows of kept mail, and mail to the first owner address.
 It must never send more than one mail per halt or per time the store is full, and never let a
 halt end but by the owner's `resume`.
@@ -27,16 +27,15 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
+from mailagent.bell import Bell
 from mailagent.config import Settings
 from mailagent.errors import StoreError, StoreFullError
 from mailagent.mail.intake import Inbound
 from mailagent.mail.notify import Courier, SendOutcome, compose
-from mailagent.policy.integrity import Breach
+from mailagent.policy.integrity import Breach, Guard
 from mailagent.store import Outbound, OutboxView, ReplyTarget, Store, halts
 
 log = logging.getLogger(__name__)
@@ -50,14 +49,13 @@ SMTP_RETRY_SECONDS = 30.0
 class Stoppage:
     """The halt and the full store, their one mail each, and the way back."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, *, mail_bell: Bell,
+                 work_bell: Bell) -> None:
         self.settings, self.store = settings, store
+        self.mail_bell, self.work_bell = mail_bell, work_bell
         self.halted = threading.Event()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.on_halt: Callable[[str], None] = lambda _reason: None
-        self.on_resume: Callable[[], None] = lambda: None
-        self.on_room: Callable[[], None] = lambda: None
-        self.on_mail: Callable[[], None] = lambda: None
+        self.halt_reason = ""
+        self.room_again = threading.Event()  # for the worker: stranded tasks may go on
         self._lock = threading.Lock()
         self.unrecorded: Breach | None = None  # a halt the store could not take yet
         self.full_since: datetime | None = None
@@ -65,12 +63,8 @@ class Stoppage:
         self.straight: list[Outbound] = []  # for the owner, past the outbox
         self.sent_straight: list[Outbound] = []  # sent so, not recorded in the outbox yet
         self.courier = Courier(settings.smtp)
-
-    def soon(self, callback: Callable[..., None], *args: Any) -> None:
-        """Run `callback` on the event loop, from any thread (not at all once it is closed)."""
-        if self.loop is not None:
-            with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(callback, *args)
+        # The integrity record is taken now, and its breaches halt (SECURITY.md L6).
+        self.guard = Guard(settings, store.file_path(), self.halt)
 
     # ------------------------------------------------------------ halts
 
@@ -79,6 +73,7 @@ class Stoppage:
         view = halts.active_halt(self.store)
         if view is not None:
             self.halted.set()
+            self.halt_reason = view.reason
             log.error("tools are STOPPED since %s UTC: %s; look at what changed, then run "
                       "`mailagent resume`", f"{view.halted_at:%Y-%m-%d %H:%M}", view.reason)
 
@@ -86,13 +81,15 @@ class Stoppage:
         """Stop every tool now, record the halt and tell the owner once; from any thread."""
         with self._lock:
             first = not self.halted.is_set()
+            if first:
+                self.halt_reason = breach.reason
             self.halted.set()
         if not first:
             with contextlib.suppress(StoreError):
                 self.store.audit("halt.again", breach.reason, task_id=breach.task_id,
                                  detail={"problems": list(breach.problems)})
             return
-        self.soon(self.on_halt, breach.reason)
+        self.work_bell.ring()  # the worker stops every running task now
         try:
             running = [t.task_id for t in self.store.tasks(["running"])]
         except StoreError:
@@ -101,7 +98,7 @@ class Stoppage:
                            halt_text(breach, running, str(self.settings.config_path)))
         if not self.record(breach, mail):
             self.straight.append(mail)
-        self.soon(self.on_mail)
+        self.mail_bell.ring()
 
     def record(self, breach: Breach, mail: Outbound | None) -> bool:
         """Record the halt (with its mail); False when the store cannot take it now."""
@@ -126,8 +123,9 @@ class Stoppage:
             return
         if halts.active_halt(self.store) is not None:
             return
-        self.on_resume()  # the new record first: no command runs before it is taken
+        self.guard.rebase()  # the new record first: no command runs before it is taken
         self.halted.clear()
+        self.work_bell.ring()
         log.info("tools run again: the owner resumed them")
 
     def keep(self, raw_message_id: int, inbound: Inbound) -> bool:
@@ -197,7 +195,8 @@ class Stoppage:
         with self._lock:
             self.full_since = None
         log.info("there is room again: storing, intake and tasks go on")
-        self.soon(self.on_room)
+        self.room_again.set()
+        self.work_bell.ring()
 
     # ------------------------------------------------------------ mail past the outbox
 

@@ -1,10 +1,10 @@
 """Toolbox: the tools, the checks and the system prompt one task runs with.
 
 In: a claimed task (`TaskWork`), the policy in force, the sandbox, the MCP connectors. Out: a
-`TaskContext` for the agent: the tools (files, memory, schedules, run_command, MCP tools), the
-`check` each call passes first (policy.calls, with tools stopped after a failed integrity check),
-the digest an approval binds, the fence nonce, and the system prompt. Side effects: makes the
-task's workspace. Every tool judges again, at each call, by the policy in force then.
+`TaskContext` for the agent: the tools (files, memory, schedules, drafts, run_command, MCP tools),
+the `check` each call passes first (policy.calls, with tools stopped after a failed integrity
+check), the digest an approval binds, the fence nonce, and the system prompt. Side effects: makes
+the task's workspace. Every tool judges again, at each call, by the policy in force then.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import hmac
 import logging
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,12 +36,15 @@ from mailagent.policy import (
     protected_paths,
 )
 from mailagent.policy.calls import check_call, operation_digest
+from mailagent.policy.mail import decide_recipients
 from mailagent.policy.sandbox import Limits, Runner, SandboxInfo, View
 from mailagent.store import Store, TaskWork
+from mailagent.tasks.draft_approval import DraftApprovals
 from mailagent.tasks.schedule_approval import ScheduleApprovals
 from mailagent.tasks.workspace import data_key, workspace_dir
 from mailagent.tools.command import CommandTools
 from mailagent.tools.connector import ConnectorTools
+from mailagent.tools.drafts import DraftTools, read_judged
 from mailagent.tools.files import FileTools, Media, ToolError
 from mailagent.tools.mcp_servers import Connectors
 from mailagent.tools.memory import MemoryTools
@@ -87,7 +90,9 @@ class Toolbox:
     """What one task runs with: its scope, tools, checks and system prompt. A part of `Worker`."""
 
     connectors: Connectors | None
+    draft_approvals: DraftApprovals
     home: Path
+    on_mail: Callable[[], None]
     policies: PolicyWatcher
     runners: dict[int, Runner]
     sandbox: SandboxInfo
@@ -127,6 +132,9 @@ class Toolbox:
             tools["schedule_task"] = ScheduleTools(make=functools.partial(
                 self.schedule_approvals.make, work.task_id)).schedule_task
         policy = self.policies.current()
+        if policy.mail is not None and policy.mail.may_write_to:  # off by default (E1)
+            tools["draft_mail"] = DraftTools(make=functools.partial(
+                self.draft_approvals.make, work.task_id)).draft_mail
         if self.offers_commands(policy):
             tools["run_command"] = self.command_tools(work, scope).run_command
         connector = self.connector_tools(work, scope)
@@ -158,6 +166,22 @@ class Toolbox:
                             "the owner was told and decides when they run again", None)
         return check_call(self.policies.current(), scope, name, tool_input,
                           sandboxed=self.sandbox.available)
+
+    def make_draft_approvals(self) -> DraftApprovals:
+        """Drafts judged by the policy in force when drafted and again when approved."""
+
+        def judge_recipients(recipients: Sequence[str]) -> Decision:
+            if self.tools_stopped():
+                return Decision("deny", "integrity", "tools are stopped: an integrity check "
+                                "failed, so no mail goes to anyone but the owner", None)
+            return decide_recipients(self.policies.current(), recipients)
+
+        def read(task_id: int, path: str, limit: int) -> tuple[Path, bytes]:
+            scope = self.scope(self.store.task_work(task_id))
+            return read_judged(decide(self.policies.current(), "read", path, scope), limit)
+
+        return DraftApprovals(self.settings, self.store, lambda: self.on_mail(),
+                              judge_recipients, read)
 
     def connector_tools(self, work: TaskWork, scope: Scope) -> ConnectorTools | None:
         """The MCP tools of this task: decided again, by the policy in force, at each call."""

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from mailagent.agent.loop import Agent
 from mailagent.agent.task import Outcome
+from mailagent.bell import Bell
 from mailagent.config import Settings
 from mailagent.errors import ModelError, StoreFullError
+from mailagent.mail.notices import Notices
 from mailagent.mail.notify import compose
 from mailagent.policy import PolicyWatcher, decide
 from mailagent.policy.sandbox import Runner, SandboxInfo
@@ -28,6 +30,7 @@ from mailagent.tasks.approvals import Approvals
 from mailagent.tasks.commands import answer
 from mailagent.tasks.schedule_approval import ScheduleApprovals
 from mailagent.tasks.scheduler import Scheduler
+from mailagent.tasks.stoppage import Stoppage
 from mailagent.tasks.when import quiet_seconds
 from mailagent.tools.mcp_servers import Connectors
 
@@ -43,34 +46,42 @@ class Worker(Approvals):
     (tasks/approvals.py, tasks/replies.py, tasks/toolbox.py)."""
 
     def __init__(self, settings: Settings, store: Store, agent: Agent,
-                 home: Path | None = None, on_mail: Callable[[], None] = lambda: None,
+                 home: Path | None = None, *, bell: Bell | None = None,
+                 mail_bell: Bell | None = None, policies: PolicyWatcher | None = None,
                  schedules: Scheduler | None = None,
                  sandbox: SandboxInfo | None = None,
                  connectors: Connectors | None = None,
                  on_busy: Callable[[bool], None] = lambda busy: None,
-                 tools_stopped: Callable[[], bool] = lambda: False,
-                 watch: Callable[[TaskWork, str], AbstractContextManager[list[str]]] =
-                 lambda _work, _command: nullcontext([])) -> None:
+                 stoppage: Stoppage | None = None) -> None:
         self.settings, self.store, self.agent = settings, store, agent
+        self.wake = bell or Bell()  # rung by whatever queues a task or a command
+        self.on_mail = (mail_bell or Bell()).ring  # the postman's
+        self.policies = policies or PolicyWatcher(
+            settings.policies_dir, Notices(settings, store, mail_bell or Bell()).policy_broken)
         self.connectors = connectors
         self.schedules = schedules
         self.schedule_approvals = None if schedules is None else ScheduleApprovals(
-            settings, store, schedules, lambda: self.on_mail())
+            settings, store, schedules, self.on_mail)
         self.home = home or Path.home()
         self.sandbox = sandbox or SandboxInfo("none", detail="not looked for")
         self.runners: dict[int, Runner] = {}  # task_id -> what runs its commands
-        self.on_mail = on_mail
+        self.draft_approvals = self.make_draft_approvals()
         self.cancelling: dict[int, str] = {}  # task_id -> why it is being stopped
         self.account_told_at: float | None = None  # when the owner last heard of the account
-        self.policies = PolicyWatcher(settings.policies_dir, self.policy_broken)
         self.running: dict[int, asyncio.Task[None]] = {}
         self.conversations: dict[int, int] = {}  # task_id -> conversation_id
-        self.wake = asyncio.Event()
         self.on_busy = on_busy  # the first task started (True), the last one ended (False)
         # Whether tools are stopped (an integrity check failed), and the check around each
-        # command (mailagent.policy.integrity).
-        self.tools_stopped = tools_stopped
-        self.watch = watch
+        # command (mailagent.policy.integrity); rings `bell` when either changes.
+        self.stoppage = stoppage
+
+    def tools_stopped(self) -> bool:
+        return self.stoppage is not None and self.stoppage.halted.is_set()
+
+    def watch(self, work: TaskWork, command: str) -> AbstractContextManager[list[str]]:
+        if self.stoppage is None:
+            return nullcontext([])
+        return self.stoppage.guard.watching(work.task_id, work.conversation_name, command)
 
     async def run(self, stop: asyncio.Event) -> None:
         for task_id in self.store.requeue_interrupted():
@@ -80,6 +91,7 @@ class Worker(Approvals):
         while not stop.is_set():
             quiet: float | None = None
             try:
+                self.obey_stoppage()
                 self.answer_commands()
                 if not self.tools_stopped():
                     self.start_claimed()
@@ -116,23 +128,36 @@ class Worker(Approvals):
         if self.running.pop(task_id, None) is not None and not self.running:
             self.on_busy(False)
         self.conversations.pop(task_id, None)
-        self.wake.set()
+        self.wake.ring()
+
+    def obey_stoppage(self) -> None:
+        """Tools stopped: every running task stops now. Room again after a full store: the
+        tasks it stranded go on."""
+        if self.stoppage is None:
+            return
+        if self.stoppage.halted.is_set():
+            self.stop_tools(self.stoppage.halt_reason)
+        if self.stoppage.room_again.is_set():
+            self.stoppage.room_again.clear()
+            self.requeue_stranded()
 
     def stop_tools(self, reason: str) -> None:
         """Stop every running task at once (tools are stopped): its command is killed, the
         calls it asked for do not run, and it ends cancelled with `reason`."""
-        for runner in list(self.runners.values()):
-            runner.kill()
+        for task_id, runner in list(self.runners.items()):
+            if task_id not in self.cancelling:
+                runner.kill()
         for task_id, task in list(self.running.items()):
-            self.cancelling[task_id] = f"stopped: tools are stopped ({reason})"
-            task.cancel()
+            if task_id not in self.cancelling:
+                self.cancelling[task_id] = f"stopped: tools are stopped ({reason})"
+                task.cancel()
 
     def requeue_stranded(self) -> None:
         """Room again after a full store: tasks whose step could not be recorded (left running
         in the store, run by nobody) go back to the queue and resume after their last step."""
         for task_id in self.store.requeue_interrupted(keep=self.running):
             log.info("task resumed after the store was full task_id=%s", task_id)
-        self.wake.set()
+        self.wake.ring()
 
     async def shutdown(self) -> None:
         """Stop running tasks; they stay `running` in the store and resume at the next start."""
