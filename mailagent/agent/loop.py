@@ -13,6 +13,7 @@ resume, and never send a request larger than `model.max_context_tokens`.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -70,6 +71,10 @@ COMPACT_BETA = "compact-2026-01-12"
 CUT_STOPS = ("max_tokens", "model_context_window_exceeded")  # the turn ended mid-answer
 
 
+def _import_sdk() -> None:
+    importlib.import_module("anthropic.lib.tools")  # the SDK, and what agent/api.py uses
+
+
 class Agent(BoundedContext):
     """Runs tasks; one instance per service, shared by concurrent tasks."""
 
@@ -84,6 +89,18 @@ class Agent(BoundedContext):
         if not is_server_compaction_possible(model.max_context_tokens):
             self.server_compaction = False  # the budget is too small for the API's trigger
         self._client: anthropic.AsyncAnthropic | None = None
+        self._sdk_loading = asyncio.Lock()
+        self._sdk_loaded = False
+
+    async def load_sdk(self) -> None:
+        """Import the SDK off the event loop, once: it takes about a second, during which the
+        other conversations' tasks, intake and the outbox go on instead of waiting for it."""
+        if self._sdk_loaded:
+            return
+        async with self._sdk_loading:
+            if not self._sdk_loaded:
+                await asyncio.to_thread(_import_sdk)
+                self._sdk_loaded = True
 
     @property
     def client(self) -> anthropic.AsyncAnthropic:
@@ -109,12 +126,14 @@ class Agent(BoundedContext):
         a compaction): parsing a long conversation at every step made a backlog crawl."""
         work = ctx.work
         cid = work.conversation_id
+        await self.load_sdk()
         items = self.store.history(cid)
         if not any(item.task_id == work.task_id for item in items):
             # Images and PDFs of the mail are read and scaled off the event loop.
             content = await asyncio.to_thread(task_content, work, ctx.nonce, ctx.show)
             items.append(self.append(cid, work.task_id, "user", content))
-        tools = tool_definitions(ctx.tools)
+        # Off the loop too: the first schemas of a tool take tens of milliseconds each.
+        tools = await asyncio.to_thread(tool_definitions, ctx.tools)
         paused = False  # a pause_turn: the turn goes on, sent back as it stands
         while True:
             last = items[-1]

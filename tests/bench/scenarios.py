@@ -85,16 +85,20 @@ def pickup(sizes: Sizes) -> dict[str, Any]:
 
 
 def concurrency(sizes: Sizes) -> dict[str, Any]:
-    """Conversations started together while the model takes `model_seconds` per turn."""
+    """Conversations started together while the model takes `model_seconds` per turn, in a
+    service that has answered one task since it started (the SDK's one-time import, about a
+    second, is the first pickup's figure, not this one's)."""
     with rig() as r:
-        r.model.delay_seconds = sizes.model_seconds
         started(r)
+        r.deliver(owner_mail("[warm] Task", "Say hello."))
+        r.wait_replies(1, 60)
+        r.model.delay_seconds = sizes.model_seconds
         first = None
         for n in range(sizes.conversations):
             moment = r.deliver(owner_mail(f"[c{n}] Task", f"Conversation {n}: say hello."))
             first = first if first is not None else moment
         assert first is not None
-        last = r.wait_replies(sizes.conversations, 60)[-1]
+        last = r.wait_replies(sizes.conversations + 1, 60)[-1]
     return {"concurrency_s": round(last - first, 2),
             "conversations": sizes.conversations, "model_seconds": sizes.model_seconds}
 
