@@ -284,7 +284,7 @@ def _network(table: dict[str, Any], where: _Location) -> tuple[bool, tuple[str, 
         return value, ()
     example = '["pypi.org", "*.github.com"]'
     if not isinstance(value, list) or not all(isinstance(h, str) for h in value):
-        raise where.error(f"network = {value!r} must be true, false or a list of host names, "
+        raise where.error(f"network = {value!r} must be true or false, or a list of host names, "
                           f"e.g. {example}", "network")
     hosts: list[str] = []
     for host in value:
