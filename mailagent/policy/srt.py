@@ -57,6 +57,9 @@ def find_srt(configured: Path | None = None, proxy: str | None = None) -> SrtInf
     program = str(configured.expanduser()) if configured else shutil.which("srt")
     if program is None:
         return SrtInfo(detail=f"srt (Anthropic's sandbox-runtime) is not on PATH; {INSTALL_HINT}")
+    # Absolute, as it is run from the command's folder; its symlink kept: the folder it is
+    # in (npm's .bin) is where the Node that runs it is found.
+    program = os.path.abspath(program)
     if not os.access(program, os.X_OK):
         return SrtInfo(detail=f"srt at {program} is missing or not executable; {INSTALL_HINT}")
     with tempfile.TemporaryDirectory(prefix="mailagent-srt-") as folder:
