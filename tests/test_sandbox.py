@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from mailagent.policy import Decision, protected_paths
-from mailagent.policy.sandbox import CommandResult, Limits, Runner, View, find_sandbox
+from mailagent.policy.sandbox import Limits, Runner, View, find_sandbox
 from mailagent.tools.command import CommandTools
 from mailagent.tools.files import ToolError
+from tests.support.sandbox import Box
 
 SANDBOX = find_sandbox()
 PYTHON = str(Path(sys.prefix) / "bin" / "python3")
@@ -30,38 +31,9 @@ def test_bubblewrap_is_found_and_works_here() -> None:
     assert SANDBOX.kind == "bubblewrap" and "bubblewrap" in SANDBOX.detail
 
 
-class Box:
-    """A fake home with secrets, a read folder, a write folder, an unlisted folder, a workspace."""
-
-    def __init__(self, root: Path) -> None:
-        self.home = root / "home"
-        (self.home / ".ssh").mkdir(parents=True)
-        (self.home / ".ssh" / "id_ed25519").write_text("PRIVATE-KEY-SECRET")
-        (self.home / ".bashrc").write_text("# the owner's bashrc\n")
-        self.reports = self.home / "reports"
-        self.reports.mkdir()
-        (self.reports / "q3.txt").write_text("Q3 figures")
-        self.out = self.home / "out"
-        self.out.mkdir()
-        self.unlisted = root / "elsewhere"
-        self.unlisted.mkdir()
-        (self.unlisted / "diary.txt").write_text("DIARY-SECRET")
-        self.workspace = root / "data" / "workspaces" / "main"
-        self.workspace.mkdir(parents=True)
-        self.view = View(read=(self.reports,), write=(self.out,),
-                         hidden=(self.home / ".ssh", self.home / ".bashrc",
-                                 self.home / ".profile", root / "data"),
-                         workspace=self.workspace, home=self.workspace / ".home")
-
-    def run(self, *argv: str, limits: Limits | None = None, view: View | None = None,
-            runner: Runner | None = None) -> CommandResult:
-        runner = runner or Runner(SANDBOX)
-        return runner.run(list(argv), self.workspace, view or self.view, limits or Limits(10))
-
-
 @pytest.fixture
 def box(tmp_path: Path) -> Box:
-    return Box(tmp_path)
+    return Box(tmp_path, SANDBOX)
 
 
 def sh(script: str) -> tuple[str, str, str]:

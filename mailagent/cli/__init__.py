@@ -117,19 +117,39 @@ def _check_commands(settings: Settings) -> str:
     rule = policy.commands
     if rule is None:
         return "run_command: not offered (no [commands] table in the policies)"
-    sandbox = find_sandbox()
+    sandbox = find_sandbox(settings.commands.srt, settings.commands.upstream_proxy)
     limit = {"cgroup": "a pids cgroup", "rlimit": "RLIMIT_NPROC",
              "none": "nothing (running as root without a writable pids cgroup)"}
-    if sandbox.available:
-        network = "network allowed" if rule.network else "no network"
-        return (f"run_command: {', '.join(rule.allow)} in {sandbox.detail} ({network}; "
+    if sandbox.available and rule.hosts:
+        if not sandbox.srt.available:
+            raise MailagentError(
+                f"run_command is refused at every call: {rule.source} lets commands reach only "
+                f"{', '.join(rule.hosts)}, and bubblewrap alone cannot filter hosts: "
+                f"{sandbox.srt.detail}")
+        return (f"run_command: {', '.join(rule.allow)} in {sandbox.detail} inside "
+                f"{sandbox.srt.detail} (network only to {', '.join(rule.hosts)}, filtered by "
+                f"srt's proxy{_upstream(sandbox.proxy)}, because {rule.source} lists hosts; "
                 f"process count bounded by {limit[process_limit_kind()]})")
+    if sandbox.available:
+        network = "the whole network" if rule.network else "no network"
+        return (f"run_command: {', '.join(rule.allow)} in {sandbox.detail} alone ({network}, "
+                f"so no host filter is needed; process count bounded by "
+                f"{limit[process_limit_kind()]})")
+    if rule.unsafe_no_sandbox and rule.hosts:
+        raise MailagentError(f"run_command is refused at every call: {rule.source} lists hosts "
+                             "and there is no sandbox to filter them; unsafe_no_sandbox never "
+                             f"widens a host list to the whole network. {sandbox.detail}")
     if rule.unsafe_no_sandbox:
         return ("run_command: offered without a sandbox\nwarning: run_command runs WITHOUT A "
                 f"SANDBOX (unsafe_no_sandbox = true in {rule.source}): a fooled model can read "
                 f"and change anything you can. {sandbox.detail}")
     raise MailagentError(f"run_command is NOT offered although {rule.source} has [commands]: "
                          f"{sandbox.detail}")
+
+
+def _upstream(proxy: str | None) -> str:
+    shown = proxy.split("://", 1)[-1].rpartition("@")[2] if proxy else ""  # no password shown
+    return f", then through the proxy {shown}" if proxy else ""
 
 
 def _check_connectors(settings: Settings) -> str:

@@ -255,7 +255,8 @@ def _commands_rule(table: dict[str, Any], where: _Location) -> CommandsRule:
     allow = table.get("allow", [])
     if not isinstance(allow, list) or not all(isinstance(a, str) and a.strip() for a in allow):
         raise where.error('allow must be a list of program names, e.g. ["python3"]', "allow")
-    network, unsafe = (_flag(table, key, where) for key in ("network", "unsafe_no_sandbox"))
+    network, hosts = _network(table, where)
+    unsafe = _flag(table, "unsafe_no_sandbox", where)
     timeout = table.get("timeout_seconds", 60.0)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise where.error(
@@ -265,7 +266,36 @@ def _commands_rule(table: dict[str, Any], where: _Location) -> CommandsRule:
               (("memory_mb", 2048), ("max_processes", 256), ("max_output_bytes", 65536))}
     source = f"{where.file.name}:{where.line}"
     return CommandsRule(tuple(allow), network, float(timeout), source,
-                        unsafe_no_sandbox=unsafe, **counts)
+                        unsafe_no_sandbox=unsafe, hosts=hosts, **counts)
+
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST = re.compile(
+    rf"^(?:(?:\*\.)?{_LABEL}(?:\.{_LABEL})*|\d{{1,3}}(?:\.\d{{1,3}}){{3}}|\[[0-9a-f:.]+\])"
+    r"(?::(?P<port>\d{1,5}))?$")
+
+
+def _network(table: dict[str, Any], where: _Location) -> tuple[bool, tuple[str, ...]]:
+    """network = false | true | ["pypi.org", "*.github.com", "localhost:8000"]: no network, the
+    whole network, or only these hosts (a name, `*.` and a name for every name under it, an IP
+    address; each with an optional `:port`)."""
+    value = table.get("network", False)
+    if isinstance(value, bool):
+        return value, ()
+    example = '["pypi.org", "*.github.com"]'
+    if not isinstance(value, list) or not all(isinstance(h, str) for h in value):
+        raise where.error(f"network = {value!r} must be true or false, or a list of host names, "
+                          f"e.g. {example}", "network")
+    hosts: list[str] = []
+    for host in value:
+        name = host.strip().lower().rstrip(".")
+        match = _HOST.match(name)
+        if match is None or len(name) > 253 or int(match.group("port") or 1) not in range(1, 65536):
+            raise where.error(f"network: {host[:80]!r} is not a host name, `*.` and a name, or an "
+                              f"IP address (each with an optional :port), e.g. {example}",
+                              "network")
+        hosts.append(name)
+    return False, tuple(dict.fromkeys(hosts))
 
 
 _PATTERN = re.compile(r"^[^\s@]+@[^\s@]+$")

@@ -64,13 +64,14 @@ class FolderRule:
 @dataclass(frozen=True)
 class CommandsRule:
     allow: tuple[str, ...]
-    network: bool = False
+    network: bool = False  # the whole network
     timeout_seconds: float = 60.0
     source: str = ""
     memory_mb: int = 2048  # address space of each process
     max_processes: int = 256
     max_output_bytes: int = 65536  # what the model sees of the output
     unsafe_no_sandbox: bool = False  # run even where no OS sandbox exists: no isolation at all
+    hosts: tuple[str, ...] = ()  # network = [...]: only these hosts, through srt's proxy
 
 
 @dataclass(frozen=True)

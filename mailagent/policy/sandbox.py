@@ -7,25 +7,40 @@ program does inside its view; a pids cgroup of its own while it runs, where one 
 On Linux the sandbox is bubblewrap: new user, mount, pid, network, IPC and UTS namespaces, no
 capabilities, an empty root with only the system's programs and libraries, the Python that runs
 mailagent, the policy's folders and the workspace mounted in; a cleared environment; killed with
-its whole process tree on timeout or `kill()`.
-It must never pass the service's environment on, and never run a program without the sandbox
-unless the policy's loudly named `unsafe_no_sandbox` switch says so.
+its whole process tree on timeout or `kill()`. When the policy lists hosts, the same bubblewrap
+runs inside Anthropic's sandbox-runtime (mailagent.policy.srt), whose network namespace reaches
+only its filtering proxy.
+It must never pass the service's environment on, never run a program without the sandbox
+unless the policy's loudly named `unsafe_no_sandbox` switch says so, and never run a command
+with a host list anywhere but inside srt.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from mailagent.policy.srt import (
+    UNSET_INSIDE,
+    SrtInfo,
+    find_srt,
+    settings_for,
+    srt_argv,
+    srt_env,
+    write_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +62,8 @@ class SandboxInfo:
     kind: str  # bubblewrap | none
     program: str = ""  # the sandbox program, absolute
     detail: str = ""  # its version, or why there is none and how to get one
+    srt: SrtInfo = field(default_factory=SrtInfo)  # filters hosts, for a policy's host list
+    proxy: str | None = None  # where srt's proxy sends what it lets through; None: straight out
 
     @property
     def available(self) -> bool:
@@ -71,7 +88,12 @@ class Limits:
     max_processes: int = 256
     max_file_bytes: int = 1024**3
     max_output_bytes: int = 64 * 1024
-    network: bool = False
+    network: bool = False  # the whole network (bubblewrap shares the host's)
+    hosts: tuple[str, ...] = ()  # only these, through srt's filtering proxy
+
+
+class NoHostFilterError(RuntimeError):
+    """A run with a host list asked for, and srt is not there to filter it."""
 
 
 @dataclass(frozen=True)
@@ -84,8 +106,16 @@ class CommandResult:
     output_cut: bool = False
 
 
-def find_sandbox() -> SandboxInfo:
-    """The sandbox this machine offers, after proving that it starts a program."""
+def find_sandbox(srt: Path | None = None, proxy: str | None = None) -> SandboxInfo:
+    """The sandbox this machine offers, after proving that it starts a program; with srt (as
+    configured, else on PATH) to filter hosts, if it works here."""
+    found = find_bubblewrap()
+    if not found.available:
+        return found
+    return dataclasses.replace(found, srt=find_srt(srt, proxy), proxy=proxy)
+
+
+def find_bubblewrap() -> SandboxInfo:
     if sys.platform != "linux":
         return SandboxInfo("none", detail=(
             f"no sandbox support on {sys.platform} yet (Linux with bubblewrap only)"))
@@ -151,12 +181,21 @@ def sandbox_env(view: View) -> dict[str, str]:
 
 
 def bwrap_argv(bwrap: str, view: View, limits: Limits, argv: list[str], cwd: Path) -> list[str]:
-    """The bubblewrap command line that runs `argv` in `cwd` with exactly `view` mounted."""
-    args = [bwrap, *_namespaces(network=limits.network), "--clearenv",
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    """The bubblewrap command line that runs `argv` in `cwd` with exactly `view` mounted.
+    With a host list it runs inside srt: it shares srt's network namespace (only srt's proxy is
+    there), keeps srt's proxy variables and nothing else srt passes, and shows srt's /proc (a
+    fresh one cannot be mounted inside srt's sandbox, whose /proc is partly covered)."""
+    filtered = bool(limits.hosts)
+    args = [bwrap, *_namespaces(network=limits.network or filtered)]
+    if filtered:
+        args += [a for name in UNSET_INSIDE for a in ("--unsetenv", name)]
+        args += ["--ro-bind", "/proc", "/proc"]
+    else:
+        args += ["--clearenv", "--proc", "/proc"]
+    args += ["--dev", "/dev", "--tmpfs", "/tmp"]
     for name in SYSTEM_DIRS:
         args += _mount_system(Path(name))
-    for name in (*SYSTEM_ETC, *(NETWORK_ETC if limits.network else ())):
+    for name in (*SYSTEM_ETC, *(NETWORK_ETC if limits.network or filtered else ())):
         args += ["--ro-bind-try", name, name]
     mounts = [(p, "--ro-bind") for p in (*runtime_paths(), *view.read)]
     mounts += [(p, "--bind") for p in view.write]
@@ -342,26 +381,39 @@ class Runner:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def run(self, argv: list[str], cwd: Path, view: View, limits: Limits) -> CommandResult:
+        """Run `argv`; a host list runs only inside srt (NoHostFilterError where there is none:
+        never with the whole network instead)."""
+        sandbox = self.sandbox if self.sandbox is not None and self.sandbox.available else None
+        if limits.hosts and (sandbox is None or not sandbox.srt.available):
+            why = sandbox.srt.detail if sandbox is not None else "there is no sandbox"
+            raise NoHostFilterError(f"the policy lets commands reach only {', '.join(limits.hosts)}"
+                                    f", and nothing here can filter hosts: {why}")
         view.home.mkdir(parents=True, exist_ok=True)
         cgroup = _Cgroup.make(limits.max_processes)
-        if self.sandbox is not None and self.sandbox.available:
-            inner = bwrap_argv(self.sandbox.program, view, limits, argv, cwd)
-        else:
-            inner = argv
-        command = [*cgroup.enter(), *_prlimit(limits), *inner]
+        inner = argv if sandbox is None else bwrap_argv(sandbox.program, view, limits, argv, cwd)
+        # The limits hold for the command, not for srt's own node (its address space is larger).
+        command = [*_prlimit(limits), *inner]
+        env = sandbox_env(view)
         started = time.monotonic()
-        try:
-            return self._supervise(command, cwd, view, limits, started, cgroup)
-        finally:
-            cgroup.remove()
+        with tempfile.TemporaryDirectory(prefix="mailagent-srt-") as folder:
+            if limits.hosts and sandbox is not None:
+                settings = write_settings(Path(folder), settings_for(
+                    limits.hosts, sandbox.proxy, (*view.write, view.workspace), view.hidden))
+                command = srt_argv(sandbox.srt.program, settings, command)
+                env = srt_env(sandbox.srt.program, env)
+            try:
+                return self._supervise([*cgroup.enter(), *command], cwd, env, limits, started,
+                                       cgroup)
+            finally:
+                cgroup.remove()
 
-    def _supervise(self, command: list[str], cwd: Path, view: View, limits: Limits,
+    def _supervise(self, command: list[str], cwd: Path, env: dict[str, str], limits: Limits,
                    started: float, cgroup: _Cgroup) -> CommandResult:
         with self._lock:
             if self._cancelled:
                 return CommandResult(None, "", 0.0, cancelled=True)
             process = subprocess.Popen(
-                command, cwd=cwd, env=sandbox_env(view), stdin=subprocess.DEVNULL,
+                command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
             self._process = process
         reader = _Reader(process, limits.max_output_bytes)

@@ -74,7 +74,7 @@ def command_view(policy: Policy, scope: Scope) -> View:
 def command_limits(rule: CommandsRule) -> Limits:
     return Limits(timeout_seconds=rule.timeout_seconds, memory_bytes=rule.memory_mb * 1024**2,
                   max_processes=rule.max_processes, max_output_bytes=rule.max_output_bytes,
-                  network=rule.network)
+                  network=rule.network, hosts=rule.hosts)
 
 
 def keep_in_trash(path: Path, trash: Path) -> str:
@@ -208,6 +208,12 @@ class Toolbox:
             policy = self.policies.current()
             if policy.commands is None or not self.offers_commands(policy):
                 raise ToolError("run_command is no longer allowed by the policy")
+            if policy.commands.hosts and not (self.sandbox.available
+                                              and self.sandbox.srt.available):
+                raise ToolError(  # never the whole network instead (SECURITY.md E2)
+                    f"run_command is refused: {policy.commands.source} lets commands reach only "
+                    f"{', '.join(policy.commands.hosts)}, and this computer cannot filter hosts "
+                    f"({self.sandbox.srt.detail}); tell the owner (see `mailagent check`)")
             return policy.commands, command_view(policy, scope), command_limits(policy.commands)
 
         return CommandTools(

@@ -25,6 +25,7 @@ from mailagent.policy import fsat
 from mailagent.policy.sandbox import (
     CommandResult,
     Limits,
+    NoHostFilterError,
     Runner,
     View,
     exposed_missing,
@@ -56,7 +57,8 @@ class CommandTools:
         """Run one program in a sandbox and return its exit code and output.
 
         The program sees only the workspace and the folders the policy opens (read folders
-        read-only), has no network unless the policy allows it, no secrets in its environment,
+        read-only), has no network unless the policy allows it (all of it, or only the hosts it
+        lists, reached through the proxy in HTTP_PROXY/HTTPS_PROXY), no secrets in its environment,
         and is killed with everything it started at the time limit. The command line is split
         like a shell's, but no shell runs unless you start one (e.g. `sh -c "a | b"`) and it is
         allowed. Only the programs the policy lists can be started, by name.
@@ -75,6 +77,8 @@ class CommandTools:
         with self.watch(command) as problems:
             try:
                 result = self.runner.run(argv, folder, view, limits)
+            except NoHostFilterError as error:
+                raise ToolError(f"run_command is refused: {error}") from None
             finally:  # protected paths it made are taken away first: they are not a change
                 removed = [self.remove_protected(p) for p in missing if os.path.lexists(p)]
         if problems:
