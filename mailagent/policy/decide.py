@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailagent.errors import PolicyError
-from mailagent.policy.fsat import Anchor, Lookup, lookup
+from mailagent.policy.fsat import Anchor, Identity, Lookup, lookup
 from mailagent.policy.paths import (
     HOME_PROTECTED,
     SYSTEM_ROOTS,
@@ -101,7 +101,7 @@ def _judge(policy: Policy, action: str, path: str, scope: Scope, subject: str) -
     if rule is None:
         return _uncovered(policy, path, subject, resolved, (home, workspace))
     anchor = Anchor(rule.path, resolved.relative_to(rule.path).parts,
-                    frozenset(scope.identities))
+                    frozenset(scope.identities) - _as_entry(scope, skill))
     case = _Case(subject, resolved, home, rule, _describe(rule, home), anchor, lookup(anchor))
     if case.found.protected is not None:
         where = scope.identities.get(case.found.protected)
@@ -137,6 +137,20 @@ def _skill_rule(policy: Policy, scope: Scope, resolved: Path) -> FolderRule | No
         if resolved.is_relative_to(folder):
             return FolderRule(folder, "read", source=f"{grant.source} skill {grant.name}")
     return None
+
+
+def _as_entry(scope: Scope, skill: FolderRule | None) -> set[Identity]:
+    """An allowed skill's folder is known by identity as an entry of the protected skills
+    folder; reading below it must not count as reaching a protected path (anything else known
+    by identity inside it still does)."""
+    if skill is None:
+        return set()
+    try:
+        info = os.lstat(skill.path)
+    except OSError:
+        return set()
+    key = (info.st_dev, info.st_ino)
+    return {key} if scope.identities.get(key) == skill.path else set()
 
 
 def _protection(
