@@ -176,6 +176,8 @@ def test_allowed_skills_are_readable_and_nothing_in_the_skills_folder_is_ever_wr
     (skills / "expenses" / ".git").mkdir()
     (skills / "expenses" / ".git" / "config").write_text("[core]\n")
     scope = make_scope(tmp_path, skills)
+    # A hard link to the config inside a skill: the same inode, known by identity.
+    os.link(skills.parent / "mailagent.toml", skills / "expenses" / "config-link")
     # The owner's home, config folder included, made writable by a rule: still no writes.
     policy = policy_of(tmp_path, 'skills = ["expenses"]\n[[folders]]\npath = "~"\n'
                        'access = "write"\ndelete = "allow"\n')
@@ -186,6 +188,7 @@ def test_allowed_skills_are_readable_and_nothing_in_the_skills_folder_is_ever_wr
         ("read", skills / "notes" / "SKILL.md", "deny", "protected: the skills folder"),
         ("list", skills, "deny", "protected: the skills folder"),
         ("read", skills / "expenses" / ".git" / "config", "deny", "protected: .git"),
+        ("read", skills / "expenses" / "config-link", "deny", "known by identity"),
         ("read", skills.parent / "mailagent.toml", "deny", "protected: ~/.config/mailagent"),
         ("write", skills / "expenses" / "SKILL.md", "deny", "protected: the skills folder"),
         ("write", skills / "expenses" / "new.md", "deny", "protected: the skills folder"),
