@@ -12,6 +12,7 @@ import pytest
 
 from mailagent.cli.init_config import copy_example_skills
 from mailagent.errors import PolicyError
+from mailagent.mail.render import shipped_text
 from mailagent.policy import Policy, Scope, decide, load_policy, protected_paths
 from mailagent.policy.sandbox import Limits, View, bwrap_argv
 from mailagent.policy.skills import (
@@ -232,3 +233,11 @@ def test_the_sandbox_mounts_allowed_skills_read_only_over_the_skills_folders_cov
     assert argv[mount - 1] == "--ro-bind" and mount > cover
     assert argv.index("--remount-ro", mount) > mount  # the cover made read-only after it
     assert os.fspath(skills / "expenses") not in argv[:cover]
+
+
+def test_the_example_policys_skills_line_loads_once_uncommented(tmp_path: Path) -> None:
+    text = shipped_text("examples/policy.toml")
+    assert '\n# skills = ["expenses"]\n' in text
+    (tmp_path / "example.toml").write_text(text.replace('\n# skills = [', '\nskills = ['))
+    policy = load_policy(tmp_path, home=tmp_path)
+    assert [grant.name for grant in policy.skills] == ["expenses"] and policy.folders
