@@ -454,10 +454,13 @@ def _settings(root: _Section, path: Path, environ: Mapping[str, str]) -> Setting
     ).resolve()
     database_url = root.get("database_url", str, f"sqlite:///{data_dir / 'mailagent.db'}")
     oauth = _oauth(root.section("oauth") if root.has("oauth") else None, environ)
+    policies_dir = _path(root.get("policies_dir", str, "policies"), base).resolve()
     return Settings(
         config_path=path.resolve(),
         data_dir=data_dir,
-        policies_dir=_path(root.get("policies_dir", str, "policies"), base).resolve(),
+        policies_dir=policies_dir,
+        skills_dir=_path(root.get("skills_dir", str, str(policies_dir.parent / "skills")),
+                         base).resolve(),
         database_url=database_url,
         imap=_imap(root.section("imap"), environ, oauth),
         smtp=_smtp(root.section("smtp"), environ, oauth),

@@ -193,6 +193,9 @@ class Settings:
     provider: str | None = None  # a key of providers.PROVIDERS: check's hints speak of it
     canary: CanarySettings = CanarySettings()
     commands: CommandSettings = CommandSettings()
+    # The owner's Agent Skills (policy/skills.py); config.py sets it: `skills_dir`, default
+    # skills/ beside the policies folder. None: no skills at all.
+    skills_dir: Path | None = None
 
     @property
     def workspaces_dir(self) -> Path:

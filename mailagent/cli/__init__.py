@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from mailagent import __version__
-from mailagent.cli import doctor, init_finish, init_wizard, install, status_view
+from mailagent.cli import doctor, init_config, init_finish, init_wizard, install, status_view
 from mailagent.cli.demo import add_demo_parser
 from mailagent.cli.install import add_service_parser
 from mailagent.config import Settings, find_config_path, load_settings
@@ -36,6 +37,7 @@ from mailagent.policy import (
     protected_paths,
 )
 from mailagent.policy.sandbox import find_sandbox, process_limit_kind
+from mailagent.policy.skills import describe_catalogue, explain_skill, read_skills
 from mailagent.store import Store
 from mailagent.store.halts import active_halt, resume
 from mailagent.tasks.when import read_schedules_file
@@ -168,6 +170,18 @@ def _check_connectors(settings: Settings) -> str:
     return "\n".join(lines)
 
 
+def _check_skills(settings: Settings) -> str:
+    """The skills folder: each valid skill and which policy file allows it; an error for each
+    invalid one (it is not listed to the model)."""
+    if settings.skills_dir is None:
+        return "skills: none (no skills folder)"
+    catalogue = read_skills(settings.skills_dir)
+    lines, errors = describe_catalogue(_policy_if_valid(settings), catalogue, Path.home())
+    if errors:
+        raise _PartlyFailedError("\nerror: ".join(errors), lines)
+    return "\n".join(lines)
+
+
 def _check_templates(settings: Settings) -> str:
     return f"templates: {', '.join(check_templates())}"
 
@@ -210,9 +224,9 @@ class _PartlyFailedError(MailagentError):
 
 
 CHECKS: tuple[Callable[[Settings], str], ...] = (
-    _check_policies, _check_commands, _check_templates, _check_schedules, _check_store,
-    _check_tools, _check_connectors, doctor.check_keyring, doctor.check_oauth, _check_imap,
-    _check_smtp, _check_model, doctor.check_service)
+    _check_policies, _check_commands, _check_skills, _check_templates, _check_schedules,
+    _check_store, _check_tools, _check_connectors, doctor.check_keyring, doctor.check_oauth,
+    _check_imap, _check_smtp, _check_model, doctor.check_service)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -290,6 +304,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     answers = init_wizard.run_init(args)
     path = answers.config_path
     _make_policies_dir(path.parent / "policies")
+    for skill in init_config.copy_example_skills(path.parent / "skills"):
+        print(f"made {skill}: an example skill, listed to the agent only once a policy file "
+              f'says skills = ["{skill.name}"]')
     if args.no_check:
         print(f"\nNot checked: run `mailagent check --config {path}` before starting it.")
     else:
@@ -330,10 +347,15 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         print(explain_recipient(load_policy(settings.policies_dir), args.path))
         return 0
     home = Path.home()
+    skills_dir = Path(os.path.realpath(settings.skills_dir)) if settings.skills_dir else None
+    if args.action == "skill":  # PATH is a skill's name
+        catalogue = read_skills(skills_dir or settings.policies_dir.parent / "skills")
+        print(explain_skill(load_policy(settings.policies_dir), catalogue, args.path, home))
+        return 0
     workspace = workspace_dir(settings.workspaces_dir, args.conversation)
     scope = Scope(workspace=workspace, home=home, protected=protected_paths(
         config_path=settings.config_path, policies_dir=settings.policies_dir,
-        data_dir=settings.data_dir, home=home))
+        data_dir=settings.data_dir, home=home, skills_dir=skills_dir), skills_dir=skills_dir)
     print(explain(load_policy(settings.policies_dir), args.action, args.path, scope))
     return 0
 
@@ -379,7 +401,8 @@ USAGE: dict[str, tuple[str, str]] = {
              "agent@gmail.com --owner me@example.com --password-env APP_PASSWORD "
              "--policy-folder ~/Documents/reports"),
     "policy": ("Ask the policy what the agent may do with a path, and which rule decides.",
-               "mailagent policy explain write ~/Documents/reports/summary.md"),
+               "mailagent policy explain write ~/Documents/reports/summary.md\n"
+               "  mailagent policy explain skill expenses"),
     "service": ("Run mailagent in the background as a service of this computer (systemd, "
                 "launchd or the Windows task scheduler), started at login and restarted on "
                 "failure.",
@@ -440,9 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain_parser.add_argument("--config", help="config file")
     explain_parser.add_argument("--conversation", default="main",
                                 help="whose workspace relative paths resolve in (default main)")
-    explain_parser.add_argument("action", choices=["list", "read", "write", "delete", "mail"],
-                                help="mail: whether draft_mail may write to the address PATH")
-    explain_parser.add_argument("path", help="a path, or for mail an address")
+    explain_parser.add_argument("action",
+                                choices=["list", "read", "write", "delete", "mail", "skill"],
+                                help="mail: whether draft_mail may write to the address PATH; "
+                                "skill: whether the skill named PATH is listed to the model")
+    explain_parser.add_argument("path", help="a path, for mail an address, for skill a name")
     explain_parser.set_defaults(func=cmd_policy_explain)
     example = sub.add_parser("example", help="print an example config or policy file")
     example.add_argument("what", choices=list(EXAMPLES))

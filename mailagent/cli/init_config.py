@@ -2,17 +2,19 @@
 
 In: the wizard's `Answers`. Out: `mailagent.toml` (mode 0600) and `policies/<name>.toml` beside
 it; the password, the model's API key or the OAuth refresh token stored in the keyring and
-named in the config by a `keyring:` reference. It never writes a secret into the config unless
-the owner asked for it (`--store-secret-in-config`), and never overwrites an existing config
-without `--force`.
+named in the config by a `keyring:` reference; the example skills in a new skills folder. It
+never writes a secret into the config unless the owner asked for it
+(`--store-secret-in-config`), and never overwrites an existing config without `--force`.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import re
 from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from mailagent import keystore
@@ -177,3 +179,30 @@ def write_files(answers: Answers) -> list[Path]:
                           encoding="utf-8")
         written.append(policy)
     return written
+
+
+EXAMPLE_SKILLS = ("expenses",)
+
+
+def copy_example_skills(skills_dir: Path) -> list[Path]:
+    """The example skills (mailagent/examples/skills/) copied into a new skills folder. Only
+    into one that does not exist yet, so nothing of the owner's is ever replaced; none is
+    allowed until a policy file names it in `skills = [...]`."""
+    if os.path.lexists(skills_dir):
+        return []
+    shipped = importlib.resources.files("mailagent").joinpath("examples", "skills")
+    copied = []
+    for name in EXAMPLE_SKILLS:
+        _copy_tree(shipped.joinpath(name), skills_dir / name)
+        copied.append(skills_dir / name)
+    return copied
+
+
+def _copy_tree(source: Traversable, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.is_dir():
+            if item.name != "__pycache__":
+                _copy_tree(item, target / item.name)
+        else:
+            (target / item.name).write_bytes(item.read_bytes())

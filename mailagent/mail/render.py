@@ -76,6 +76,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "system.md.j2": {"today": "2026-01-01", "workspace": "/workspace",
                      "folders": [{"path": "/folder", "access": "write", "delete": "ask"}],
                      "memory": [(1, "a note")],
+                     "skills": [{"name": "expenses", "description": "Add a receipt.",
+                                 "path": "/skills/expenses/SKILL.md"}],
                      "commands": {"allow": ["python3"], "network": False,
                                   "timeout_seconds": 60}},
     "completion.md.j2": {"answer": "Done.", "attached": ["a.txt"], "not_attached": ["/b.bin"],

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailagent.errors import PolicyError
-from mailagent.policy.fsat import Anchor, Lookup, lookup
+from mailagent.policy.fsat import Anchor, Identity, Lookup, lookup
 from mailagent.policy.paths import (
     HOME_PROTECTED,
     SYSTEM_ROOTS,
@@ -92,14 +92,16 @@ def _decide(policy: Policy, action: str, path: str, scope: Scope, subject: str |
 def _judge(policy: Policy, action: str, path: str, scope: Scope, subject: str) -> Decision:
     resolved = resolve(path, scope)
     home, workspace = Path(os.path.realpath(scope.home)), Path(os.path.realpath(scope.workspace))
-    guard = _protection(resolved, scope.protected, home, workspace)
+    skill = _skill_rule(policy, scope, resolved) if action in ("list", "read") else None
+    guard = _protection(resolved, scope.protected, home, workspace,
+                        skill.path if skill else None, scope.skills_dir)
     if guard is not None:
         return _protected(subject, guard, resolved)
-    rule = _governing_rule(policy, resolved, workspace)
+    rule = skill or _governing_rule(policy, resolved, workspace)
     if rule is None:
         return _uncovered(policy, path, subject, resolved, (home, workspace))
     anchor = Anchor(rule.path, resolved.relative_to(rule.path).parts,
-                    frozenset(scope.identities))
+                    frozenset(scope.identities) - _as_entry(scope, skill))
     case = _Case(subject, resolved, home, rule, _describe(rule, home), anchor, lookup(anchor))
     if case.found.protected is not None:
         where = scope.identities.get(case.found.protected)
@@ -125,10 +127,39 @@ def _protected(subject: str, guard: str, resolved: Path) -> Decision:
     )
 
 
+def _skill_rule(policy: Policy, scope: Scope, resolved: Path) -> FolderRule | None:
+    """A read-only rule for the folder of a skill the policy allows, if `resolved` is in it. A
+    skill folder that is a symlink never matches: `resolved` is where it leads."""
+    if scope.skills_dir is None:
+        return None
+    for grant in policy.skills:
+        folder = scope.skills_dir / grant.name
+        if resolved.is_relative_to(folder):
+            return FolderRule(folder, "read", source=f"{grant.source} skill {grant.name}")
+    return None
+
+
+def _as_entry(scope: Scope, skill: FolderRule | None) -> set[Identity]:
+    """An allowed skill's folder is known by identity as an entry of the protected skills
+    folder; reading below it must not count as reaching a protected path (anything else known
+    by identity inside it still does)."""
+    if skill is None:
+        return set()
+    try:
+        info = os.lstat(skill.path)
+    except OSError:
+        return set()
+    key = (info.st_dev, info.st_ino)
+    return {key} if scope.identities.get(key) == skill.path else set()
+
+
 def _protection(
-    resolved: Path, protected: tuple[Path, ...], home: Path, workspace: Path
+    resolved: Path, protected: tuple[Path, ...], home: Path, workspace: Path,
+    skill: Path | None = None, skills_dir: Path | None = None,
 ) -> str | None:
-    """The name of what protects `resolved`, or None."""
+    """The name of what protects `resolved`, or None. `skill` is the folder of an allowed skill
+    being read: the protected folders around it (the skills folder, the config folder it sits
+    in by default) let the reading through; none inside it does."""
     if any(resolved.is_relative_to(root) for root in SYSTEM_ROOTS):
         return "protected: system files (/proc, /sys, /dev)"
     if any(part.casefold() == ".git" for part in resolved.parts):
@@ -140,10 +171,15 @@ def _protection(
         for root in protected
         if folded.is_relative_to(fold_case(root))
         and not (in_workspace and fold_case(workspace).is_relative_to(fold_case(root)))
+        and not (skill is not None and fold_case(skill) != fold_case(root)
+                 and fold_case(skill).is_relative_to(fold_case(root)))
     ]
     if not matches:
         return None
     closest = max(matches, key=lambda root: len(root.parts))
+    if skills_dir is not None and fold_case(closest) == fold_case(skills_dir):
+        return (f"protected: the skills folder {shown_path(skills_dir, home)} (read-only; only "
+                "the skills a policy file allows can be read)")
     for name, label in HOME_PROTECTED:
         if fold_case(closest) == fold_case(home / name):
             return f"protected: {label} (~/{name})"

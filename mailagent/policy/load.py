@@ -31,7 +31,9 @@ from mailagent.policy.rules import (
     FolderRule,
     MailRule,
     Policy,
+    SkillGrant,
 )
+from mailagent.policy.skills import name_problem
 
 _TOML_AT = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
 
@@ -48,6 +50,7 @@ def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
     commands: CommandsRule | None = None
     servers: list[McpServerRule] = []
     mail: MailRule | None = None
+    skills: dict[str, SkillGrant] = {}
     for file in files:
         text = _read_policy_text(file)
         document = _parse_toml(text, file)
@@ -57,6 +60,8 @@ def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
             raise PolicyError(f"{file} line {file_mail.source.rpartition(':')[2]}: a second "
                               f"[mail] table (the first is at {mail.source}); keep only one")
         mail = mail or file_mail
+        for grant in _skill_grants(document.get("skills"), text, file):
+            skills.setdefault(grant.name, grant)  # the first file that allows it is named
         for server in parse_servers(document.get("mcp"), text, file):
             if any(other.name == server.name for other in servers):
                 raise PolicyError(f"{file} line {server.source.rpartition(':')[2]}: a second "
@@ -72,7 +77,7 @@ def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
             )
         commands = commands or file_commands
     return Policy(tuple(folders), commands, tuple(file.name for file in files), tuple(servers),
-                  mail)
+                  mail, tuple(skills.values()))
 
 
 def is_policy_name(name: str) -> bool:
@@ -164,11 +169,11 @@ def _validate(
     document: dict[str, Any], text: str, file: Path, home: Path
 ) -> tuple[list[FolderRule], CommandsRule | None]:
     for key in document:
-        if key not in ("folders", "commands", "mcp", "mail"):
+        if key not in ("folders", "commands", "mcp", "mail", "skills"):
             raise _Location(file, text, _top_level_line(text, key)).error(
-                f"unknown table or key {key!r}; a policy file holds only [[folders]], "
-                "[commands], [mail] and [mcp.<server>] (check the spelling: a misspelt table "
-                "would drop its rule)"
+                f"unknown table or key {key!r}; a policy file holds only skills = [...], "
+                "[[folders]], [commands], [mail] and [mcp.<server>] (check the spelling: a "
+                "misspelt table would drop its rule)"
             )
     entries = document.get("folders", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -323,6 +328,24 @@ def _mail_rule(table: Any, text: str, file: Path) -> MailRule | None:
             raise where.error(f"may_write_to: {pattern[:80]!r} is not an address or a pattern "
                               'with one @, e.g. "*@example.org"', "may_write_to")
     return MailRule(tuple(p.lower() for p in patterns), f"{file.name}:{where.line}")
+
+
+def _skill_grants(value: Any, text: str, file: Path) -> list[SkillGrant]:
+    """skills = ["expenses", ...]: names of skills in the configured skills folder, each a
+    valid skill name (a misspelt one would allow nothing, silently)."""
+    if value is None:
+        return []
+    where = _Location(file, text, _top_level_line(text, "skills"))
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise where.error('skills must be a list of skill names, e.g. skills = ["expenses"], '
+                          "written above the first [table] of the file")
+    source = f"{file.name}:{where.line}"
+    for name in value:
+        problem = name_problem(name)
+        if problem is not None:
+            raise where.error(f"skills: {problem}; write the name of a folder of the skills "
+                              "folder")
+    return [SkillGrant(name, source) for name in value]
 
 
 def _flag(table: dict[str, Any], key: str, where: _Location) -> bool:

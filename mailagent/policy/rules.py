@@ -1,9 +1,9 @@
 """Policy rules: the frozen shapes a policy is made of, and what a decision says.
 
 In: nothing (definitions only). Out: `Policy` (folder rules, the commands rule, MCP server rules,
-the mail rule), `Scope` (the conversation's workspace, `~`, the protected paths) and `Decision`
-(verdict, the rule that decided, a reason the model can act on, the resolved path and its
-`Anchor`). Pure: no I/O.
+the mail rule, the skills it allows), `Scope` (the conversation's workspace, `~`, the protected
+paths, the skills folder) and `Decision` (verdict, the rule that decided, a reason the model
+can act on, the resolved path and its `Anchor`). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -84,12 +84,22 @@ class MailRule:
 
 
 @dataclass(frozen=True)
+class SkillGrant:
+    """One name of a `skills = [...]` list: that skill of the configured skills folder is
+    listed to the model and readable, never writable."""
+
+    name: str
+    source: str = ""  # "main.toml:2", the line of the skills key
+
+
+@dataclass(frozen=True)
 class Policy:
     folders: tuple[FolderRule, ...] = ()
     commands: CommandsRule | None = None
     files: tuple[str, ...] = ()  # the file names it was loaded from
     mcp: tuple[McpServerRule, ...] = ()  # [mcp.<server>] tables: connectors and their tools
     mail: MailRule | None = None  # [mail]: absent or empty, draft_mail is not offered
+    skills: tuple[SkillGrant, ...] = ()  # skills = [...]: absent, no skill is listed
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,9 @@ class Scope:
     workspace: Path  # the conversation's workspace, always writable
     home: Path  # what ~ means
     protected: tuple[Path, ...]  # never readable or writable, whatever a rule says
+    # The configured skills folder, resolved (it is one of `protected` too): the skills a policy
+    # allows are readable in it, and nothing in it is ever writable.
+    skills_dir: Path | None = None
     # The protected files and folders by (st_dev, st_ino), taken when the scope is made (a task
     # starts): a hard link to one, or one whose folder is renamed later, is still refused.
     identities: dict[Identity, Path] = field(init=False, repr=False, compare=False)

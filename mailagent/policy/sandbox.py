@@ -79,6 +79,7 @@ class View:
     hidden: tuple[Path, ...]  # protected paths: never visible, even inside a mounted folder
     workspace: Path  # writable, the default working folder
     home: Path  # the program's HOME: a folder of the workspace, never the owner's home
+    skills: tuple[Path, ...] = ()  # the allowed skills' folders: read-only, over any cover
 
 
 @dataclass(frozen=True)
@@ -204,8 +205,10 @@ def bwrap_argv(bwrap: str, view: View, limits: Limits, argv: list[str], cwd: Pat
     args += _pin_ancestors(view)
     covers, read_only = _hide(view, [p for p, _ in mounts])
     # The workspace lies inside the hidden data folder: mount it after the cover, and only
-    # then make the cover read-only (bubblewrap makes the mount point inside the cover).
-    args += [*covers, "--bind", str(view.workspace), str(view.workspace), *read_only]
+    # then make the cover read-only (bubblewrap makes the mount point inside the cover). The
+    # allowed skills lie inside the hidden skills folder: likewise, read-only.
+    skills = [arg for path in view.skills for arg in ("--ro-bind", str(path), str(path))]
+    args += [*covers, "--bind", str(view.workspace), str(view.workspace), *skills, *read_only]
     for key, value in sandbox_env(view).items():
         args += ["--setenv", key, value]
     return [*args, "--chdir", str(cwd), "--", *argv]

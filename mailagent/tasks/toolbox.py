@@ -24,6 +24,7 @@ from typing import Any
 from mailagent.agent.task import TaskContext
 from mailagent.config import Settings
 from mailagent.content import fence
+from mailagent.errors import PolicyError
 from mailagent.mail.render import render
 from mailagent.policy import (
     CommandsRule,
@@ -38,6 +39,7 @@ from mailagent.policy import (
 from mailagent.policy.calls import check_call, operation_digest
 from mailagent.policy.mail import decide_recipients
 from mailagent.policy.sandbox import Limits, Runner, SandboxInfo, View
+from mailagent.policy.skills import allowed_skills, read_skills, skill_folders
 from mailagent.store import Store, TaskWork
 from mailagent.tasks.draft_approval import DraftApprovals
 from mailagent.tasks.schedule_approval import ScheduleApprovals
@@ -68,7 +70,7 @@ def command_view(policy: Policy, scope: Scope) -> View:
     read = tuple(f.path for f in policy.folders if f.access == "read")
     write = tuple(f.path for f in policy.folders if f.access == "write")
     return View(read=read, write=write, hidden=scope.protected, workspace=scope.workspace,
-                home=scope.workspace / ".home")
+                home=scope.workspace / ".home", skills=skill_folders(policy, scope.skills_dir))
 
 
 def command_limits(rule: CommandsRule) -> Limits:
@@ -107,9 +109,11 @@ class Toolbox:
         workspace = workspace_dir(s.workspaces_dir, work.conversation_name)
         workspace.mkdir(parents=True, exist_ok=True)
         home = self.home
+        skills_dir = Path(os.path.realpath(s.skills_dir)) if s.skills_dir else None
         protected = protected_paths(config_path=s.config_path, policies_dir=s.policies_dir,
-                                    data_dir=s.data_dir, home=home)
-        return Scope(workspace=workspace.resolve(), home=home, protected=protected)
+                                    data_dir=s.data_dir, home=home, skills_dir=skills_dir)
+        return Scope(workspace=workspace.resolve(), home=home, protected=protected,
+                     skills_dir=skills_dir)
 
     def context(self, work: TaskWork) -> TaskContext:
         scope = self.scope(work)
@@ -231,4 +235,21 @@ class Toolbox:
         return render("system.md.j2", today=datetime.now(UTC).date().isoformat(),
                       workspace=str(scope.workspace), folders=folders, commands=commands,
                       memory=[fence("memory-note", note, nonce, number=number)
-                              for number, note in self.store.memory(work.conversation_id)])
+                              for number, note in self.store.memory(work.conversation_id)],
+                      skills=self.listed_skills(scope, policy))
+
+    def listed_skills(self, scope: Scope, policy: Policy) -> list[dict[str, str]]:
+        """The skills the model is told of: only from the configured folder (never a workspace),
+        only those a policy allows, name, description and path alone (the model reads the rest
+        with read_file). A folder that cannot be read lists none, and the task goes on."""
+        if scope.skills_dir is None or not policy.skills:
+            return []
+        try:
+            catalogue = read_skills(scope.skills_dir)
+        except PolicyError as error:
+            log.warning("skills: %s", error)
+            return []
+        for problem in catalogue.problems:
+            log.warning("skill %s is not listed: %s", problem.folder, problem.reason)
+        return [{"name": skill.name, "description": skill.description, "path": str(skill.path)}
+                for skill in allowed_skills(policy, catalogue)]
