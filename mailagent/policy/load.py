@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mailagent.errors import PolicyError, nearest
+from mailagent.policy.internet import parse_internet
 from mailagent.policy.mcp import McpServerRule, parse_servers
 from mailagent.policy.paths import expand_path, real_path, shown_path
 from mailagent.policy.rules import (
@@ -29,6 +30,7 @@ from mailagent.policy.rules import (
     OVERWRITE_VALUES,
     CommandsRule,
     FolderRule,
+    InternetRule,
     MailRule,
     Policy,
 )
@@ -48,6 +50,7 @@ def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
     commands: CommandsRule | None = None
     servers: list[McpServerRule] = []
     mail: MailRule | None = None
+    internet: InternetRule | None = None
     for file in files:
         text = _read_policy_text(file)
         document = _parse_toml(text, file)
@@ -57,6 +60,12 @@ def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
             raise PolicyError(f"{file} line {file_mail.source.rpartition(':')[2]}: a second "
                               f"[mail] table (the first is at {mail.source}); keep only one")
         mail = mail or file_mail
+        file_internet = _internet_rule(document.get("internet"), text, file)
+        if file_internet is not None and internet is not None:
+            raise PolicyError(f"{file} line {file_internet.source.rpartition(':')[2]}: a second "
+                              f"[internet] table (the first is at {internet.source}); keep only "
+                              "one")
+        internet = internet or file_internet
         for server in parse_servers(document.get("mcp"), text, file):
             if any(other.name == server.name for other in servers):
                 raise PolicyError(f"{file} line {server.source.rpartition(':')[2]}: a second "
@@ -72,7 +81,7 @@ def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
             )
         commands = commands or file_commands
     return Policy(tuple(folders), commands, tuple(file.name for file in files), tuple(servers),
-                  mail)
+                  mail, internet)
 
 
 def is_policy_name(name: str) -> bool:
@@ -164,11 +173,11 @@ def _validate(
     document: dict[str, Any], text: str, file: Path, home: Path
 ) -> tuple[list[FolderRule], CommandsRule | None]:
     for key in document:
-        if key not in ("folders", "commands", "mcp", "mail"):
+        if key not in ("folders", "commands", "mcp", "mail", "internet"):
             raise _Location(file, text, _top_level_line(text, key)).error(
                 f"unknown table or key {key!r}; a policy file holds only [[folders]], "
-                "[commands], [mail] and [mcp.<server>] (check the spelling: a misspelt table "
-                "would drop its rule)"
+                "[commands], [mail], [internet] and [mcp.<server>] (check the spelling: a "
+                "misspelt table would drop its rule)"
             )
     entries = document.get("folders", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -293,6 +302,16 @@ def _mail_rule(table: Any, text: str, file: Path) -> MailRule | None:
             raise where.error(f"may_write_to: {pattern[:80]!r} is not an address or a pattern "
                               'with one @, e.g. "*@example.org"', "may_write_to")
     return MailRule(tuple(p.lower() for p in patterns), f"{file.name}:{where.line}")
+
+
+def _internet_rule(table: Any, text: str, file: Path) -> InternetRule | None:
+    """[internet]: the API's web search and web fetch, off unless a key turns one on."""
+    if table is None:
+        return None
+    where = _Location(file, text, _top_level_line(text, "internet"))
+    if not isinstance(table, dict):
+        raise where.error("internet must be an [internet] table: web_search = true, ...")
+    return parse_internet(table, where.error, f"{file.name}:{where.line}")
 
 
 def _flag(table: dict[str, Any], key: str, where: _Location) -> bool:
