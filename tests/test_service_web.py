@@ -51,14 +51,15 @@ def web_tools(request_tools: list[dict[str, object]]) -> dict[str, dict[str, obj
     return {str(t["name"]): t for t in request_tools if str(t.get("type", "")).startswith("web_")}
 
 
+@pytest.mark.parametrize("stream", [False, True])
 def test_a_search_carries_the_policy_pauses_and_goes_on_and_the_reply_numbers_its_sources(
         tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
-        make_service: MakeService) -> None:
+        make_service: MakeService, stream: bool) -> None:
     model_server.script(
         web_search("python 3.13 changes", pages=[PYTHON, BLOG], stop_reason="pause_turn"),
         web_search("python 3.13 interpreter", pages=[PYTHON, BLOG], lead="One more.", answer=[
             ("Python 3.13 brings a new interactive interpreter", 0), (".", None)]))
-    service = make_service(model_extra=FREE)
+    service = make_service(model_extra=FREE + f"\nstream = {str(stream).lower()}")
     allow_internet(tmp_path, 'web_search = true\nallowed_domains = ["python.org"]\n'
                              "max_uses = 3\n")
     dovecot.append(owner_mail("Python", "What changed in Python 3.13?"))
@@ -66,6 +67,7 @@ def test_a_search_carries_the_policy_pauses_and_goes_on_and_the_reply_numbers_it
     try:
         reply = wait_reply(smtp_server, service, "Sources")
         first, second = model_server.message_requests
+        assert first.stream is stream
         # the policy's domain list and uses, and no fetch tool: it was not turned on
         assert web_tools(first.body["tools"]) == {"web_search": {
             "type": "web_search_20250305", "name": "web_search", "max_uses": 3,
