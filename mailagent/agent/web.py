@@ -94,9 +94,11 @@ def cited_answer(content: list[dict[str, Any]]) -> tuple[str, tuple[Source, ...]
     number (a URL cited twice keeps its first number). Citations of web search results and
     fetched pages carry a URL; others (a document of the mail) have none and get no number."""
     sources: list[Source] = []
-    parts: list[str] = []
+    text = ""
+    previous: dict[str, Any] | None = None  # the block before, when it was text
     for block in content:
         if block.get("type") != "text":
+            previous = None
             continue
         marks = []
         for citation in block.get("citations") or []:
@@ -109,10 +111,13 @@ def cited_answer(content: list[dict[str, Any]]) -> tuple[str, tuple[Source, ...]
                 known.append(source.url)
             if source.url in known and (mark := f"[{known.index(source.url) + 1}]") not in marks:
                 marks.append(mark)
-        parts.append(str(block.get("text", "")) + (" " + "".join(marks) if marks else ""))
-    # Cited passages are blocks of one running text; without citations, blocks are paragraphs.
-    cited = any(b.get("citations") for b in content if b.get("type") == "text")
-    return ("" if cited else "\n\n").join(parts).strip(), tuple(sources)
+        # Cited passages and the text around them are blocks of one running text; other
+        # blocks (the words before a search, after a result) are paragraphs of their own.
+        running = previous is not None and (block.get("citations") or previous.get("citations"))
+        glue = "" if running else "\n\n" if text else ""
+        text += glue + str(block.get("text", "")) + (" " + "".join(marks) if marks else "")
+        previous = block
+    return text.strip(), tuple(sources)
 
 
 def _source(citation: Any, content: list[dict[str, Any]]) -> Source | None:
