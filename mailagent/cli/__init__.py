@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from mailagent import __version__
+from mailagent.agent.prices import WEB_SEARCH_USD
 from mailagent.cli import doctor, init_finish, init_wizard, install, status_view
 from mailagent.cli.demo import add_demo_parser
 from mailagent.cli.install import add_service_parser
@@ -144,7 +145,8 @@ def _check_internet(settings: Settings) -> str:
     if rule is None or not offered:
         why = "no [internet] table" if rule is None else f"{rule.source} turns none on"
         return f"web tools: not offered ({why} in the policies)"
-    return f"web tools: {'; '.join(explain_internet(policy, name)[1] for name in offered)}"
+    price = f"; a search costs ${WEB_SEARCH_USD:g} on top of tokens" if rule.web_search else ""
+    return f"web tools: {'; '.join(explain_internet(policy, name)[1] for name in offered)}{price}"
 
 
 def _check_connectors(settings: Settings) -> str:
