@@ -36,8 +36,14 @@ from mailagent.agent.messages import (
     with_cache_breakpoint,
     without_compaction,
 )
-from mailagent.agent.prices import CACHE_READ_FACTOR, CACHE_WRITE_FACTOR, model_price
+from mailagent.agent.prices import (
+    CACHE_READ_FACTOR,
+    CACHE_WRITE_FACTOR,
+    WEB_SEARCH_USD,
+    model_price,
+)
 from mailagent.agent.task import Outcome, TaskContext
+from mailagent.agent.web import cited_answer, over_web_limit, server_tools, web_requests
 from mailagent.config import (
     COMPACTION_MIN_TRIGGER_TOKENS,
     AgentSettings,
@@ -138,7 +144,7 @@ class Agent(BoundedContext):
         while True:
             last = items[-1]
             if last.role == "assistant" and last.task_id == work.task_id and not paused:
-                step = await self.after_turn(ctx, last)
+                step = await self.after_turn(ctx, items)
                 if isinstance(step, Outcome):
                     return step
                 items.append(step)
@@ -151,36 +157,55 @@ class Agent(BoundedContext):
             messages, compacted = await self.fit_context(ctx, tools, items)
             if compacted:
                 items = self.store.history(cid)
-            turn = await self.turn(ctx, tools, messages)
+            # The web tools follow the policy in force and the uses left (SECURITY.md E4).
+            web, betas = server_tools(ctx.internet(), self.store.task_work(work.task_id))
+            turn = await self.turn(ctx, [*tools, *web], messages, betas)
             if isinstance(turn, Outcome):
                 return turn
             items.append(turn[0])
             paused = turn[1] == "pause_turn" and not tool_uses(turn[0].content)
 
-    async def after_turn(self, ctx: TaskContext, last: HistoryItem) -> HistoryItem | Outcome:
+    async def after_turn(self, ctx: TaskContext,
+                         items: list[HistoryItem]) -> HistoryItem | Outcome:
         """The task's answer, or the results of the last turn's calls (stored), or why it
         stops here."""
-        calls = tool_uses(last.content)
+        calls = tool_uses(items[-1].content)
         if not calls:
-            return Outcome("done", "answered", text_of(last.content))
+            return self.answer(ctx, items)
         results = await self.run_tools(ctx, calls)
         if isinstance(results, Outcome):
             return results
         return self.append(ctx.work.conversation_id, ctx.work.task_id, "user", results)
+
+    @staticmethod
+    def answer(ctx: TaskContext, items: list[HistoryItem]) -> Outcome:
+        """The task's answer: its last assistant message (the turns a pause_turn split, taken
+        together), with its cited passages marked and their sources numbered."""
+        content: list[dict[str, Any]] = []
+        for item in reversed(items):
+            if item.role != "assistant" or item.task_id != ctx.work.task_id:
+                break
+            content[:0] = [b for b in item.content if isinstance(b, dict)]
+        text, sources = cited_answer(content)
+        return Outcome("done", "answered", text, sources=sources)
 
     def append(self, cid: int, task_id: int, role: str, content: list[Any]) -> HistoryItem:
         return HistoryItem(self.store.append_history(cid, task_id, role, content), task_id,
                            role, "message", content)
 
     async def turn(self, ctx: TaskContext, tools: list[dict[str, Any]],
-                   messages: list[dict[str, Any]]) -> tuple[HistoryItem, str] | Outcome:
+                   messages: list[dict[str, Any]],
+                   betas: list[str] | None = None) -> tuple[HistoryItem, str] | Outcome:
         """One model request; its answer and usage are committed before anything acts on it.
-        A refusal ends the task (its turn is not kept); a cut turn's calls are refused first."""
+        A refusal ends the task (its turn is not kept); a cut turn's calls are refused first;
+        a turn whose web uses pass the policy is kept, and the task ends there."""
         work = ctx.work
         system = [{"type": "text", "text": ctx.system, "cache_control": {"type": "ephemeral"}}]
         message = await self.request_compacting(ctx.nonce, system=system, tools=tools,
-                                                messages=with_cache_breakpoint(messages))
-        self.store.add_usage(work.task_id, self.usage(message.usage))
+                                                messages=with_cache_breakpoint(messages),
+                                                betas=betas or [])
+        usage = self.usage(message.usage)
+        self.store.add_usage(work.task_id, usage)
         stop = str(message.stop_reason or "end_turn")
         if stop == "refusal":
             return self.declined(ctx, message)
@@ -191,6 +216,12 @@ class Agent(BoundedContext):
         item = self.append(work.conversation_id, work.task_id, "assistant",
                            content or [{"type": "text", "text": "(no answer)"}])
         failpoint(self.failpoint_name, "after-model")  # the turn is committed, no tool ran yet
+        if usage.web_search_requests or usage.web_fetch_requests:
+            # max_uses bounds one request; the task's bound is kept here, whatever the
+            # endpoint did: none of this turn's calls runs (they are answered as not run).
+            limit = over_web_limit(ctx.internet(), self.store.task_work(work.task_id))
+            if limit:
+                return Outcome("failed", limit, text_of(content))
         return item, stop
 
     def refuse_cut_calls(self, ctx: TaskContext, content: list[dict[str, Any]],
@@ -222,10 +253,15 @@ class Agent(BoundedContext):
                     [{"type": "text", "text": f"[{reason}]"}])
         return Outcome("failed", reason)
 
-    async def request_compacting(self, nonce: str, **params: Any) -> Any:
+    async def request_compacting(self, nonce: str, betas: list[str] | None = None,
+                                 **params: Any) -> Any:
         """A model turn that asks for server-side compaction where the endpoint takes it; where
-        it does not, compaction blocks already in the history go as their summaries."""
+        it does not, compaction blocks already in the history go as their summaries. `betas`
+        are those the request's tools need (web fetch)."""
+        betas = betas or []
         plain = {**params, "messages": without_compaction(params["messages"], nonce)}
+        if betas:
+            plain |= {"beta": True, "betas": betas}
         if self.server_compaction is False:
             return await self.request(**plain)
         trigger = max(COMPACTION_MIN_TRIGGER_TOKENS,
@@ -235,7 +271,7 @@ class Agent(BoundedContext):
         edits = [{"type": "compact_20260112", "instructions": SUMMARY_PROMPT,
                   "trigger": {"type": "input_tokens", "value": trigger}}]
         try:
-            message = await self.request(beta=True, betas=[COMPACT_BETA],
+            message = await self.request(beta=True, betas=[COMPACT_BETA, *betas],
                                          context_management={"edits": edits}, **params)
             self.server_compaction = True
         except ModelError as exc:
@@ -289,9 +325,11 @@ class Agent(BoundedContext):
                          "cache_creation_input_tokens"))
         price_in, price_out = self.price.input_usd_per_mtok / 1e6, \
             self.price.output_usd_per_mtok / 1e6
+        searches, fetches = web_requests(usage)
         cost = (tokens_in * price_in + write * price_in * CACHE_WRITE_FACTOR
-                + read * price_in * CACHE_READ_FACTOR + tokens_out * price_out)
-        return Usage(tokens_in, tokens_out, read, write, cost)
+                + read * price_in * CACHE_READ_FACTOR + tokens_out * price_out
+                + searches * WEB_SEARCH_USD)
+        return Usage(tokens_in, tokens_out, read, write, cost, searches, fetches)
 
     def partial_text(self, conversation_id: int, task_id: int) -> str:
         """The model's latest words in this task, to show what was done before it stopped."""

@@ -6,6 +6,10 @@ their family. A model this table does not know (a newer one, or a local endpoint
 as its family is, and at the Sonnet price when its name names none; `mailagent check` says so,
 and `model.input_usd_per_mtok` and `model.output_usd_per_mtok` price it exactly.
 Prompt caching: a 5-minute cache write costs 1.25 times the input price, a cache hit 0.1 times.
+Server tools: a web search costs $10 per 1,000 searches on top of the tokens of its results, a web
+fetch nothing beyond its tokens
+(https://docs.claude.com/en/docs/agents-and-tools/tool-use/web-search-tool,
+https://docs.claude.com/en/docs/agents-and-tools/tool-use/web-fetch-tool).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from mailagent.config import ModelSettings
 
 CACHE_WRITE_FACTOR = 1.25
 CACHE_READ_FACTOR = 0.1
+WEB_SEARCH_USD = 10.0 / 1000  # one web search
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mailagent.agent.web import Source
+from mailagent.policy.rules import InternetRule
 from mailagent.store import TaskWork
 from mailagent.tools.files import Judged
 from mailagent.tools.media import Media
 
 
 def show_nothing(_attachment: dict[str, Any]) -> Media | str | None:
+    return None
+
+
+def no_internet() -> InternetRule | None:
     return None
 
 
@@ -28,7 +34,7 @@ class Outcome:
     call: dict[str, Any] | None = None  # the tool_use block that waits for approval
     account_limit: bool = False  # deferred because the account's spend limit or credit is used
     retry_after: float | None = None  # deferred: the wait the endpoint asked for
-
+    sources: tuple[Source, ...] = ()  # done: what the answer cites, numbered as its marks
 
 
 @dataclass
@@ -45,3 +51,5 @@ class TaskContext:
     # What the model is shown of an attachment of the task's mail: its image or PDF blocks,
     # the text of a calendar or contact card, or None (read it with read_file).
     show: Callable[[dict[str, Any]], Media | str | None] = show_nothing
+    # The policy's [internet] rule in force now (None: no web tool), read at every request.
+    internet: Callable[[], InternetRule | None] = no_internet

@@ -1,6 +1,8 @@
 """Transcript: a conversation's history as plain text, for the model that writes its summary.
 
-In: history entries. Out: text with tool calls and results shortened. No side effects.
+In: history entries. Out: text with tool calls and results shortened (the API's web searches and
+fetches by their query or address; what they found is left out, as the answer cites it).
+No side effects.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ def render_transcript(items: list[HistoryItem]) -> str:
                 lines.append(f"[{item.role}] {block['text']}")
             elif kind == "tool_use":
                 lines.append(f"[tool call] {block['name']} {json.dumps(block.get('input'))[:500]}")
+            elif kind == "server_tool_use":  # the API's web search or fetch
+                lines.append(f"[{block.get('name')}] {json.dumps(block.get('input'))[:500]}")
             elif kind == "tool_result":
                 lines.append(f"[tool result] {_result_text(block.get('content'))[:1000]}")
             elif kind in ("image", "document"):

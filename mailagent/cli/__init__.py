@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from mailagent import __version__
+from mailagent.agent.prices import WEB_SEARCH_USD
 from mailagent.cli import doctor, init_config, init_finish, init_wizard, install, status_view
 from mailagent.cli.demo import add_demo_parser
 from mailagent.cli.install import add_service_parser
@@ -32,6 +33,7 @@ from mailagent.policy import (
     Policy,
     Scope,
     explain,
+    explain_internet,
     explain_recipient,
     load_policy,
     protected_paths,
@@ -154,6 +156,21 @@ def _upstream(proxy: str | None) -> str:
     return f", then through the proxy {shown}" if proxy else ""
 
 
+def _check_internet(settings: Settings) -> str:
+    """Whether the API's web tools are offered, where, and how often per task."""
+    policy = _policy_if_valid(settings)
+    if policy is None:
+        return "web tools: decided once the policy error above is fixed"
+    rule = policy.internet
+    offered = [name for name, on in (("web_search", rule and rule.web_search),
+                                     ("web_fetch", rule and rule.web_fetch)) if on]
+    if rule is None or not offered:
+        why = "no [internet] table" if rule is None else f"{rule.source} turns none on"
+        return f"web tools: not offered ({why} in the policies)"
+    price = f"; a search costs ${WEB_SEARCH_USD:g} on top of tokens" if rule.web_search else ""
+    return f"web tools: {'; '.join(explain_internet(policy, name)[1] for name in offered)}{price}"
+
+
 def _check_connectors(settings: Settings) -> str:
     """Each MCP server of the policy: started once, its tools listed with their decisions."""
     policy = _policy_if_valid(settings)
@@ -224,7 +241,8 @@ class _PartlyFailedError(MailagentError):
 
 
 CHECKS: tuple[Callable[[Settings], str], ...] = (
-    _check_policies, _check_commands, _check_skills, _check_templates, _check_schedules,
+    _check_policies, _check_commands, _check_internet, _check_skills, _check_templates,
+    _check_schedules,
     _check_store, _check_tools, _check_connectors, doctor.check_keyring, doctor.check_oauth,
     _check_imap, _check_smtp, _check_model, doctor.check_service)
 
@@ -346,6 +364,14 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     if args.action == "mail":  # PATH is an address: whom draft_mail may write to
         print(explain_recipient(load_policy(settings.policies_dir), args.path))
         return 0
+    if args.action == "internet":  # PATH is the tool: web_search or web_fetch
+        if args.path not in ("web_search", "web_fetch"):
+            print(f"error: {args.path!r} is not a web tool: write web_search or web_fetch",
+                  file=sys.stderr)
+            return 2
+        verdict, why = explain_internet(load_policy(settings.policies_dir), args.path)
+        print(f"{verdict}: {why}")
+        return 0
     home = Path.home()
     skills_dir = Path(os.path.realpath(settings.skills_dir)) if settings.skills_dir else None
     if args.action == "skill":  # PATH is a skill's name
@@ -464,10 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain_parser.add_argument("--conversation", default="main",
                                 help="whose workspace relative paths resolve in (default main)")
     explain_parser.add_argument("action",
-                                choices=["list", "read", "write", "delete", "mail", "skill"],
+                                choices=["list", "read", "write", "delete", "mail", "internet",
+                                         "skill"],
                                 help="mail: whether draft_mail may write to the address PATH; "
+                                "internet: whether the web tool PATH is offered; "
                                 "skill: whether the skill named PATH is listed to the model")
-    explain_parser.add_argument("path", help="a path, for mail an address, for skill a name")
+    explain_parser.add_argument("path", help="a path; for mail an address; for internet "
+                                "web_search or web_fetch; for skill a name")
     explain_parser.set_defaults(func=cmd_policy_explain)
     example = sub.add_parser("example", help="print an example config or policy file")
     example.add_argument("what", choices=list(EXAMPLES))

@@ -16,15 +16,17 @@ followed, and ask again right before they act. Deciding never raises anything bu
 
 The package, by concern: `rules` (the frozen shapes), `load` (TOML to a `Policy`), `watch`
 (reloading on edits), `paths` (resolving and protecting paths), `decide` (the verdicts), `calls`
-(which rule judges each tool call), `mail` (whom drafts may address), `mcp` (MCP server rules),
-`fsat` (files reached by descriptors from a rule's root), `sandbox` (bubblewrap), `integrity` (the
-protected files by identity). This module is the face the rest of mailagent imports.
+(which rule judges each tool call), `mail` (whom drafts may address), `internet` (the web
+tools), `mcp` (MCP server rules), `fsat` (files reached by descriptors from a rule's root),
+`sandbox` (bubblewrap), `integrity` (the protected files by identity). This module is the
+face the rest of mailagent imports.
 """
 
 from __future__ import annotations
 
 from mailagent.policy.calls import PATH_ACTIONS, check_call, describe_operation, operation_digest
 from mailagent.policy.decide import decide, decide_command, decide_move, explain
+from mailagent.policy.internet import explain_internet
 from mailagent.policy.load import load_policy
 from mailagent.policy.mail import decide_recipients, explain_recipient
 from mailagent.policy.paths import HOME_PROTECTED, SYSTEM_ROOTS, protected_paths, resolve
@@ -42,6 +44,7 @@ from mailagent.policy.rules import (
     CommandsRule,
     Decision,
     FolderRule,
+    InternetRule,
     MailRule,
     Policy,
     Scope,
@@ -66,6 +69,7 @@ __all__ = [
     "CommandsRule",
     "Decision",
     "FolderRule",
+    "InternetRule",
     "MailRule",
     "Policy",
     "PolicyWatcher",
@@ -78,6 +82,7 @@ __all__ = [
     "decide_recipients",
     "describe_operation",
     "explain",
+    "explain_internet",
     "explain_recipient",
     "load_policy",
     "operation_digest",

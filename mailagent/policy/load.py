@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mailagent.errors import PolicyError, nearest
+from mailagent.policy.internet import parse_internet
 from mailagent.policy.mcp import McpServerRule, parse_servers
 from mailagent.policy.paths import expand_path, real_path, shown_path
 from mailagent.policy.rules import (
@@ -29,6 +30,7 @@ from mailagent.policy.rules import (
     OVERWRITE_VALUES,
     CommandsRule,
     FolderRule,
+    InternetRule,
     MailRule,
     Policy,
     SkillGrant,
@@ -51,6 +53,7 @@ def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
     servers: list[McpServerRule] = []
     mail: MailRule | None = None
     skills: dict[str, SkillGrant] = {}
+    internet: InternetRule | None = None
     for file in files:
         text = _read_policy_text(file)
         document = _parse_toml(text, file)
@@ -62,6 +65,12 @@ def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
         mail = mail or file_mail
         for grant in _skill_grants(document.get("skills"), text, file):
             skills.setdefault(grant.name, grant)  # the first file that allows it is named
+        file_internet = _internet_rule(document.get("internet"), text, file)
+        if file_internet is not None and internet is not None:
+            raise PolicyError(f"{file} line {file_internet.source.rpartition(':')[2]}: a second "
+                              f"[internet] table (the first is at {internet.source}); keep only "
+                              "one")
+        internet = internet or file_internet
         for server in parse_servers(document.get("mcp"), text, file):
             if any(other.name == server.name for other in servers):
                 raise PolicyError(f"{file} line {server.source.rpartition(':')[2]}: a second "
@@ -77,7 +86,7 @@ def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
             )
         commands = commands or file_commands
     return Policy(tuple(folders), commands, tuple(file.name for file in files), tuple(servers),
-                  mail, tuple(skills.values()))
+                  mail, tuple(skills.values()), internet)
 
 
 def is_policy_name(name: str) -> bool:
@@ -169,11 +178,11 @@ def _validate(
     document: dict[str, Any], text: str, file: Path, home: Path
 ) -> tuple[list[FolderRule], CommandsRule | None]:
     for key in document:
-        if key not in ("folders", "commands", "mcp", "mail", "skills"):
+        if key not in ("folders", "commands", "mcp", "mail", "internet", "skills"):
             raise _Location(file, text, _top_level_line(text, key)).error(
                 f"unknown table or key {key!r}; a policy file holds only skills = [...], "
-                "[[folders]], [commands], [mail] and [mcp.<server>] (check the spelling: a "
-                "misspelt table would drop its rule)"
+                "[[folders]], [commands], [mail], [internet] and [mcp.<server>] (check the "
+                "spelling: a misspelt table would drop its rule)"
             )
     entries = document.get("folders", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -346,6 +355,16 @@ def _skill_grants(value: Any, text: str, file: Path) -> list[SkillGrant]:
             raise where.error(f"skills: {problem}; write the name of a folder of the skills "
                               "folder")
     return [SkillGrant(name, source) for name in value]
+
+
+def _internet_rule(table: Any, text: str, file: Path) -> InternetRule | None:
+    """[internet]: the API's web search and web fetch, off unless a key turns one on."""
+    if table is None:
+        return None
+    where = _Location(file, text, _top_level_line(text, "internet"))
+    if not isinstance(table, dict):
+        raise where.error("internet must be an [internet] table: web_search = true, ...")
+    return parse_internet(table, where.error, f"{file.name}:{where.line}")
 
 
 def _flag(table: dict[str, Any], key: str, where: _Location) -> bool:

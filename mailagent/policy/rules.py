@@ -1,9 +1,9 @@
 """Policy rules: the frozen shapes a policy is made of, and what a decision says.
 
 In: nothing (definitions only). Out: `Policy` (folder rules, the commands rule, MCP server rules,
-the mail rule, the skills it allows), `Scope` (the conversation's workspace, `~`, the protected
-paths, the skills folder) and `Decision` (verdict, the rule that decided, a reason the model
-can act on, the resolved path and its `Anchor`). Pure: no I/O.
+the mail rule, the skills it allows, the internet rule), `Scope` (the conversation's workspace,
+`~`, the protected paths, the skills folder) and `Decision` (verdict, the rule that decided, a
+reason the model can act on, the resolved path and its `Anchor`). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ COMMANDS_KEYS = ("allow", "network", "timeout_seconds", "memory_mb", "max_proces
 
 
 MAIL_KEYS = ("may_write_to",)
+
+
+INTERNET_KEYS = ("web_search", "web_fetch", "allowed_domains", "blocked_domains", "max_uses",
+                 "max_content_tokens")
 
 
 WORKSPACE_RULE = "workspace"
@@ -93,6 +97,22 @@ class SkillGrant:
 
 
 @dataclass(frozen=True)
+class InternetRule:
+    """Which of the Messages API's server tools a task is offered (web search, web fetch),
+    on which domains, and how often each may run in one task. The API runs them, not this
+    machine; the domain lists and `max_uses` go with every request, and the uses are counted
+    again from each response's usage."""
+
+    web_search: bool = False
+    web_fetch: bool = False
+    allowed_domains: tuple[str, ...] = ()  # only these (and their subdomains); () = any
+    blocked_domains: tuple[str, ...] = ()  # never these; the API takes one list or the other
+    max_uses: int = 5  # per tool, per task
+    max_content_tokens: int | None = None  # a fetched page's text is cut at about this
+    source: str = ""  # "web.toml:1", where the [internet] table starts
+
+
+@dataclass(frozen=True)
 class Policy:
     folders: tuple[FolderRule, ...] = ()
     commands: CommandsRule | None = None
@@ -100,6 +120,7 @@ class Policy:
     mcp: tuple[McpServerRule, ...] = ()  # [mcp.<server>] tables: connectors and their tools
     mail: MailRule | None = None  # [mail]: absent or empty, draft_mail is not offered
     skills: tuple[SkillGrant, ...] = ()  # skills = [...]: absent, no skill is listed
+    internet: InternetRule | None = None  # [internet]: absent, no web tool is offered
 
 
 @dataclass(frozen=True)

@@ -272,6 +272,7 @@ def _work(task: Task, conversation_name: str) -> TaskWork:
         task.owner_address, task.instruction, json.loads(task.data_json), task.turns,
         task.tool_calls, task.input_tokens + task.output_tokens + task.cache_read_tokens
         + task.cache_write_tokens, task.cost_usd, task.budget_steps,
+        task.web_search_requests, task.web_fetch_requests,
     )
 
 

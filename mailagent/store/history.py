@@ -34,6 +34,8 @@ class HistoryStore(MailStore):
             task.cache_read_tokens += usage.cache_read_tokens
             task.cache_write_tokens += usage.cache_write_tokens
             task.cost_usd += usage.cost_usd
+            task.web_search_requests += usage.web_search_requests
+            task.web_fetch_requests += usage.web_fetch_requests
             s.add(task)
 
     def cost_since(self, since: datetime) -> float:

@@ -96,6 +96,8 @@ class Task(SQLModel, table=True):
     result_text: str = ""
     attachments_json: str = "[]"  # paths given to attach_file, for the completion mail
     budget_steps: int = 0  # extra budgets granted by the owner's `continue`
+    web_search_requests: int = 0  # the Messages API's server tools, from each response's usage
+    web_fetch_requests: int = 0
 
 
 class HistoryEntry(SQLModel, table=True):
@@ -403,6 +405,11 @@ def _drafts(connection: Connection) -> None:
     _add_columns(connection, "outbox", {"draft_id": "INTEGER"})
 
 
+def _web_requests(connection: Connection) -> None:
+    _add_columns(connection, "task", {"web_search_requests": "INTEGER NOT NULL DEFAULT 0",
+                                      "web_fetch_requests": "INTEGER NOT NULL DEFAULT 0"})
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_agent", _agent),
@@ -417,5 +424,6 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0011_schedule_approvals", _schedule_approvals),
     ("0012_halts", _halts),
     ("0013_drafts", _drafts),
+    ("0014_web_requests", _web_requests),
 ]
 

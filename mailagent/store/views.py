@@ -119,6 +119,8 @@ class TaskWork:
     tokens: int
     cost_usd: float
     budget_steps: int = 0
+    web_searches: int = 0  # the API's web searches and fetches for this task, from its usage
+    web_fetches: int = 0
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,9 @@ class Usage:
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # tokens and searches together
+    web_search_requests: int = 0  # usage.server_tool_use of the response
+    web_fetch_requests: int = 0
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,16 @@ workspace or the policy's folders, and never let a mail that cannot be built sto
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from mailagent.agent.prices import WEB_SEARCH_USD
 from mailagent.agent.task import Outcome
+from mailagent.agent.web import Source
 from mailagent.mail.notify import compose
 from mailagent.policy import decide
 from mailagent.store import Outbound, TaskWork
@@ -45,6 +48,33 @@ def advice(reason: str) -> str:
         if reason.startswith(prefix):
             return text
     return "Send the task again; if it fails the same way, run `mailagent status` on the computer."
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
+
+
+def plain_markdown(value: str) -> str:
+    """`value` as Markdown that reads as itself: no emphasis, link or tag can come of it."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(value.split()))
+
+
+def source_lines(sources: tuple[Source, ...]) -> list[str]:
+    """The numbered sources of an answer, each its title and its address as plain text (the
+    mail loads nothing remote and links nothing: the owner copies the address)."""
+    return [f"{plain_markdown(s.title)}: {plain_markdown(s.url)}" if s.title
+            else plain_markdown(s.url) for s in sources]
+
+
+def web_line(work: TaskWork) -> str:
+    """The web tools' part of the cost line: searches are billed apart from tokens."""
+    parts = []
+    if work.web_searches:
+        parts.append(f"{work.web_searches} web search{'es' if work.web_searches != 1 else ''} "
+                     f"(${work.web_searches * WEB_SEARCH_USD:.2f})")
+    if work.web_fetches:
+        parts.append(f"{work.web_fetches} web page{'s' if work.web_fetches != 1 else ''} "
+                     "fetched")
+    return " · ".join(parts)
 
 
 def is_in_workspace(change: dict[str, Any], workspace: Path) -> bool:
@@ -85,12 +115,14 @@ class Replies(Toolbox):
             workspace = self.scope(work).workspace
             changes = [_describe(c) for c in every if not is_in_workspace(c, workspace)]
             values = {"task_id": task_id, "tokens": work.tokens, "cost": work.cost_usd,
-                      "changes": changes, "workspace_changes": len(every) - len(changes),
+                      "web": web_line(work), "changes": changes,
+                      "workspace_changes": len(every) - len(changes),
                       **self.schedule_lines(work)}
             target = self.store.reply_target(task_id)
             if outcome.state == "done":
                 return compose(self.settings.smtp, target, "completion", "completion.md.j2",
                                {**values, "answer": outcome.text or "Done.",
+                                "sources": source_lines(outcome.sources),
                                 "undo_hint": bool(every)},
                                self.sendable(work, self.store.attachments(task_id)))
             return compose(self.settings.smtp, target, "failure", "failure.md.j2",

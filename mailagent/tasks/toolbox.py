@@ -3,7 +3,8 @@
 In: a claimed task (`TaskWork`), the policy in force, the sandbox, the MCP connectors. Out: a
 `TaskContext` for the agent: the tools (files, memory, schedules, drafts, run_command, MCP tools),
 the `check` each call passes first (policy.calls, with tools stopped after a failed integrity
-check), the digest an approval binds, the fence nonce, and the system prompt. Side effects: makes
+check), the digest an approval binds, the fence nonce, the system prompt, and the policy's
+[internet] rule (the API's web tools) as it stands at each request. Side effects: makes
 the task's workspace. Every tool judges again, at each call, by the policy in force then.
 """
 
@@ -160,6 +161,7 @@ class Toolbox:
                 self.judge_call(scope, name, tool_input), name, tool_input),
             show=lambda attachment: files.show_attachment(attachment["path"],
                                                           attachment["content_type"]),
+            internet=lambda: None if self.tools_stopped() else self.policies.current().internet,
         )
 
     def judge_call(self, scope: Scope, name: str, tool_input: dict[str, Any]) -> Decision:
@@ -234,6 +236,7 @@ class Toolbox:
         commands = policy.commands if self.offers_commands(policy) else None
         return render("system.md.j2", today=datetime.now(UTC).date().isoformat(),
                       workspace=str(scope.workspace), folders=folders, commands=commands,
+                      internet=policy.internet,
                       memory=[fence("memory-note", note, nonce, number=number)
                               for number, note in self.store.memory(work.conversation_id)],
                       skills=self.listed_skills(scope, policy))

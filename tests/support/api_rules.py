@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 
 from tests.support.api_media import media_is_valid
+from tests.support.api_web import web_results_come_back_unchanged, web_tools_are_valid
 
 COMPACTION_MIN_TRIGGER = 50_000
 MAX_CACHE_BREAKPOINTS = 4
@@ -209,6 +210,7 @@ RULES: tuple[Rule, ...] = (
     no_empty_text,
     tool_results_follow_tool_uses,
     media_is_valid,
+    web_results_come_back_unchanged,
 )
 
 
@@ -218,6 +220,8 @@ def first_violation(body: Mapping[str, Any], betas: Collection[str] = ()) -> str
     https://docs.claude.com/en/api/errors shapes: a 400 with
     {"type": "error", "error": {"type": "invalid_request_error", "message": ...}}."""
     if (message := beta_fields_need_their_beta(body, betas)) is not None:
+        return message
+    if (message := web_tools_are_valid(body, betas)) is not None:
         return message
     for rule in RULES:
         message = rule(body)

@@ -126,7 +126,7 @@ class MessageReply:
 
     content: tuple[dict[str, Any], ...]
     stop_reason: str = "end_turn"
-    usage: Mapping[str, int] | None = None
+    usage: Mapping[str, Any] | None = None
     """Overrides for the computed usage fields (any subset)."""
     stop_sequence: str | None = None
     model: str | None = None

@@ -27,9 +27,11 @@ API's: a ``tool_use`` not answered at the start of the next user message, a stra
 off ``^[a-zA-Z0-9_-]{1,64}$`` or used twice, a tool's ``input_schema`` that is not a JSON
 Schema (draft 2020-12) of an object, beta fields without their beta header, a compaction
 trigger under 50,000, an image or document block the API refuses (its media type, base64,
-bytes, dimensions, pages: ``api_media.py``) (``tests/support/api_rules.py`` cites the
-documentation of each). :func:`cut_tool_use`, :func:`refusal`, :func:`pause_turn`
-and :func:`context_window_exceeded` answer as the API does at those stop reasons.
+bytes, dimensions, pages: ``api_media.py``), a web tool off its documented shape or a search
+result not sent back as issued (``api_web.py``; ``model_web.py`` answers with the web tools)
+(``tests/support/api_rules.py`` cites the documentation of each). :func:`cut_tool_use`,
+:func:`refusal`, :func:`pause_turn` and :func:`context_window_exceeded` answer as the API does
+at those stop reasons.
 
 Authentication: with :attr:`ModelServer.api_key` set, a request must carry
 ``x-api-key: <key>`` *or* ``authorization: Bearer <key>`` -- note that the

@@ -2,7 +2,7 @@
 
 ``"stream": true`` requests are answered with Server-Sent Events in the real
 API's order (``message_start``, ``ping``, ``content_block_start``,
-``content_block_delta`` with ``text_delta`` / ``input_json_delta``,
+``content_block_delta`` with ``text_delta`` / ``citations_delta`` / ``input_json_delta``,
 ``content_block_stop``, ``message_delta``, ``message_stop``), chunked-encoded, so
 ``client.messages.stream(...)`` / ``get_final_message()`` and
 ``create(stream=True)`` work.  Errors on a streaming request are plain JSON with
@@ -56,6 +56,15 @@ def sse_events(message: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any]
                     "content_block": {"type": "text", "text": ""},
                 },
             )
+            for citation in block.get("citations") or []:  # before the text, as the API does
+                yield (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "citations_delta", "citation": citation},
+                    },
+                )
             for piece in _chunks(str(block["text"]), 12):
                 yield (
                     "content_block_delta",
@@ -65,7 +74,7 @@ def sse_events(message: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any]
                         "delta": {"type": "text_delta", "text": piece},
                     },
                 )
-        elif kind == "tool_use":
+        elif kind in ("tool_use", "server_tool_use"):
             yield (
                 "content_block_start",
                 {
