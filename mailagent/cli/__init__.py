@@ -1,4 +1,5 @@
-"""Command line: `mailagent init | run | check | status | resume | policy explain | service | demo`.
+"""Command line: `mailagent init | run | check | status | show | history | logs | resume |
+policy explain | service | demo`.
 
 Commands only: each turns expected failures (MailagentError) into one readable line on stderr
 and a non-zero exit code, never a traceback. The only module that configures logging handlers.
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import logging.handlers
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -21,6 +23,7 @@ from mailagent import __version__
 from mailagent.cli import doctor, init_finish, init_wizard, install, status_view
 from mailagent.cli.demo import add_demo_parser
 from mailagent.cli.install import add_service_parser
+from mailagent.cli.reports import add_report_parsers
 from mailagent.config import Settings, find_config_path, load_settings
 from mailagent.errors import ConfigError, MailagentError, PolicyError, WhenError
 from mailagent.mail.mailbox import Mailbox
@@ -48,12 +51,32 @@ def _settings(args: argparse.Namespace, secrets: bool = True) -> Settings:
     return load_settings(find_config_path(args.config), secrets=secrets)
 
 
+LOG_FILE_BYTES = 5 * 1024 * 1024  # [service] log_file is rotated at this size
+LOG_FILE_BACKUPS = 3  # and this many old files are kept beside it
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if settings.service.log_file is not None:
+        log_to_file(settings.service.log_file)
     from mailagent.service import run_service  # imports the SDK, which takes seconds
 
     run_service(settings)
     return 0
+
+
+def log_to_file(path: Path) -> None:
+    """Log to `path` as well as stderr, rotated so that it never fills the disk."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"service.log_file {path} cannot be written: {exc.strerror or exc}; "
+                          "fix the path or its folder's permissions") from exc
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
 
 
 def _check_imap(settings: Settings) -> str:
@@ -233,7 +256,7 @@ def _report(check: Callable[[Settings], str], settings: Settings, out: TextIO) -
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=False)
     with contextlib.closing(Store.open(settings.database_url)) as store:
-        snapshot = status_view.take_snapshot(store)
+        snapshot = status_view.take_snapshot(store, settings)
     if args.json:
         status_view.print_json(snapshot)
     elif args.plain or not sys.stdout.isatty():
@@ -428,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("what", choices=list(EXAMPLES))
     example.set_defaults(func=cmd_example)
     add_service_parser(sub)
+    add_report_parsers(sub)
     add_demo_parser(sub)
     describe_commands(sub)
     return parser
@@ -439,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # from WARNING up, unless --verbose.
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
     )
     if not args.verbose:
         logging.getLogger("mailagent").setLevel(logging.INFO)
