@@ -89,29 +89,37 @@ def log_source(settings: Settings | None, platform: str, lines: int, follow: boo
                          '"..." in the config, restart the service, then run `mailagent logs`')
 
 
-def tail(path: Path, lines: int) -> list[str]:
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        return list(deque(handle, maxlen=lines))
+def tail(path: Path, lines: int) -> tuple[list[str], int]:
+    """The last `lines` lines of `path`, and the offset where they end (to follow from)."""
+    with path.open("rb") as handle:
+        last = deque(handle, maxlen=lines) if lines > 0 else deque(handle, maxlen=1)
+        end = handle.tell()
+    text = [line.decode("utf-8", errors="replace") for line in last] if lines > 0 else []
+    return text, end
 
 
-def follow_file(path: Path, write: Callable[[str], None],
+def follow_file(path: Path, write: Callable[[str], None], start_at: int = 0,
                 keep_going: Callable[[], bool] = lambda: True) -> None:
-    """Print what is added to `path`, reopening it when it is rotated (replaced or cut)."""
-    handle = path.open(encoding="utf-8", errors="replace")
-    handle.seek(0, 2)
+    """Print what is added to `path` after the byte offset `start_at`, reopening the file
+    when it is rotated (replaced or cut)."""
+    handle = path.open("rb")
+    handle.seek(start_at)
     try:
         while keep_going():
             line = handle.readline()
-            if line:
-                write(line)
+            if line.endswith(b"\n"):
+                write(line.decode("utf-8", errors="replace"))
                 continue
+            handle.seek(-len(line), os.SEEK_CUR)  # a line being written: wait for its end
             time.sleep(FOLLOW_POLL_SECONDS)
             with contextlib.suppress(FileNotFoundError):
                 current = path.stat()
                 if current.st_ino != os.fstat(handle.fileno()).st_ino or \
                         current.st_size < handle.tell():
+                    for rest in handle.readlines():  # what the old file got before it went
+                        write(rest.decode("utf-8", errors="replace"))
                     handle.close()
-                    handle = path.open(encoding="utf-8", errors="replace")
+                    handle = path.open("rb")
     finally:
         handle.close()
 
@@ -131,10 +139,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if not source.path.exists():
         raise MailagentError(f"no log at {source.path} yet: is the service installed and "
                              "started (`mailagent service status`)?")
-    sys.stdout.write("".join(tail(source.path, args.lines)))
-    sys.stdout.flush()
+    last, end = tail(source.path, args.lines)
+    print_now("".join(last))
     if args.follow:
-        follow_file(source.path, print_now)
+        follow_file(source.path, print_now, start_at=end)
     return 0
 
 

@@ -53,6 +53,12 @@ class TaskSummary:
     cache_write_tokens: int
     cost_usd: float
 
+    @property
+    def tokens(self) -> int:
+        """Every token counted, as the task's budget counts them (cache reads and writes too)."""
+        return (self.input_tokens + self.output_tokens + self.cache_read_tokens
+                + self.cache_write_tokens)
+
     def seconds(self, now: datetime) -> float | None:
         """How long it ran: from its start to its end, or to `now` while it is not over."""
         if self.started_at is None:

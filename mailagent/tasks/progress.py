@@ -120,7 +120,7 @@ def progress_lines(p: Progress, now: datetime) -> list[str]:
     lines = [f"#{t.task_id} [{t.conversation_name}] {t.subject[:60]}",
              f"  turn {p.turn}: {p.doing}",
              f"  running for {seconds_text(t.seconds(now))}, cost so far {usd(t.cost_usd)}, "
-             f"{t.input_tokens + t.output_tokens} tokens"]
+             f"{t.tokens} tokens"]
     if p.tools:
         lines.append("  tools so far: " + "; ".join(tool_text(s) for s in p.tools))
     if p.changes:
@@ -150,7 +150,7 @@ def progress_json(p: Progress, now: datetime) -> dict[str, Any]:
             "tools": [{"name": s.name, "target": target(s.name, s.input), "verdict": s.verdict,
                        "state": s.state} for s in p.tools],
             "files_changed": [{"op": c.get("op"), "path": c.get("path")} for c in p.changes],
-            "tokens": t.input_tokens + t.output_tokens, "cost_usd": round(t.cost_usd, 6)}
+            "tokens": t.tokens, "cost_usd": round(t.cost_usd, 6)}
 
 
 def day_json(day: Day, now: datetime) -> dict[str, Any]:
