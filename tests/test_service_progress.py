@@ -148,11 +148,20 @@ def test_status_shows_what_a_running_task_did_so_far_and_show_n_what_it_did(
         assert f"write_file notes.txt: allow by {call['rule']}, done" in answer
         assert f"created {notes}" in answer and "Your words:" in answer
 
+        missing = subprocess.run([sys.executable, "-m", "mailagent", "show", "99", "--config",
+                                  str(service.config_path)], capture_output=True, text=True,
+                                 env=service.env, timeout=60)
+        assert missing.returncode == 2 and missing.stdout == ""
+        assert "there is no task #99" in missing.stderr and "mailagent history" in missing.stderr
+
         [listed] = json.loads(mailagent(service, "history", "--json").stdout)
         assert (listed["task_id"], listed["conversation"], listed["state"]) == \
             (1, "main", "done")
         assert listed["subject"] == "Write my notes" and listed["cost_usd"] == round(cost, 6)
         assert listed["duration_seconds"] >= 1.0 and listed["created_at"].startswith("20")
+        listing = mailagent(service, "history", "--limit", "5").stdout
+        assert listing.startswith("#1 [main] done, ") and listing.rstrip().endswith(
+            ": Write my notes")
     finally:
         gate.set()
         service.stop()

@@ -15,8 +15,8 @@ from sqlalchemy import text as sql
 from mailagent.cli.status_view import as_json, plain_lines, take_snapshot
 from mailagent.config import AgentSettings, OwnerSettings
 from mailagent.content import fence
-from mailagent.store import Store, Usage
-from mailagent.tasks.commands import status_text
+from mailagent.store import CommandWork, ReplyTarget, Store, Usage
+from mailagent.tasks.commands import show_text, status_text
 from mailagent.tasks.progress import day_report, running_progress
 from mailagent.tasks.record import record_lines, task_record
 from mailagent.tasks.toolbox import conversation_nonce
@@ -134,3 +134,20 @@ def test_a_record_shows_images_by_what_they_are_and_never_the_fence_id(tmp_path:
     assert (call["verdict"], call["rule"], call["state"]) == ("allow", "workspace", "done")
     assert record["instruction"] == "what is on this photo?"
     assert task_record(store, task_id + 1, datetime.now(UTC)) is None
+
+
+def test_show_by_mail_without_a_number_needs_a_thread_and_names_a_missing_task(
+        tmp_path: Path) -> None:
+    settings = settings_for_tests(tmp_path)
+    store = Store.open(settings.database_url)
+    task_id = started(store, "tidy the folder")
+
+    def show(argument: str, in_thread_of: int | None) -> str:
+        reply = ReplyTarget(OWNER, "show", None, (), None, "main", in_thread_of)
+        return show_text(store, CommandWork(1, "show", argument, None, "main", in_thread_of,
+                                            reply), settings)
+
+    assert "works as a reply in the thread of a task" in show("", None)
+    assert show("", task_id).startswith(f"Task #{task_id} [main]: running")
+    assert show(str(task_id), None) == show("", task_id)
+    assert show("42", None) == "There is no task #42; reply `status` to see the tasks."

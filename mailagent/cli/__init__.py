@@ -353,6 +353,10 @@ start here:
   mailagent check                   test the config, the policies and every login
   mailagent run                     run the service (or: mailagent service install)
 
+what it is doing and did:
+  mailagent status                  running tasks step by step, today's tasks and their cost
+  mailagent show N | history | logs -f   one task's record, the latest tasks, the log
+
 when a mail says that tools are stopped (a file that governs mailagent changed):
   mailagent resume                  once you have looked at what changed
 
@@ -366,9 +370,10 @@ USAGE: dict[str, tuple[str, str]] = {
               "policies, the templates, the database, the IMAP and SMTP logins and the model. "
               "One line per check; exit 0 only if all pass, with a hint for each failure.",
               "mailagent check --config ~/.config/mailagent/mailagent.toml"),
-    "status": ("Show what the service is doing and did: conversations, tasks, schedules, "
-               "approvals waiting for you, the outbox and recent refusals, and whether tools "
-               "are stopped.",
+    "status": ("Show what the service is doing and did: whether it runs, what each running task "
+               "is doing (step, tools, files, time and cost so far), today's tasks and their "
+               "cost, conversations, tasks, schedules, approvals waiting for you, the outbox "
+               "and recent refusals, and whether tools are stopped.",
                "mailagent status --plain"),
     "resume": ("Let tools run again after they were stopped because the config, a policy file "
                "or the data directory changed under a command (you had a mail saying what "

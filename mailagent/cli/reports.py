@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from collections import deque
 from collections.abc import Callable
@@ -151,17 +152,37 @@ def print_now(line: str) -> None:
     sys.stdout.flush()
 
 
+def count(text: str) -> int:
+    """A whole number from 0 to a billion, for argparse (a clear usage error otherwise)."""
+    if not text.isdigit() or int(text) > 10**9:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to 1000000000")
+    return int(text)
+
+
 def add_report_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     show = sub.add_parser("show", help="print what task N did: your words, each step and its "
                           "decision, files changed, mails, tokens and cost")
-    show.add_argument("task_id", type=int, metavar="N", help="the task's number")
+    show.add_argument("task_id", type=count, metavar="N", help="the task's number")
     history_parser = sub.add_parser("history", help="list recent tasks with their cost")
-    history_parser.add_argument("--limit", type=int, default=20, metavar="K",
+    history_parser.add_argument("--limit", type=count, default=20, metavar="K",
                                 help="how many (default 20), newest first")
     logs = sub.add_parser("logs", help="print the service's log")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    logs.add_argument("--lines", type=int, default=50, metavar="N",
+    logs.add_argument("--lines", type=count, default=50, metavar="N",
                       help="how many lines from the end (default 50)")
+    for command, description, example in (
+            (show, "What task N did, from the store: your words, each model turn and tool call "
+             "with the policy's decision, the files it changed, the mails sent for it, tokens "
+             "and cost. The same record comes back by mail when you send `show N`.",
+             "mailagent show 12 --json"),
+            (history_parser, "The latest tasks, newest first: number, conversation, state, "
+             "subject, when, how long and what it cost.", "mailagent history --limit 50"),
+            (logs, "The service's log: [service] log_file when it is set, otherwise the journal "
+             "of the systemd user unit (Linux) or the launchd agent's log file (macOS).",
+             "mailagent logs -f --lines 100")):
+        command.description = textwrap.fill(description, 88)
+        command.epilog = f"example:\n  {example}"
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     for command, func in ((show, cmd_show), (history_parser, cmd_history), (logs, cmd_logs)):
         command.add_argument("--config", help="config file (default: $MAILAGENT_CONFIG, "
                              "then the user config dir)")
