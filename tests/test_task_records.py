@@ -17,7 +17,7 @@ from mailagent.config import AgentSettings, OwnerSettings
 from mailagent.content import fence
 from mailagent.store import CommandWork, ReplyTarget, Store, Usage
 from mailagent.tasks.commands import show_text, status_text
-from mailagent.tasks.progress import day_report, running_progress
+from mailagent.tasks.progress import day_report, progress_lines, running_progress
 from mailagent.tasks.record import record_lines, task_record
 from mailagent.tasks.toolbox import conversation_nonce
 from tests.support.config import settings_for_tests
@@ -55,6 +55,13 @@ def test_the_step_is_the_tool_that_runs_now_or_the_approval_awaited(tmp_path: Pa
     assert progress.doing == "waiting for your approval"
     assert [(s.name, s.state) for s in progress.tools] == [("run_command", "done"),
                                                           ("delete_file", "waiting")]
+    for n in range(12):
+        store.record_tool_decision(task_id, f"toolu_r{n}", "read_file", {"path": f"r{n}.txt"},
+                                   "allow", "workspace", "")
+    [progress] = running_progress(store)
+    [tools] = [line for line in progress_lines(progress, datetime.now(UTC)) if "tools" in line]
+    assert tools.startswith("  tools so far: 4 earlier, then read_file r2.txt (decided); ")
+    assert tools.endswith("; read_file r11.txt (decided)")
 
 
 def test_today_lists_each_outcome_duration_and_cost_and_the_total_against_the_cap(

@@ -22,6 +22,7 @@ RUNNING_NOW = ("running", "waiting_approval")
 TARGET_KEYS = ("path", "source", "destination", "command", "pattern", "cwd", "to", "when",
                "url", "query")
 TARGET_CHARS = 80
+SHOWN_STEPS = 10  # the latest tools and files in a line; the JSON form has them all
 
 
 @dataclass(frozen=True)
@@ -122,10 +123,17 @@ def progress_lines(p: Progress, now: datetime) -> list[str]:
              f"  running for {seconds_text(t.seconds(now))}, cost so far {usd(t.cost_usd)}, "
              f"{t.tokens} tokens"]
     if p.tools:
-        lines.append("  tools so far: " + "; ".join(tool_text(s) for s in p.tools))
+        lines.append("  tools so far: " + latest([tool_text(s) for s in p.tools]))
     if p.changes:
-        lines.append("  files changed: " + "; ".join(change_text(c) for c in p.changes))
+        lines.append("  files changed: " + latest([change_text(c) for c in p.changes]))
     return lines
+
+
+def latest(items: list[str]) -> str:
+    """The last SHOWN_STEPS items, after how many came before them."""
+    earlier = len(items) - SHOWN_STEPS
+    shown = "; ".join(items[-SHOWN_STEPS:])
+    return f"{earlier} earlier, then {shown}" if earlier > 0 else shown
 
 
 def day_lines(day: Day, now: datetime) -> list[str]:
