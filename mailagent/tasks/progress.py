@@ -23,6 +23,7 @@ TARGET_KEYS = ("path", "source", "destination", "command", "pattern", "cwd", "to
                "url", "query")
 TARGET_CHARS = 80
 SHOWN_STEPS = 10  # the latest tools and files in a line; the JSON form has them all
+SHOWN_TASKS = 20  # the latest of today's tasks in lines; the JSON form has them all
 
 
 @dataclass(frozen=True)
@@ -137,9 +138,13 @@ def latest(items: list[str]) -> str:
 
 
 def day_lines(day: Day, now: datetime) -> list[str]:
-    lines = [f"#{t.task_id} [{t.conversation_name}] {t.state}, "
-             f"{seconds_text(t.seconds(now))}, {usd(t.cost_usd)}: {t.subject[:60]}"
-             for t in day.tasks]
+    """Today's latest tasks, one a line, then the day's total against the cap (last)."""
+    earlier = len(day.tasks) - SHOWN_TASKS
+    lines = [f"{earlier} earlier task(s) today: `mailagent history` lists them"] \
+        if earlier > 0 else []
+    lines += [f"#{t.task_id} [{t.conversation_name}] {t.state}, "
+              f"{seconds_text(t.seconds(now))}, {usd(t.cost_usd)}: {t.subject[:60]}"
+              for t in day.tasks[-SHOWN_TASKS:]]
     lines.append(f"today: {len(day.tasks)} task(s), {usd(day.cost_usd)}; last 24 hours "
                  f"{usd(day.last_24h_usd)} of the daily limit {usd(day.daily_cost_usd)} "
                  "(agent.daily_cost_usd)")
