@@ -165,3 +165,53 @@ def test_status_shows_what_a_running_task_did_so_far_and_show_n_what_it_did(
     finally:
         gate.set()
         service.stop()
+
+
+def test_status_names_the_command_that_runs_now_and_history_the_cancelled_task(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
+        make_service: MakeService) -> None:
+    (tmp_path / "policies").mkdir(exist_ok=True)
+    (tmp_path / "policies" / "commands.toml").write_text(
+        '[commands]\nallow = ["sh"]\ntimeout_seconds = 60\n')
+    service = make_service()
+    command = "sh -c '/bin/sleep 917'"
+    model_server.script(tool_use("run_command", {"command": command}))
+    task = owner_mail("Long job", "Run the long job.")
+    dovecot.append(task)
+    service.start()
+    try:
+        wait_until(lambda: running_in_proc("sleep 917"), 40,
+                   f"the command to start; log:\n{service.log()}")
+        [running] = status_json(service)["running"]
+        assert (running["turn"], running["doing"]) == (1, f"running run_command {command}")
+        assert running["tools"] == [{"name": "run_command", "target": command,
+                                     "verdict": "allow", "state": "started"}]
+        assert running["files_changed"] == []
+
+        message = email.message_from_bytes(task, policy=default_policy)
+        dovecot.append(owner_mail("Re: Long job", "cancel", in_reply_to=message["Message-ID"]))
+        store = service.store()
+        wait_until(lambda: [t.state for t in store.tasks()] == ["cancelled"], 30,
+                   f"the cancel; log:\n{service.log()}")
+        [listed] = json.loads(mailagent(service, "history", "--json").stdout)
+        assert (listed["task_id"], listed["state"]) == (1, "cancelled")
+        assert listed["ended_at"] is not None
+        [turn] = json.loads(mailagent(service, "show", "1", "--json").stdout)["turns"]
+        [call] = turn["tool_calls"]
+        assert (call["name"], call["target"], call["state"]) == ("run_command", command,
+                                                                 "unfinished")
+        [today] = status_json(service)["today"]["tasks"]
+        assert today["state"] == "cancelled" and today["duration_seconds"] is not None
+    finally:
+        service.kill()
+
+
+def running_in_proc(marker: str) -> bool:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    return True
+            except OSError:
+                continue
+    return False

@@ -97,18 +97,23 @@ def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at is not None else None
 
 
-def step_json(step: ToolStep, secrets: tuple[str, ...]) -> dict[str, Any]:
+OPEN_STATES = ("decided", "started", "approved")  # a call on its way, while its task runs
+
+
+def step_json(step: ToolStep, secrets: tuple[str, ...], ended: bool = False) -> dict[str, Any]:
+    """One call; on its way when its task ended (cancelled, stopped), it is `unfinished`."""
+    state = "unfinished" if ended and step.state in OPEN_STATES else step.state
     return {"tool_use_id": step.tool_use_id, "name": step.name,
             "target": hide(target(step.name, step.input), secrets),
             "input": shown_input(step.input, secrets), "verdict": step.verdict,
-            "rule": step.rule, "reason": hide(step.reason, secrets), "state": step.state,
+            "rule": step.rule, "reason": hide(step.reason, secrets), "state": state,
             "result": result_text(step.result, secrets),
             "change": None if step.change is None else
             {k: v for k, v in step.change.items() if k in ("op", "path", "from")}}
 
 
-def turns_json(entries: list[TurnEntry], steps: list[ToolStep],
-               secrets: tuple[str, ...]) -> list[dict[str, Any]]:
+def turns_json(entries: list[TurnEntry], steps: list[ToolStep], secrets: tuple[str, ...],
+               ended: bool) -> list[dict[str, Any]]:
     """Each model turn: its text and its tool calls, each with the policy's decision."""
     by_id = {step.tool_use_id: step for step in steps}
     turns: list[dict[str, Any]] = []
@@ -122,10 +127,10 @@ def turns_json(entries: list[TurnEntry], steps: list[ToolStep],
                  and b.get("type") == "tool_use" and b.get("id") in by_id]
         turns.append({"turn": len(turns) + 1, "at": _iso(entry.created_at),
                       "text": clip(text.strip(), TEXT_CHARS),
-                      "tool_calls": [step_json(c, secrets) for c in calls]})
+                      "tool_calls": [step_json(c, secrets, ended) for c in calls]})
     if by_id:  # calls whose turn is no longer stored (it was compacted away)
         turns.append({"turn": None, "at": None, "text": "",
-                      "tool_calls": [step_json(c, secrets) for c in by_id.values()]})
+                      "tool_calls": [step_json(c, secrets, ended) for c in by_id.values()]})
     return turns
 
 
@@ -165,7 +170,8 @@ def task_record(store: Store, task_id: int, now: datetime,
     record.update({
         "reason": hide(t.reason or "", secrets) or None, "owner": t.owner_address,
         "instruction": hide(t.instruction, secrets),
-        "turns": turns_json(task_entries(store, task_id), steps, secrets),
+        "turns": turns_json(task_entries(store, task_id), steps, secrets,
+                            ended=t.ended_at is not None),
         "files_changed": [{k: v for k, v in s.change.items() if k in ("op", "path", "from")}
                           for s in steps if s.change],
         "mails": [mail_json(m) for m in task_mails(store, task_id)],
