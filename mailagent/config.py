@@ -374,8 +374,13 @@ def _commands(s: _Section, base: Path) -> CommandSettings:
     return CommandSettings(srt=_path(srt, base) if srt else None, upstream_proxy=proxy)
 
 
-def _service(s: _Section) -> ServiceSettings:
-    return ServiceSettings(keep_awake=s.get("keep_awake", bool, ServiceSettings.keep_awake))
+def _service(s: _Section, base: Path) -> ServiceSettings:
+    log_file = s.get("log_file", str, None)
+    if log_file is not None and not log_file.strip():
+        raise ConfigError(f'service.log_file is empty in {s.path}: give a file path, e.g. '
+                          '"~/.local/state/mailagent/mailagent.log", or remove the key')
+    return ServiceSettings(keep_awake=s.get("keep_awake", bool, ServiceSettings.keep_awake),
+                           log_file=None if log_file is None else _path(log_file, base).absolute())
 
 
 def _positives(s: _Section, defaults: Any) -> dict[str, Any]:
@@ -470,7 +475,7 @@ def _settings(root: _Section, path: Path, environ: Mapping[str, str]) -> Setting
         agent=_agent(root.section("agent", required=False)),
         schedules=_schedules(root.section("schedules", required=False), base),
         failpoint=environ.get(FAILPOINT_ENV) or None,
-        service=_service(root.section("service", required=False)),
+        service=_service(root.section("service", required=False), base),
         provider=root.choice("provider", tuple(PROVIDERS), None) if root.has("provider") else None,
         canary=_canary(root.section("canary", required=False)),
         commands=_commands(root.section("commands", required=False), base),

@@ -141,6 +141,7 @@ class ServiceSettings:
     """How the service treats the computer it runs on."""
 
     keep_awake: bool = True  # hold off sleep while a task runs (systemd-inhibit, caffeinate...)
+    log_file: Path | None = None  # also log to this file, rotated (stderr always)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from tests.support.model_server import ModelServer
 from tests.support.service import ServiceProcess, wait_until
 
 KEYS = {"conversations", "tasks", "schedules", "approvals", "outbox", "commands", "connectors",
-        "refusals", "inbound", "held", "halt", "duplicates", "gave_up"}
+        "refusals", "inbound", "held", "halt", "duplicates", "gave_up", "running", "today",
+        "service"}
 
 
 @pytest.fixture
@@ -64,6 +65,13 @@ def test_status_json_has_the_stable_keys(served: ServiceProcess) -> None:
     assert data["schedules"] == [] and data["approvals"] == [] and data["commands"] == []
     assert data["held"] == [] and data["halt"] is None
     assert data["duplicates"] == [] and data["gave_up"] == []
+    assert data["running"] == [] and data["service"] == {"running": False}
+    [today] = data["today"]["tasks"]
+    assert (today["task_id"], today["state"]) == (task["task_id"], "done")
+    assert set(today) == {"task_id", "conversation", "state", "subject", "started_at",
+                          "ended_at", "duration_seconds", "cost_usd"}
+    assert today["duration_seconds"] >= 0 and today["cost_usd"] == data["today"]["cost_usd"] > 0
+    assert data["today"]["daily_cost_usd"] == 20.0
 
 
 def test_status_shows_mail_seen_twice_and_mail_given_up(tmp_path: Path) -> None:
@@ -123,7 +131,8 @@ def test_status_on_a_terminal_is_tables_with_the_same_facts(served: ServiceProce
     text = read_terminal([sys.executable, "-m", "mailagent", "status", "--config",
                           str(served.config_path)], env)
     for title in ("Conversations", "Tasks", "Schedules", "Waiting for your approval", "Outbox",
-                  "Commands waiting", "Recent refusals"):
+                  "Commands waiting", "Recent refusals", "Running now", "Today (1 task(s)",
+                  "Service: not running"):
         assert title in text
     assert "│" in text or "┃" in text  # drawn as tables, not lines
     rows = [line for line in text.splitlines() if "home" in line]

@@ -53,6 +53,9 @@ def test_a_reply_in_a_known_thread_continues_its_conversation_whatever_the_tag()
         ("Re: [home] Scheduled: weather", "pause", "pause", ""),
         ("x", "cancel", "cancel", ""),
         ("x", "cancel 12", "cancel", "12"),
+        ("show 4", "", "show", "4"),
+        ("x", "Show 12", "show", "12"),
+        ("Re: Write my notes", "show", "show", ""),
     ],
 )
 def test_commands_are_recognised_in_subject_or_first_line(subject: str, typed: str, name: str,
@@ -62,7 +65,8 @@ def test_commands_are_recognised_in_subject_or_first_line(subject: str, typed: s
     assert (result.name, result.argument) == (name, argument)
 
 
-@pytest.mark.parametrize("typed", ["status of the report please", "forget it", "help me write"])
+@pytest.mark.parametrize("typed", ["status of the report please", "forget it", "help me write",
+                                   "show me the report", "show 3 files"])
 def test_near_commands_are_tasks(typed: str) -> None:
     assert isinstance(route(inbound("question", typed), None), TaskRoute)
 

@@ -78,10 +78,15 @@ def systemd_unit(command: list[str], config_path: Path) -> Unit:
                          (*ctl, "daemon-reload")))
 
 
+def launchd_log_file() -> Path:
+    """Where the launchd agent's stdout and stderr go (the plist names it)."""
+    return Path.home() / "Library" / "Logs" / f"{NAME}.log"
+
+
 def launchd_unit(command: list[str], uid: int) -> Unit:
     path = Path.home() / "Library" / "LaunchAgents" / f"{LABEL}.plist"
     text = render_deploy("mailagent.plist.j2", label=LABEL, arguments=command,
-                         log_file=str(Path.home() / "Library" / "Logs" / f"{NAME}.log"))
+                         log_file=str(launchd_log_file()))
     domain = f"gui/{uid}"
     return Unit("darwin", path, text,
                 enable=(("launchctl", "bootstrap", domain, str(path)),),

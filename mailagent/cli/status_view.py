@@ -4,20 +4,25 @@ In: an open `Store`. Out: text on stdout. The JSON keys are a stable interface f
 `conversations`, `tasks`, `schedules`, `approvals`, `outbox`, `commands`, `connectors`,
 `refusals`, `held` (owner mail kept back by the rate limit), `duplicates` (mail seen before, not
 acted on again), `gave_up` (mail whose processing failed every time), each a list of objects,
-`inbound`, what the liveness probe last said, and `halt`, why tools are stopped (null when they
-are not); times in ISO 8601 UTC. Plain lines (the form when
-stdout is not a terminal) keep the wording scripts already grep for. Reads only; never shows a
-mail body or a secret.
+`inbound`, what the liveness probe last said, `halt`, why tools are stopped (null when they
+are not), `running` (what each running task is doing: its turn and step, its tools so far, the
+files it changed, elapsed seconds and cost so far), `today` (today's tasks with their outcome,
+duration and cost, today's total, the last 24 hours' and `agent.daily_cost_usd`) and `service`
+(whether a service holds the data directory's lock); times in ISO 8601 UTC. Plain lines (the
+form when stdout is not a terminal) keep the wording scripts already grep for. Reads only; never
+shows a mail body or a secret.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from mailagent.instance import is_service_running
 from mailagent.mail.canary import status_lines as canary_lines
+from mailagent.settings import Settings
 from mailagent.store import Store
 from mailagent.store.halts import HaltView, active_halt
 from mailagent.store.views import (
@@ -29,6 +34,20 @@ from mailagent.store.views import (
     OutboxView,
     ScheduleView,
     TaskView,
+)
+from mailagent.tasks.progress import (
+    Day,
+    Progress,
+    change_text,
+    day_json,
+    day_lines,
+    day_report,
+    progress_json,
+    progress_lines,
+    running_progress,
+    seconds_text,
+    tool_text,
+    usd,
 )
 from mailagent.tasks.scheduler import schedule_line, schedule_state
 
@@ -55,9 +74,16 @@ class Snapshot:
     halt: HaltView | None = None  # why tools are stopped, until `mailagent resume`
     duplicates: list[AuditView] | None = None  # the latest mail seen before, not acted on
     gave_up: list[AuditView] | None = None  # the latest mail that failed every attempt
+    running: list[Progress] | None = None  # what each running task is doing now
+    day: Day | None = None  # today's tasks and what they cost (with the settings only)
+    service_running: bool | None = None  # whether a service holds the lock (None: not asked)
+    at: datetime | None = None  # when the snapshot was taken
 
 
-def take_snapshot(store: Store) -> Snapshot:
+def take_snapshot(store: Store, settings: Settings | None = None) -> Snapshot:
+    now = datetime.now(UTC)
+    day = None if settings is None else day_report(
+        store, now, settings.owner.timezone, settings.agent.daily_cost_usd)
     return Snapshot(
         conversations=store.conversations() or [], tasks=store.tasks(),
         schedules=[(view, schedule_line(view)) for view in store.schedules()],
@@ -68,7 +94,9 @@ def take_snapshot(store: Store) -> Snapshot:
                   if e.kind not in ("intake.duplicate", "intake.held", "intake.gave_up")],
         inbound=canary_lines(store), held=store.held(), halt=active_halt(store),
         duplicates=store.audit_events("intake.duplicate", limit=RECENT),
-        gave_up=store.audit_events("intake.gave_up", limit=RECENT))
+        gave_up=store.audit_events("intake.gave_up", limit=RECENT),
+        running=running_progress(store), day=day, at=now,
+        service_running=None if settings is None else is_service_running(settings.data_dir))
 
 
 def halt_lines(halt: HaltView | None) -> list[str]:
@@ -129,7 +157,34 @@ def as_json(snap: Snapshot) -> dict[str, Any]:
             "problems": snap.halt.detail.get("problems", []),
             "task_id": snap.halt.detail.get("task_id"),
             "conversation": snap.halt.detail.get("conversation")},
+        "running": [progress_json(p, _now(snap)) for p in snap.running or []],
+        "today": None if snap.day is None else day_json(snap.day, _now(snap)),
+        "service": {"running": snap.service_running},
     }
+
+
+def _now(snap: Snapshot) -> datetime:
+    return snap.at or datetime.now(UTC)
+
+
+def service_line(snap: Snapshot) -> list[str]:
+    if snap.service_running is None:
+        return []
+    if snap.service_running:
+        return ["Service: running (it holds the data directory's lock)"]
+    return ["Service: not running (start it with `mailagent run`, or `mailagent service "
+            "install`); mail waits in the mailbox meanwhile"]
+
+
+def progress_section(snap: Snapshot) -> list[str]:
+    """What running tasks are doing, then today's tasks and their total."""
+    lines = ["Running now:"]
+    for progress in snap.running or []:
+        lines += [f"  {line}" for line in progress_lines(progress, _now(snap))]
+    if snap.day is not None:
+        lines.append("Today:")
+        lines += [f"  {line}" for line in day_lines(snap.day, _now(snap))]
+    return lines
 
 
 def print_json(snap: Snapshot) -> None:
@@ -138,7 +193,8 @@ def print_json(snap: Snapshot) -> None:
 
 def plain_lines(snap: Snapshot) -> list[str]:
     """One fact per line, under a heading per kind."""
-    lines = [*halt_lines(snap.halt), "Conversations:"]
+    lines = [*halt_lines(snap.halt), *service_line(snap), *progress_section(snap),
+             "Conversations:"]
     for c in snap.conversations:
         counts = ", ".join(f"{n} {state}" for state, n in sorted(c.task_counts.items()))
         lines.append(f"  {c.name}: {counts or 'no tasks'}")
@@ -202,6 +258,20 @@ def print_rich(snap: Snapshot, console: Console | None = None) -> None:
     console = console or Console()
     for line in halt_lines(snap.halt):
         console.print(Text(line, style="bold red"))
+    for line in service_line(snap):
+        console.print(Text(line, style="bold" if snap.service_running else "bold yellow"))
+    now = _now(snap)
+    console.print(_table("Running now", ["#", "conversation", "step", "tools so far",
+                                         "files changed", "elapsed", "cost"], [
+        [str(p.task.task_id), p.task.conversation_name, f"turn {p.turn}: {p.doing}",
+         "\n".join(tool_text(s) for s in p.tools), "\n".join(change_text(c) for c in p.changes),
+         seconds_text(p.task.seconds(now)), usd(p.task.cost_usd)] for p in snap.running or []]))
+    if snap.day is not None:
+        *_, total = day_lines(snap.day, now)
+        console.print(_table(f"Today ({total.removeprefix('today: ')})",
+                             ["#", "conversation", "outcome", "duration", "cost", "subject"], [
+            [str(t.task_id), t.conversation_name, t.state, seconds_text(t.seconds(now)),
+             usd(t.cost_usd), t.subject[:60]] for t in snap.day.tasks]))
     console.print(_table("Conversations", ["conversation", "tasks"], [
         [c.name, ", ".join(f"{n} {s}" for s, n in sorted(c.task_counts.items())) or "no tasks"]
         for c in snap.conversations]))

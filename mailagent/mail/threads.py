@@ -28,6 +28,7 @@ COMMANDS: dict[str, re.Pattern[str] | None] = {
     "schedules": None,
     "undo": None,
     "release": None,
+    "show": re.compile(r"\d{1,9}"),
     "cancel": re.compile(r"\d{1,9}"),
     "forget": re.compile(r"\d{1,9}"),
     "pause": re.compile(r"\d{1,9}"),
@@ -37,7 +38,7 @@ COMMANDS: dict[str, re.Pattern[str] | None] = {
 # Commands that need no argument to be recognised (the others require theirs); a bare `pause`
 # or `resume` acts on the schedule of the thread it is sent in.
 _BARE = frozenset({"status", "help", "memory", "schedules", "undo", "release", "cancel", "pause",
-                   "resume"})
+                   "resume", "show"})
 # Replies in a task's thread whose first word settles something.
 THREAD_WORDS = frozenset({"approve", "deny", "continue"})
 

@@ -13,11 +13,15 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from mailagent.mail.canary import status_lines as canary_lines
+from mailagent.settings import Settings
 from mailagent.store import CommandWork, Store
+from mailagent.tasks.progress import day_lines, day_report, progress_lines, running_progress
+from mailagent.tasks.record import record_lines, task_record
 from mailagent.tasks.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -29,7 +33,10 @@ HELP = """Mail a task to this address and I work on it and reply in the same thr
 
 Commands (the whole subject, or the first line of your mail):
 
-- `status`: conversations, running and queued tasks, mail trouble
+- `status`: conversations, what running tasks are doing, today's tasks and their cost,
+  mail trouble
+- `show N`: what task N did: your words, each step and its decision, files, mails, cost
+  (in a task's thread, `show` alone)
 - `memory`: what I remember in this conversation; `forget N` removes note N
 - `cancel`: in a task's thread, stops that task
 - `undo`: in a task's thread, reverts that task's file changes
@@ -44,13 +51,14 @@ Commands (the whole subject, or the first line of your mail):
 def answer(command: CommandWork, store: Store, cancel: Callable[[int], str],
            settle: Callable[[CommandWork], str],
            may_write: Callable[[int, str], bool] = lambda _task, _path: True,
-           schedules: Scheduler | None = None) -> str:
+           schedules: Scheduler | None = None, settings: Settings | None = None) -> str:
     """The reply text for one command."""
     if command.name in SCHEDULE_COMMANDS and (command.argument or command.name != "cancel"):
         return schedule_command(command, schedules)
     handlers: dict[str, Callable[[], str]] = {
         "help": lambda: HELP,
-        "status": lambda: status_text(store),
+        "status": lambda: status_text(store, settings),
+        "show": lambda: show_text(store, command, settings),
         "release": lambda: release_text(store, command),
         "memory": lambda: memory_text(store, command),
         "forget": lambda: forget_text(store, command),
@@ -94,14 +102,24 @@ NOT_IN_THREAD = ("This command works as a reply in the thread of a task. Nothing
                  "reply `status` to see the tasks.")
 
 
-def status_text(store: Store) -> str:
+def status_text(store: Store, settings: Settings | None = None) -> str:
+    now = datetime.now(UTC)
     lines = ["**Conversations**"]
     for conversation in store.conversations():
         counts = ", ".join(f"{n} {state}" for state, n in sorted(conversation.task_counts.items()))
         lines.append(f"- {conversation.name}: {counts or 'no tasks'}")
     active = store.tasks(["running", "queued", "waiting_approval"])
     lines += ["", "**Tasks in progress**" if active else "No task is in progress."]
-    lines += [f"- #{t.task_id} [{t.conversation_name}] {t.state}: {t.subject}" for t in active]
+    for progress in running_progress(store):
+        first, *rest = progress_lines(progress, now)
+        lines += [f"- {first}  ", *[f"  {line.strip()}  " for line in rest]]
+    lines += [f"- #{t.task_id} [{t.conversation_name}] {t.state}: {t.subject}" for t in active
+              if t.state == "queued"]
+    if settings is not None:
+        day = day_report(store, now, settings.owner.timezone, settings.agent.daily_cost_usd)
+        *tasks, total = day_lines(day, now)
+        lines += ["", "**Today**", *[f"- {line}" for line in tasks], "", total[0].upper()
+                  + total[1:]]
     live = store.schedules()
     if live:
         on = sum(1 for v in live if v.state == "active")
@@ -120,6 +138,19 @@ def status_text(store: Store) -> str:
         lines += ["", "**Mail that could not be sent**"]
         lines += [f"- {m.subject} to {m.recipient}: {m.state}, {m.last_error}" for m in trouble]
     return "\n".join(lines)
+
+
+def show_text(store: Store, command: CommandWork, settings: Settings | None) -> str:
+    """`show N`: task N's record; `show` alone, in a task's thread, that task's."""
+    task_id = int(command.argument) if command.argument else command.task_id
+    if task_id is None:
+        return ("`show` without a number works as a reply in the thread of a task. Write e.g. "
+                "`show 3`, or reply `status` to see the tasks.")
+    record = task_record(store, task_id, datetime.now(UTC),
+                         settings.data_dir if settings is not None else None)
+    if record is None:
+        return f"There is no task #{task_id}; reply `status` to see the tasks."
+    return "\n".join(line + "  " if line else line for line in record_lines(record))
 
 
 def release_text(store: Store, command: CommandWork) -> str:

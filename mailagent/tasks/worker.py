@@ -227,7 +227,7 @@ class Worker(Approvals):
         for command in self.store.pending_commands():
             try:
                 text = answer(command, self.store, self.cancel, self.settle, self.may_write,
-                              self.schedules)
+                              self.schedules, self.settings)
                 mail = compose(self.settings.smtp, command.reply, "command", "command.md.j2",
                                {"body": text})
             except Exception as exc:  # the catch-all per command: recorded, never retried

@@ -137,9 +137,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    # TCP_NODELAY, as a real API front end sets it: otherwise a reply's headers and body, two
-    # writes, wait out the client's delayed ACK (about 40 ms a request on Linux loopback).
-    disable_nagle_algorithm = True
+    disable_nagle_algorithm = True  # as a real front end: no 40 ms wait for a delayed ACK
 
     def setup(self) -> None:
         super().setup()
