@@ -197,6 +197,9 @@ class Settings:
     # The owner's Agent Skills (policy/skills.py); config.py sets it: `skills_dir`, default
     # skills/ beside the policies folder. None: no skills at all.
     skills_dir: Path | None = None
+    # What the other agents of a deployment own (`run --configs DIR`, deployment.py): their
+    # configs, policies, skills and data directories, protected here as this agent's own are.
+    others_protected: tuple[Path, ...] = ()
 
     @property
     def workspaces_dir(self) -> Path:

@@ -142,7 +142,7 @@ def test_the_daemon_loads_no_library_that_only_a_task_or_a_person_needs() -> Non
 # the ground every layer stands on.
 LAYERS = (
     ("cli", "__main__"),
-    ("service",),
+    ("service", "deployment"),
     ("mail", "tasks", "agent", "tools", "policy"),
     ("store",),
     ("config", "settings", "errors", "content", "failpoints", "addresses", "providers",

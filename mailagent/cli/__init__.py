@@ -25,6 +25,7 @@ from mailagent.cli.demo import add_demo_parser
 from mailagent.cli.install import add_service_parser
 from mailagent.cli.reports import add_report_parsers
 from mailagent.config import Settings, find_config_path, load_settings
+from mailagent.deployment import CONFIG_NAME, load_deployment, supervise
 from mailagent.errors import ConfigError, MailagentError
 from mailagent.mail.render import shipped_text
 from mailagent.policy import (
@@ -53,6 +54,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.configs is not None:
+        return run_deployment(args)
     settings = _settings(args)
     if settings.service.log_file is not None:
         log_to_file(settings.service.log_file)
@@ -62,7 +65,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def log_to_file(path: Path) -> None:
+def run_deployment(args: argparse.Namespace) -> int:
+    """`run --configs DIR`: every agent's config is loaded and the agents checked to share
+    nothing, then one process runs per agent (`--agent NAME`, what the supervisor starts)."""
+    if args.config is not None:
+        raise ConfigError("give --config PATH (one agent) or --configs DIR (one agent per "
+                          "subfolder), not both")
+    folder = Path(args.configs).expanduser().absolute()
+    agents = load_deployment(folder)
+    if args.agent is None:
+        log.info("deployment %s: agents %s", folder, ", ".join(agents))
+        return supervise(folder, list(agents), args.verbose)
+    if args.agent not in agents:
+        raise ConfigError(f"--agent {args.agent}: no {folder / args.agent / CONFIG_NAME}; the "
+                          f"agents of {folder} are {', '.join(agents)}")
+    settings = agents[args.agent]
+    name_log_lines(args.agent)
+    if settings.service.log_file is not None:
+        log_to_file(settings.service.log_file, log_format(args.agent))
+    from mailagent.service import run_service  # imports the SDK, which takes seconds
+
+    run_service(settings)
+    return 0
+
+
+def log_format(agent: str | None) -> str:
+    """The log line's format; with several agents, each line names its agent."""
+    if agent is None:
+        return LOG_FORMAT
+    return LOG_FORMAT.replace("%(name)s", f"[{agent.replace('%', '%%')}] %(name)s")
+
+
+def name_log_lines(agent: str) -> None:
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter(log_format(agent)))
+
+
+def log_to_file(path: Path, line_format: str = LOG_FORMAT) -> None:
     """Log to `path` as well as stderr, rotated so that it never fills the disk."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +110,7 @@ def log_to_file(path: Path) -> None:
     except OSError as exc:
         raise ConfigError(f"service.log_file {path} cannot be written: {exc.strerror or exc}; "
                           "fix the path or its folder's permissions") from exc
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(logging.Formatter(line_format))
     logging.getLogger().addHandler(handler)
 
 
@@ -274,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--config", help="config file (default: $MAILAGENT_CONFIG, "
                              "then the user config dir)")
         command.set_defaults(func=func)
+        if name == "run":
+            command.add_argument("--configs", metavar="DIR", help="several agents: one "
+                                 f"subfolder of DIR per agent, each with its {CONFIG_NAME}")
+            command.add_argument("--agent", metavar="NAME", help=argparse.SUPPRESS)
         if name == "status":
             command.add_argument("--json", action="store_true", help="JSON with stable keys")
             command.add_argument("--plain", action="store_true", help="lines, not tables")

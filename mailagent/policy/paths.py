@@ -47,14 +47,16 @@ HOME_PROTECTED = (
 
 def protected_paths(
     *, config_path: Path, policies_dir: Path, data_dir: Path, home: Path,
-    skills_dir: Path | None = None,
+    skills_dir: Path | None = None, others: tuple[Path, ...] = (),
 ) -> tuple[Path, ...]:
     """What no rule can open (F3), resolved. `decide` leaves the task's own workspace usable
     although it lies inside the protected data dir; other conversations' workspaces stay shut.
-    Likewise the skills folder: only reading the skills a policy allows is let through."""
+    Likewise the skills folder: only reading the skills a policy allows is let through.
+    `others`: what the other agents of one deployment own, shut to this one's tools."""
     home = real_path(home, str(home))
     named = [config_path, policies_dir, data_dir, *(home / name for name, _ in HOME_PROTECTED)]
     named += [skills_dir] if skills_dir is not None else []
+    named += others
     return tuple(dict.fromkeys(Path(os.path.realpath(path)) for path in named))
 
 

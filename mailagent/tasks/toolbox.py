@@ -112,7 +112,8 @@ class Toolbox:
         home = self.home
         skills_dir = Path(os.path.realpath(s.skills_dir)) if s.skills_dir else None
         protected = protected_paths(config_path=s.config_path, policies_dir=s.policies_dir,
-                                    data_dir=s.data_dir, home=home, skills_dir=skills_dir)
+                                    data_dir=s.data_dir, home=home, skills_dir=skills_dir,
+                                    others=s.others_protected)
         return Scope(workspace=workspace.resolve(), home=home, protected=protected,
                      skills_dir=skills_dir)
 
