@@ -225,6 +225,10 @@ def stop_all(children: list[Child]) -> bool:
             log.error("agent %s did not stop within %g s: killed", child.name, STOP_SECONDS)
             child.process.kill()
             code = child.process.wait()
+        if code == 0:
+            log.info("agent %s stopped", child.name)
+        else:
+            log.error("agent %s ended with exit code %s while stopping", child.name, code)
         failed = failed or code != 0
     return failed
 

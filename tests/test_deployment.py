@@ -6,7 +6,11 @@ data directory, a database, a mailbox or a policies folder refuse to start."""
 from __future__ import annotations
 
 import email
+import os
 import re
+import signal
+import subprocess
+import sys
 from email.policy import default as default_policy
 from pathlib import Path
 
@@ -202,3 +206,39 @@ def test_two_agents_answer_their_own_owners_and_never_reach_each_other(
     # Each log line names its agent.
     assert re.search(r"\[alice\] mailagent\.service: mailagent running", deployment.log())
     assert re.search(r"\[bob\] mailagent\.service: mailagent running", deployment.log())
+
+
+def test_an_agent_that_crashes_is_started_again_and_the_others_run_on(tmp_path: Path) -> None:
+    root = tmp_path / "agents"
+    two_agents(root)  # no mail server: each agent waits, reconnecting, until it is stopped
+    deployment = DeploymentProcess(root)
+    deployment.start()
+    try:
+        deployment.wait_for_log("[alice] mailagent.service: mailagent running")
+        deployment.wait_for_log("[bob] mailagent.service: mailagent running")
+        [alice_pid] = re.findall(r"agent alice started pid=(\d+)", deployment.log())
+        [bob_pid] = re.findall(r"agent bob started pid=(\d+)", deployment.log())
+        os.kill(int(alice_pid), signal.SIGKILL)
+        deployment.wait_for_log("agent alice ended with exit code -9; it starts again in 2 s")
+        deployment.wait_for_log("agent alice started", count=2)
+        deployment.wait_for_log("[alice] mailagent.service: mailagent running", count=2)
+        assert re.findall(r"agent bob started pid=(\d+)", deployment.log()) == [bob_pid]
+        os.kill(int(bob_pid), 0)  # still the same process
+        assert deployment.stop() == 0
+        assert "agent alice stopped" in deployment.log() and "agent bob stopped" in deployment.log()
+    finally:
+        deployment.kill()
+
+
+def test_check_configs_names_each_agent_and_fails_when_one_fails(tmp_path: Path) -> None:
+    alice, bob = two_agents(tmp_path / "agents")
+    result = subprocess.run([sys.executable, "-m", "mailagent", "check", "--configs",
+                             str(tmp_path / "agents")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("ok: 2 agents in ") and "agent alice:" in lines
+    assert "agent bob:" in lines
+    assert f"ok: config {alice / 'mailagent.toml'}" in lines
+    assert f"ok: config {bob / 'mailagent.toml'}" in lines
+    assert any(line.startswith("error:") for line in lines)  # no IMAP server on port 1

@@ -68,10 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_deployment(args: argparse.Namespace) -> int:
     """`run --configs DIR`: every agent's config is loaded and the agents checked to share
     nothing, then one process runs per agent (`--agent NAME`, what the supervisor starts)."""
-    if args.config is not None:
-        raise ConfigError("give --config PATH (one agent) or --configs DIR (one agent per "
-                          "subfolder), not both")
-    folder = Path(args.configs).expanduser().absolute()
+    folder = deployment_folder(args)
     agents = load_deployment(folder)
     if args.agent is None:
         log.info("deployment %s: agents %s", folder, ", ".join(agents))
@@ -87,6 +84,29 @@ def run_deployment(args: argparse.Namespace) -> int:
 
     run_service(settings)
     return 0
+
+
+def deployment_folder(args: argparse.Namespace) -> Path:
+    if args.config is not None:
+        raise ConfigError("give --config PATH (one agent) or --configs DIR (one agent per "
+                          "subfolder), not both")
+    return Path(args.configs).expanduser().absolute()
+
+
+def check_command(args: argparse.Namespace) -> int:
+    """`check`, or with `--configs DIR` the deployment's: that no two agents share what must
+    be their own, then each agent's checks under its name; 0 only if every agent passes."""
+    if args.configs is None:
+        return cmd_check(args)
+    folder = deployment_folder(args)
+    agents = load_deployment(folder)
+    print(f"ok: {len(agents)} agents in {folder} share no data directory, database, mailbox "
+          "or policies folder")
+    failures = 0
+    for name, settings in agents.items():
+        print(f"\nagent {name}:")
+        failures += cmd_check(argparse.Namespace(config=str(settings.config_path))) != 0
+    return 1 if failures else 0
 
 
 def log_format(agent: str | None) -> str:
@@ -305,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, text in (
         ("run", cmd_run, "run the service in the foreground until SIGINT/SIGTERM"),
-        ("check", cmd_check, "validate the config and log in to IMAP and SMTP"),
+        ("check", check_command, "validate the config and log in to IMAP and SMTP"),
         ("status", cmd_status, "print conversations, tasks and refusals"),
         ("resume", cmd_resume, "let tools run again after an integrity check stopped them"),
     ):
@@ -313,9 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--config", help="config file (default: $MAILAGENT_CONFIG, "
                              "then the user config dir)")
         command.set_defaults(func=func)
-        if name == "run":
+        if name in ("run", "check"):
             command.add_argument("--configs", metavar="DIR", help="several agents: one "
                                  f"subfolder of DIR per agent, each with its {CONFIG_NAME}")
+        if name == "run":
             command.add_argument("--agent", metavar="NAME", help=argparse.SUPPRESS)
         if name == "status":
             command.add_argument("--json", action="store_true", help="JSON with stable keys")
