@@ -61,11 +61,12 @@ def load_deployment(folder: Path, environ: Mapping[str, str] | None = None,
 
 def owned_paths(settings: Settings) -> list[Path]:
     """What one agent owns on disk: its config's folder (policies, skills, schedules and
-    secrets beside it by default), its policies, skills and data, its database file."""
+    secrets beside it by default), its policies, skills and data, its database and log."""
     paths = [settings.config_path.parent, settings.policies_dir, settings.data_dir]
     paths += [settings.skills_dir] if settings.skills_dir is not None else []
     paths += [settings.schedules.file] if settings.schedules.file is not None else []
     paths += [database] if (database := sqlite_file(settings.database_url)) else []
+    paths += [settings.service.log_file] if settings.service.log_file is not None else []
     return paths
 
 

@@ -153,6 +153,7 @@ def test_two_agents_answer_their_own_owners_and_never_reach_each_other(
             tool_use("write_file", {"path": str(bob / "policies" / "open.toml"),
                                     "content": '[[folders]]\npath = "/"\naccess = "write"\n'}),
             tool_use("read_file", {"path": str(bob / "mailagent.toml")}),
+            tool_use("move_file", {"source": str(bob / "data"), "destination": str(tmp_path)}),
             tool_use("run_command", {"command": f"cat {diary}; ls {bob}"}),
             tool_use("remember", {"note": NOTE}),
             tool_use("write_file", {"path": str(tmp_path / "ours.txt"), "content": "ok"}),
@@ -185,13 +186,13 @@ def test_two_agents_answer_their_own_owners_and_never_reach_each_other(
     assert mails(smtp_server, AGENT_B, OWNER) == [] and mails(smtp_server, AGENT, OWNER_B) == []
     # Alice's tools were refused everything of Bob's, and allowed what her policy allows.
     results = [r for req in model_server.message_requests for r in req.tool_results]
-    assert len(results) == 7, results
-    for refused in results[:4]:
+    assert len(results) == 8, results
+    for refused in results[:5]:
         assert refused.get("is_error") and "protected" in str(refused["content"]), refused
-    assert not results[6].get("is_error") and (tmp_path / "ours.txt").read_text() == "ok"
+    assert not results[7].get("is_error") and (tmp_path / "ours.txt").read_text() == "ok"
     everything_alice_saw = " ".join(str(req.body) for req in model_server.message_requests)
     assert "surprise party" not in everything_alice_saw
-    assert "mailagent.toml" not in str(results[4]["content"])  # Bob's folder is hidden
+    assert "mailagent.toml" not in str(results[5]["content"])  # Bob's folder is hidden
     assert diary.read_text() == DIARY and not (diary.parent / "planted.txt").exists()
     assert not (bob / "policies" / "open.toml").exists()
     # Alice's memory is hers: in her store, nowhere in Bob's store or his model's requests.
@@ -242,3 +243,25 @@ def test_check_configs_names_each_agent_and_fails_when_one_fails(tmp_path: Path)
     assert f"ok: config {alice / 'mailagent.toml'}" in lines
     assert f"ok: config {bob / 'mailagent.toml'}" in lines
     assert any(line.startswith("error:") for line in lines)  # no IMAP server on port 1
+
+
+def test_policy_explain_for_one_agent_of_a_deployment_denies_the_others_files(
+        tmp_path: Path) -> None:
+    alice, bob = two_agents(tmp_path / "agents")
+    (alice / "policies" / "wide.toml").write_text(
+        f'[[folders]]\npath = "{tmp_path}"\naccess = "write"\n')
+
+    def explain(*args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "mailagent", "policy", "explain",
+                                 *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    deployment = ("--configs", str(tmp_path / "agents"), "--agent", "alice")
+    target = str(bob / "data" / "workspaces" / "main" / "diary.txt")
+    assert explain(*deployment, "write", target).startswith("deny")
+    assert "protected" in explain(*deployment, "read", str(bob / "mailagent.toml"))
+    assert explain(*deployment, "write", str(tmp_path / "ours.txt")).startswith("allow")
+    # Alone, Alice's config knows nothing of Bob: her rule would let her write there.
+    assert explain("--config", str(alice / "mailagent.toml"), "write", target).startswith(
+        "allow")

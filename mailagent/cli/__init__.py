@@ -211,8 +211,20 @@ def _wants_service(args: argparse.Namespace) -> bool:
                                        False)
 
 
+def explained_agent(args: argparse.Namespace) -> Settings:
+    """The agent `policy explain` speaks for: `--config PATH`, or `--agent NAME` of the
+    deployment `--configs DIR` (which also shuts it out of the other agents' files)."""
+    if args.configs is None:
+        return _settings(args, secrets=False)
+    agents = load_deployment(deployment_folder(args), secrets=False)
+    if args.agent not in agents:
+        raise ConfigError(f"--configs {args.configs}: say which agent with --agent NAME, one "
+                          f"of {', '.join(agents)}")
+    return agents[args.agent]
+
+
 def cmd_policy_explain(args: argparse.Namespace) -> int:
-    settings = _settings(args, secrets=False)
+    settings = explained_agent(args)
     if args.action == "mail":  # PATH is an address: whom draft_mail may write to
         print(explain_recipient(load_policy(settings.policies_dir), args.path))
         return 0
@@ -233,7 +245,8 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     workspace = workspace_dir(settings.workspaces_dir, args.conversation)
     scope = Scope(workspace=workspace, home=home, protected=protected_paths(
         config_path=settings.config_path, policies_dir=settings.policies_dir,
-        data_dir=settings.data_dir, home=home, skills_dir=skills_dir), skills_dir=skills_dir)
+        data_dir=settings.data_dir, home=home, skills_dir=skills_dir,
+        others=settings.others_protected), skills_dir=skills_dir)
     print(explain(load_policy(settings.policies_dir), args.action, args.path, scope))
     return 0
 
@@ -349,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain_parser = policy_sub.add_parser(
         "explain", help="say allow/ask/deny for ACTION on PATH and which rule decided")
     explain_parser.add_argument("--config", help="config file")
+    explain_parser.add_argument("--configs", metavar="DIR",
+                                help="several agents: the deployment's folder (with --agent)")
+    explain_parser.add_argument("--agent", metavar="NAME", help="which agent of --configs")
     explain_parser.add_argument("--conversation", default="main",
                                 help="whose workspace relative paths resolve in (default main)")
     explain_parser.add_argument("action",
