@@ -11,6 +11,7 @@ agent keeps each one's memory, signal handlers, file descriptors and crashes its
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import signal
@@ -32,6 +33,7 @@ RESTART_FIRST_SECONDS = 2.0  # a crashed agent starts again after this, doubling
 RESTART_MAX_SECONDS = 60.0
 STEADY_SECONDS = 60.0  # an agent that ran this long before it crashed starts again at once
 STOP_SECONDS = 30.0  # how long a stopping agent may take before it is killed
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}  # a URL without a port
 
 
@@ -190,7 +192,7 @@ def tend(child: Child, now: float) -> None:
         return
     if child.process is None:
         if now >= child.start_at:
-            child.process = subprocess.Popen(child.command)
+            child.process = subprocess.Popen(child.command, preexec_fn=die_with_parent())
             child.started_at = now
             log.info("agent %s started pid=%s", child.name, child.process.pid)
         return
@@ -208,6 +210,19 @@ def tend(child: Child, now: float) -> None:
               child.backoff_seconds)
     child.start_at = now + child.backoff_seconds
     child.backoff_seconds = min(child.backoff_seconds * 2, RESTART_MAX_SECONDS)
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """On Linux, what makes a child get SIGTERM when the supervisor dies, even by SIGKILL
+    (prctl PR_SET_PDEATHSIG), so that no agent outlives it; None elsewhere. The supervisor
+    starts no thread, so running this between fork and exec is safe."""
+    if sys.platform != "linux":
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def ask() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    return ask
 
 
 def stop_all(children: list[Child]) -> bool:

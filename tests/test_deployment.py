@@ -265,3 +265,29 @@ def test_policy_explain_for_one_agent_of_a_deployment_denies_the_others_files(
     # Alone, Alice's config knows nothing of Bob: her rule would let her write there.
     assert explain("--config", str(alice / "mailagent.toml"), "write", target).startswith(
         "allow")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_agents_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    root = tmp_path / "agents"
+    two_agents(root)
+    deployment = DeploymentProcess(root)
+    deployment.start()
+    try:
+        deployment.wait_for_log("[alice] mailagent.service: mailagent running")
+        deployment.wait_for_log("[bob] mailagent.service: mailagent running")
+        pids = [int(p) for p in re.findall(r"agent \w+ started pid=(\d+)", deployment.log())]
+        assert deployment.process is not None and len(pids) == 2
+        os.kill(deployment.process.pid, signal.SIGKILL)
+        deployment.process.wait(10)
+
+        def gone(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+        wait_until(lambda: all(map(gone, pids)), 20, f"the agents to stop:\n{deployment.log()}")
+        assert deployment.log().count("shutting down") == 2  # each stopped cleanly
+    finally:
+        deployment.kill()

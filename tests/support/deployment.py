@@ -96,7 +96,8 @@ class DeploymentProcess(ServiceProcess):
 
     def kill(self) -> None:
         """Kill the supervisor and every agent process it started (its own session)."""
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):  # agents outlive a supervisor gone first
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
