@@ -322,3 +322,33 @@ def test_cancel_kills_the_display_and_its_applications(
     assert alive == [], [command_of(p) for p in alive]
     assert sandboxes_of(workspace) == []
     assert not sys.platform.startswith("win") and os.path.exists("/proc")
+
+
+def test_the_desktop_is_offered_only_under_a_desktop_table_and_its_actions_are_bounded(
+        tmp_path: Path, model: ModelServer) -> None:
+    home = tmp_path / "home"
+    for folder in ("docs", "archive", "apps"):
+        (home / folder).mkdir(parents=True)
+    settings = make_settings(tmp_path, model, home, desktop_policy(home, [Path("/usr/bin/xeyes")],
+                                                                   max_actions=2))
+    model.script(computer("screenshot"), computer("screenshot"), computer("screenshot"),
+                 text("looked"))
+    store = open_store(settings)
+    bounded = add_task(store, "look")
+    asyncio.run(run_worker(settings, store, home,
+                           until=lambda _w: not store.tasks(["queued", "running"])))
+    results = [r for request in model.message_requests for r in request.tool_results]
+    assert [bool(r.get("is_error")) for r in results] == [False, False, True], results
+    assert "budget: the task took 2 desktop actions" in str(results[2]["content"])
+    assert store.count_calls(bounded, ("computer", "start_app")) == 3
+
+    (tmp_path / "policies" / "main.toml").write_text(
+        desktop_policy(home, []).split("[desktop]")[0])
+    model.script(text("no screen"))
+    add_task(store, "look again")
+    asyncio.run(run_worker(settings, store, home,
+                           until=lambda _w: not store.tasks(["queued", "running"])))
+    last = model.message_requests[-1]
+    assert not [t for t in last.body["tools"] if t.get("name") in ("computer", "start_app")]
+    assert "computer-use-2025-01-24" not in last.betas
+    assert "virtual screen" not in str(last.body["system"])

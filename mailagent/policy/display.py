@@ -24,6 +24,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,8 @@ class Display:
     _answers: queue.Queue[dict[str, Any] | None] = field(default_factory=queue.Queue, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _killed: bool = field(default=False, repr=False)
+    # What bubblewrap says when it cannot make the sandbox (a folder gone): read if it fails.
+    _errors: Any = field(default=None, repr=False)
 
     @property
     def pid(self) -> int | None:
@@ -74,7 +77,7 @@ class Display:
         if not self.sandbox.available:
             raise DisplayError(f"there is no sandbox to hold the display: {self.sandbox.detail}")
         config = json.dumps({"display": self.number, "width": self.width_px,
-                             "height": self.height_px})
+                             "height": self.height_px, "env": sandbox_env(self.view)})
         keeper = [sys.executable, "-I", "-c", KEEPER.read_text(), config]
         # Its own network namespace always (see the module's docstring), and no host list.
         limits = dataclasses.replace(self.limits, network=False, hosts=())
@@ -84,12 +87,20 @@ class Display:
         with self._lock:
             if self._killed:
                 raise DisplayError("the task was cancelled; the display was not started")
+            self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by kill()
             self._process = subprocess.Popen(
                 command, cwd=self.view.workspace, env=sandbox_env(self.view),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errors,
                 start_new_session=True)
         threading.Thread(target=self._read, daemon=True).start()
-        ready = self._answer(START_SECONDS)
+        try:
+            ready = self._answer(START_SECONDS)
+        except DisplayError:
+            self._errors.seek(0)
+            said = self._errors.read(500).decode(errors="replace").strip()
+            self.kill()
+            raise DisplayError(f"the virtual display did not start: {said or 'no reason given'}"
+                               ) from None
         if not ready.get("ready"):
             self.kill()
             raise DisplayError(f"the virtual display did not start: {ready.get('error')}")
@@ -158,4 +169,5 @@ class Display:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             log.error("the display's sandbox %d did not end after SIGKILL", process.pid)
+        self._errors.close()
 

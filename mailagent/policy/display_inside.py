@@ -1,6 +1,7 @@
 """The display's keeper, run by Python INSIDE the command sandbox (never imported by mailagent).
 
-In: argv[1], JSON: the display number and the screen's size; then one JSON request a line on
+In: argv[1], JSON: the display number, the screen's size and the environment of the programs
+it starts (the sandbox's, from the host: nothing of the service's); then one JSON request a line on
 stdin: {"run": argv, "timeout": s} runs a program (xdotool, xwd) to its end, {"spawn": argv}
 starts an application and returns at once. Out: one JSON answer a line on stdout, first
 {"ready": true} once the X server listens. Side effects: starts Xvfb on the sandbox's private
@@ -24,7 +25,7 @@ READY_SECONDS = 15.0
 def main() -> None:
     config = json.loads(sys.argv[1])
     number = int(config["display"])
-    env = dict(os.environ, DISPLAY=f":{number}")
+    env = {**config["env"], "DISPLAY": f":{number}"}
     screen = f"{int(config['width'])}x{int(config['height'])}x24"
     server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", screen, "-nolisten", "tcp",
                                "-noreset"], stdin=subprocess.DEVNULL,
