@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -38,10 +39,13 @@ from tests.support.tasks import add_task, make_settings, open_store
 EDITOR = Path(__file__).parent / "support" / "desktop_editor.py"
 SANDBOX = find_bubblewrap()
 
+HAS_TK = shutil.which("python3") is not None and subprocess.run(
+    ["/usr/bin/python3", "-c", "import tkinter"], capture_output=True, check=False).returncode == 0
+
 pytestmark = pytest.mark.skipif(
-    not SANDBOX.available or bool(missing_programs()) or shutil.which("python3") is None,
-    reason=f"the desktop needs Linux with bubblewrap, Xvfb, xdotool and xwd (scripts/test.sh "
-           f"installs them): {SANDBOX.detail}; missing {missing_programs()}")
+    not SANDBOX.available or bool(missing_programs()) or not HAS_TK,
+    reason=f"the desktop needs Linux with bubblewrap, Xvfb, xdotool, xwd and python3-tk "
+           f"(scripts/test.sh installs them): {SANDBOX.detail}; missing {missing_programs()}")
 
 
 def install_app(folder: Path, name: str, source: str) -> Path:
