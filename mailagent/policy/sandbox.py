@@ -384,7 +384,7 @@ class Runner:
     _cancelled: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # What else dies with the task's commands: its virtual display (mailagent.policy.display).
-    on_kill: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    on_kill: list[Callable[[], object]] = field(default_factory=list, repr=False)
 
     def run(self, argv: list[str], cwd: Path, view: View, limits: Limits) -> CommandResult:
         """Run `argv`; a host list runs only inside srt (NoHostFilterError where there is none:

@@ -43,7 +43,7 @@ from mailagent.policy.calls import check_call, operation_digest
 from mailagent.policy.desktop import DESKTOP_TOOLS, app_name, find_app, missing_programs
 from mailagent.policy.display import HEIGHT_PX, WIDTH_PX
 from mailagent.policy.mail import decide_recipients
-from mailagent.policy.sandbox import Limits, Runner, SandboxInfo, View
+from mailagent.policy.sandbox import Limits, Runner, SandboxInfo, View, exposed_missing
 from mailagent.policy.skills import allowed_skills, read_skills, skill_folders
 from mailagent.store import Store, TaskWork
 from mailagent.tasks.draft_approval import DraftApprovals
@@ -264,9 +264,25 @@ class Toolbox:
                                 "tell the owner to install it")
             return found
 
+        trash = self.settings.data_dir / "trash" / f"task-{work.task_id}"
+        # Protected paths missing now inside writable folders: an app could make one while it
+        # runs, so whatever appears there is moved away after each action and at the end.
+        missing = exposed_missing(command_view(self.policies.current(), scope))
+
+        def tidy() -> list[str]:
+            moved = []
+            for path in (p for p in missing if os.path.lexists(p)):
+                try:
+                    moved.append(keep_in_trash(path, trash))
+                except OSError as exc:  # it stays where it is: say so, and go on
+                    log.error("cannot move the protected path %s an app made: %s", path, exc)
+                    moved.append(f"{path} (could not be moved: {exc})")
+            return moved
+
         return DesktopTools(runner=runner, sandbox=self.sandbox, setup=setup, find=find,
                             actions_used=lambda: self.store.count_calls(work.task_id,
-                                                                        DESKTOP_TOOLS))
+                                                                        DESKTOP_TOOLS),
+                            watch=lambda what: self.watch(work, what), tidy=tidy)
 
     def system_prompt(self, work: TaskWork, scope: Scope, policy: Policy, nonce: str) -> str:
         """The task's standing orders. Memory notes were written by the model (`remember`), which

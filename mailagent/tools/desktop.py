@@ -19,14 +19,17 @@ import shlex
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from mailagent.policy.display import DISPLAY_NUMBER, HEIGHT_PX, WIDTH_PX, Display, DisplayError
 from mailagent.policy.sandbox import Limits, Runner, SandboxInfo, View
 from mailagent.tools.files import ToolError
 from mailagent.tools.media import Media, screenshot_media
+
+T = TypeVar("T")
 
 COMPUTER_TYPE = "computer_20250124"
 COMPUTER_BETA = "computer-use-2025-01-24"
@@ -68,6 +71,10 @@ class DesktopTools:
     setup: Callable[[], tuple[Desktop, View, Limits]]
     find: Callable[[str], Path]  # a listed app's executable (ToolError if not listed or found)
     actions_used: Callable[[], int]  # this task's desktop calls, this one included
+    # The integrity check around each action, as around a command (what it found, once ended).
+    watch: Callable[[str], AbstractContextManager[list[str]]] = lambda _what: nullcontext([])
+    # Moves away the protected paths an app made in a writable folder; says what it moved.
+    tidy: Callable[[], list[str]] = lambda: []
     display: Display | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -82,6 +89,13 @@ class DesktopTools:
                  scroll_amount: int | None = None, duration: float | None = None,
                  start_coordinate: list[int] | None = None) -> str | Media:
         """The computer-use tool of the Messages API, on the task's virtual display."""
+        return self.guarded(f"computer {action}", lambda: self.act(
+            action, coordinate, text, scroll_direction, scroll_amount, duration,
+            start_coordinate))
+
+    def act(self, action: str, coordinate: list[int] | None, text: str | None,
+            scroll_direction: str | None, scroll_amount: int | None, duration: float | None,
+            start_coordinate: list[int] | None) -> str | Media:
         display = self.ready()
         if action == "screenshot":
             return self.screenshot(display)
@@ -109,14 +123,39 @@ class DesktopTools:
         """
         program = self.find(name)
         argv = [str(program), *[str(a) for a in (args or [])][:MAX_ARGS]]
+        return self.guarded(f"start_app {name}", lambda: self.start(name, argv))
+
+    def start(self, name: str, argv: list[str]) -> str:
         display = self.ready()
         try:
             code = display.spawn(argv, display.view.workspace)
         except DisplayError as error:
             raise ToolError(f"{name} did not start: {error}") from None
-        if code is not None:
+        if code:
             raise ToolError(f"{name} ended at once with exit code {code}")
-        return f"started {shlex.join([name, *argv[1:]])} on the virtual display"
+        ended = "" if code is None else " (it ended at once, with exit code 0)"
+        return f"started {shlex.join([name, *argv[1:]])} on the virtual display{ended}"
+
+    def guarded(self, what: str, action: Callable[[], T]) -> T:
+        """One action inside the integrity check; protected paths that appeared are moved
+        away after it, however it ended, and the model is told."""
+        outcome: list[T] = []
+        failure = ""
+        with self.watch(what) as problems:
+            try:
+                outcome.append(action())
+            except ToolError as error:
+                failure = str(error)
+            finally:
+                removed = self.tidy()
+        if problems:
+            raise ToolError("tools are stopped: after this desktop action, " + "; ".join(problems))
+        if removed:
+            failure += ("\n" if failure else "") + \
+                "removed (protected locations, never writable): " + ", ".join(removed)
+        if failure:
+            raise ToolError(failure)
+        return outcome[0]
 
     def ready(self) -> Display:
         """The task's display, started at the first call; the budget and the rule checked."""
@@ -128,7 +167,7 @@ class DesktopTools:
         with self._lock:
             if self.display is None or self.display.pid is None:
                 display = Display(self.sandbox, view, limits)
-                self.runner.on_kill.append(display.kill)
+                self.runner.on_kill += [display.kill, self.tidy]
                 try:
                     display.start()
                 except DisplayError as error:
