@@ -8,6 +8,7 @@ kills the display with its applications."""
 from __future__ import annotations
 
 import asyncio
+import email
 import json
 import os
 import shutil
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from email.message import EmailMessage
+from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
@@ -111,12 +114,13 @@ def test_a_scripted_model_edits_and_saves_a_file_through_an_allowed_app_on_its_v
         computer("key", text="ctrl+s"),
         computer("wait", duration=1),
         computer("screenshot"),
+        tool_use("attach_file", {"path": "desktop-screenshot.png"}),
         text("I added milk to your notes and saved them."))
     dovecot.append(owner_mail("Notes", "Add milk to my shopping notes with the editor."))
     service.start()
     try:
-        wait_until(lambda: [m for m in smtp_server.messages if OWNER in m.rcpt_tos], 90,
-                   "the answer")
+        [reply] = wait_until(lambda: [m for m in smtp_server.messages if OWNER in m.rcpt_tos],
+                             90, "the answer")
     except AssertionError as error:
         raise AssertionError(f"{error}; log:\n{service.log()}") from None
 
@@ -129,7 +133,12 @@ def test_a_scripted_model_edits_and_saves_a_file_through_an_allowed_app_on_its_v
     [shot] = image_results(model_server)
     assert shot["source"]["media_type"] == "image/png"
     workspace = tmp_path / "data" / "workspaces" / "main"
-    assert (workspace / "desktop-screenshot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    kept_shot = (workspace / "desktop-screenshot.png").read_bytes()
+    assert kept_shot[:8] == b"\x89PNG\r\n\x1a\n"
+    parsed = email.message_from_bytes(reply.raw, policy=default_policy)
+    assert isinstance(parsed, EmailMessage)
+    [attached] = list(parsed.iter_attachments())
+    assert attached.get_content_type() == "image/png" and attached.get_content() == kept_shot
     first = model_server.message_requests[0]
     [tool] = [t for t in first.body["tools"] if t.get("name") == "computer"]
     assert tool["type"] == "computer_20250124" and tool["display_width_px"] == 1024
