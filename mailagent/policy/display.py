@@ -61,7 +61,9 @@ class Display:
     number: int = DISPLAY_NUMBER
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _answers: queue.Queue[dict[str, Any] | None] = field(default_factory=queue.Queue, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one request
+    # Held only to start or to kill: a kill at the very moment of the start still kills it.
+    _spawning: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _killed: bool = field(default=False, repr=False)
     # What bubblewrap says when it cannot make the sandbox (a folder gone): read if it fails.
     _errors: Any = field(default=None, repr=False)
@@ -84,7 +86,7 @@ class Display:
         self.view.home.mkdir(parents=True, exist_ok=True)
         command = [*_prlimit(limits), *bwrap_argv(self.sandbox.program, self.view, limits,
                                                   keeper, self.view.workspace)]
-        with self._lock:
+        with self._spawning:
             if self._killed:
                 raise DisplayError("the task was cancelled; the display was not started")
             self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by kill()
@@ -159,8 +161,9 @@ class Display:
 
     def kill(self) -> None:
         """End the display, its applications and the sandbox at once; thread-safe, idempotent."""
-        self._killed = True
-        process = self._process
+        with self._spawning:
+            self._killed = True
+            process = self._process
         if process is None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):

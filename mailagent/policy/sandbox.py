@@ -447,6 +447,11 @@ class Runner:
         except subprocess.TimeoutExpired:
             log.error("process %d did not end after SIGKILL", process.pid)
 
+    @property
+    def cancelled(self) -> bool:
+        with self._lock:
+            return self._cancelled
+
     def kill(self) -> None:
         """Stop the running program and everything it started (SECURITY.md A3); thread-safe."""
         with self._lock:

@@ -168,6 +168,8 @@ class DesktopTools:
             if self.display is None or self.display.pid is None:
                 display = Display(self.sandbox, view, limits)
                 self.runner.on_kill += [display.kill, self.tidy]
+                if self.runner.cancelled:  # killed already, or its kill sees this display
+                    display.kill()
                 try:
                     display.start()
                 except DisplayError as error:
