@@ -171,6 +171,12 @@ attempt("host display abstract", "\\0/tmp/.X11-unix/X57")
 attempt("host bus", sys.argv[2])
 attempt("host bus abstract", "\\0/tmp/dbus-mailagent-test")
 out["x11 sockets"] = sorted(os.listdir("/tmp/.X11-unix"))
+try:
+    open(sys.argv[3], "a").write("changed")
+    out["read folder"] = "written"
+except OSError as exc:
+    out["read folder"] = type(exc).__name__
+out["unlisted folder"] = os.path.exists(sys.argv[4])
 out["run"] = os.path.exists("/run/user")
 open(sys.argv[1], "w").write(json.dumps(out))
 """
@@ -250,9 +256,12 @@ def test_nothing_of_the_owners_display_or_session_bus_is_reachable_from_the_desk
     (home / "archive").mkdir()
     probe = install_app(home / "apps", "probe", PROBE)
     report = home / "docs" / "probe.json"
+    (home / "archive" / "old.txt").write_text("kept\n")
+    (home / "private").mkdir()
     settings = make_settings(tmp_path, model, home, desktop_policy(home, [probe]))
-    model.script(tool_use("start_app", {"name": "probe",
-                                        "args": [str(report), str(tmp_path / "run" / "bus")]}),
+    model.script(tool_use("start_app", {"name": "probe", "args": [
+                     str(report), str(tmp_path / "run" / "bus"),
+                     str(home / "archive" / "old.txt"), str(home / "private")]}),
                  computer("wait", duration=1), text("probed"))
     store = open_store(settings)
     add_task(store, "probe the screen")
@@ -266,6 +275,8 @@ def test_nothing_of_the_owners_display_or_session_bus_is_reachable_from_the_desk
     for name in ("host display", "host display abstract", "host bus", "host bus abstract"):
         assert seen["connect"][name] != "connected", name
     assert seen["x11 sockets"] == ["X1"] and seen["run"] is False
+    assert seen["read folder"] == "OSError" and seen["unlisted folder"] is False
+    assert (home / "archive" / "old.txt").read_text() == "kept\n"
     assert [listener.accepted for listener in owner_session] == [0, 0, 0, 0]
 
 
