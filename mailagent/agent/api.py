@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from mailagent.agent.prices import price_line
 from mailagent.config import ModelSettings
 from mailagent.errors import ModelError
+from mailagent.tools.desktop import COMPUTER_BETA, COMPUTER_TYPE
 
 if TYPE_CHECKING:
     import anthropic
@@ -33,6 +34,9 @@ def tool_definition(name: str, function: Callable[..., Any]) -> dict[str, Any]:
     milliseconds, and every task of every conversation offers the same tools."""
     from anthropic import beta_tool
 
+    owned = getattr(getattr(function, "__self__", None), "api_definitions", {}).get(name)
+    if owned is not None:  # a tool the API defines (computer use): sent as it is
+        return dict(owned)
     spec = getattr(function, "tool_spec", None)
     if spec is not None:  # an MCP tool: its schema comes from its server, made per connection
         return dict(beta_tool(function, **spec).to_dict())
@@ -49,6 +53,11 @@ def tool_definitions(tools: dict[str, Callable[..., Any]]) -> list[dict[str, Any
     if definitions:
         definitions[-1]["cache_control"] = {"type": "ephemeral"}
     return definitions
+
+
+def tool_betas(definitions: list[dict[str, Any]]) -> list[str]:
+    """The betas the task's own tools need: the computer-use tool's, when it is offered."""
+    return [COMPUTER_BETA] if any(d.get("type") == COMPUTER_TYPE for d in definitions) else []
 
 
 def retry_after(exc: anthropic.APIStatusError) -> float | None:

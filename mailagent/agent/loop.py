@@ -25,6 +25,7 @@ from mailagent.agent.api import (
     account_limit,
     is_compaction_unsupported,
     retry_after,
+    tool_betas,
     tool_definitions,
 )
 from mailagent.agent.context import SUMMARY_PROMPT, BoundedContext
@@ -159,7 +160,7 @@ class Agent(BoundedContext):
                 items = self.store.history(cid)
             # The web tools follow the policy in force and the uses left (SECURITY.md E4).
             web, betas = server_tools(ctx.internet(), self.store.task_work(work.task_id))
-            turn = await self.turn(ctx, [*tools, *web], messages, betas)
+            turn = await self.turn(ctx, [*tools, *web], messages, [*tool_betas(tools), *betas])
             if isinstance(turn, Outcome):
                 return turn
             items.append(turn[0])
@@ -471,6 +472,8 @@ class Agent(BoundedContext):
         if name not in ctx.tools and ctx.check(name, tool_input).verdict != "deny":
             return f"there is no tool named {name!r}"
         same = self.store.count_identical_calls(ctx.work.task_id, name, tool_input)
+        if name == "computer":  # screenshots repeat by nature: [desktop] max_actions bounds it
+            same = 0
         if same >= 2 * self.budgets.max_identical_calls:
             return (f"fail:budget: the same {name} call was repeated {same} times "
                     "(agent.max_identical_calls)")

@@ -31,6 +31,7 @@ from mailagent.mail.render import shipped_text
 from mailagent.policy import (
     Scope,
     explain,
+    explain_desktop,
     explain_internet,
     explain_recipient,
     load_policy,
@@ -236,6 +237,10 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         verdict, why = explain_internet(load_policy(settings.policies_dir), args.path)
         print(f"{verdict}: {why}")
         return 0
+    if args.action == "desktop":  # PATH is an application's name
+        verdict, why = explain_desktop(load_policy(settings.policies_dir), args.path)
+        print(f"{verdict}: {why}")
+        return 0
     home = Path.home()
     skills_dir = Path(os.path.realpath(settings.skills_dir)) if settings.skills_dir else None
     if args.action == "skill":  # PATH is a skill's name
@@ -369,12 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="whose workspace relative paths resolve in (default main)")
     explain_parser.add_argument("action",
                                 choices=["list", "read", "write", "delete", "mail", "internet",
-                                         "skill"],
+                                         "skill", "desktop"],
                                 help="mail: whether draft_mail may write to the address PATH; "
                                 "internet: whether the web tool PATH is offered; "
-                                "skill: whether the skill named PATH is listed to the model")
+                                "skill: whether the skill named PATH is listed to the model; "
+                                "desktop: whether the app PATH may start on the virtual display")
     explain_parser.add_argument("path", help="a path; for mail an address; for internet "
-                                "web_search or web_fetch; for skill a name")
+                                "web_search or web_fetch; for skill or desktop a name")
     explain_parser.set_defaults(func=cmd_policy_explain)
     example = sub.add_parser("example", help="print an example config or policy file")
     example.add_argument("what", choices=list(EXAMPLES))

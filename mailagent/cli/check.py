@@ -26,7 +26,8 @@ from mailagent.policy import (
     explain_internet,
     load_policy,
 )
-from mailagent.policy.sandbox import find_sandbox, process_limit_kind
+from mailagent.policy.desktop import app_name, find_app, missing_programs
+from mailagent.policy.sandbox import find_bubblewrap, find_sandbox, process_limit_kind
 from mailagent.policy.skills import describe_catalogue, read_skills
 from mailagent.store import Store
 from mailagent.store.halts import active_halt
@@ -144,6 +145,29 @@ def _check_internet(settings: Settings) -> str:
     return f"web tools: {'; '.join(explain_internet(policy, name)[1] for name in offered)}{price}"
 
 
+def _check_desktop(settings: Settings) -> str:
+    """Whether the computer-use tool is offered: Linux only, in bubblewrap, with its programs."""
+    policy = _policy_if_valid(settings)
+    if policy is None:
+        return "desktop: decided once the policy error above is fixed"
+    rule = policy.desktop
+    if rule is None:
+        return "desktop: not offered (no [desktop] table in the policies)"
+    if sys.platform != "linux":
+        raise MailagentError(f"desktop: NOT offered although {rule.source} has [desktop]: the "
+                             f"virtual display is Linux only (this is {sys.platform})")
+    sandbox = find_bubblewrap()
+    missing = missing_programs()
+    if not sandbox.available or missing:
+        why = sandbox.detail if not sandbox.available else (
+            f"{', '.join(missing)} not installed (Debian/Ubuntu: apt install xvfb xdotool "
+            "x11-apps)")
+        raise MailagentError(f"desktop: NOT offered although {rule.source} has [desktop]: {why}")
+    apps = [f"{app_name(a)} ({'found' if find_app(a) else 'NOT FOUND'})" for a in rule.apps]
+    return (f"desktop: {', '.join(apps)} on a virtual display in {sandbox.detail}, no network, "
+            f"at most {rule.max_actions} actions per task ({rule.source})")
+
+
 def _check_connectors(settings: Settings) -> str:
     """Each MCP server of the policy: started once, its tools listed with their decisions."""
     policy = _policy_if_valid(settings)
@@ -214,7 +238,8 @@ class _PartlyFailedError(MailagentError):
 
 
 CHECKS: tuple[Callable[[Settings], str], ...] = (
-    _check_policies, _check_commands, _check_internet, _check_skills, _check_templates,
+    _check_policies, _check_commands, _check_internet, _check_desktop, _check_skills,
+    _check_templates,
     _check_schedules,
     _check_store, _check_tools, _check_connectors, doctor.check_keyring, doctor.check_oauth,
     _check_imap, _check_smtp, _check_model, doctor.check_service)

@@ -80,6 +80,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
                                  "path": "/skills/expenses/SKILL.md"}],
                      "commands": {"allow": ["python3"], "network": False,
                                   "timeout_seconds": 60},
+                     "desktop": {"apps": ["mousepad"], "width": 1024, "height": 768,
+                                 "max_actions": 50},
                      "internet": {"web_search": True, "web_fetch": True,
                                   "allowed_domains": ["example.org"], "blocked_domains": [],
                                   "max_uses": 5}},

@@ -17,7 +17,8 @@ followed, and ask again right before they act. Deciding never raises anything bu
 The package, by concern: `rules` (the frozen shapes), `load` (TOML to a `Policy`), `watch`
 (reloading on edits), `paths` (resolving and protecting paths), `decide` (the verdicts), `calls`
 (which rule judges each tool call), `mail` (whom drafts may address), `internet` (the web
-tools), `mcp` (MCP server rules), `fsat` (files reached by descriptors from a rule's root),
+tools), `desktop` (the computer-use tool and its apps), `display` (the virtual display in the
+sandbox), `mcp` (MCP server rules), `fsat` (files reached by descriptors from a rule's root),
 `sandbox` (bubblewrap), `integrity` (the protected files by identity). This module is the
 face the rest of mailagent imports.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 from mailagent.policy.calls import PATH_ACTIONS, check_call, describe_operation, operation_digest
 from mailagent.policy.decide import decide, decide_command, decide_move, explain
+from mailagent.policy.desktop import explain_desktop
 from mailagent.policy.internet import explain_internet
 from mailagent.policy.load import load_policy
 from mailagent.policy.mail import decide_recipients, explain_recipient
@@ -43,6 +45,7 @@ from mailagent.policy.rules import (
     Action,
     CommandsRule,
     Decision,
+    DesktopRule,
     FolderRule,
     InternetRule,
     MailRule,
@@ -68,6 +71,7 @@ __all__ = [
     "Action",
     "CommandsRule",
     "Decision",
+    "DesktopRule",
     "FolderRule",
     "InternetRule",
     "MailRule",
@@ -82,6 +86,7 @@ __all__ = [
     "decide_recipients",
     "describe_operation",
     "explain",
+    "explain_desktop",
     "explain_internet",
     "explain_recipient",
     "load_policy",

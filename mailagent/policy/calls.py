@@ -2,10 +2,10 @@
 
 In: the `Policy` in force, the task's `Scope`, a tool's name and its input. Out: the `Decision`
 for the call before it runs (file tools by their path, `move_file` by both ends, `run_command`
-by its command and folder, `draft_mail` by its recipients and attachments, MCP tools by their
-server's rule; an unknown tool is denied), and the digest and words of an operation the owner
-is asked to approve. Side effects: reads the files an approval is bound to (their size and
-hash). It never raises: a bad path is a denial.
+by its command and folder, the desktop tools by the [desktop] rule, `draft_mail` by its
+recipients and attachments, MCP tools by their server's rule; an unknown tool is denied),
+and the digest and words of an operation the owner is asked to approve. Side effects: reads
+the files an approval is bound to (their size and hash). It never raises: a bad path is a denial.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 from mailagent.errors import PolicyError
 from mailagent.policy.decide import decide, decide_command, decide_move
+from mailagent.policy.desktop import DESKTOP_TOOLS, decide_desktop
 from mailagent.policy.mail import decide_draft
 from mailagent.policy.mcp import PREFIX as MCP_PREFIX
 from mailagent.policy.mcp import decide_mcp, split_name
@@ -75,6 +76,8 @@ def check_call(policy: Policy, scope: Scope, name: str, tool_input: dict[str, An
             if cwd and (where := decide(policy, "list", str(cwd), scope)).verdict != "allow":
                 return where
             return decide_command(policy, str(tool_input.get("command", "")), sandboxed=sandboxed)
+        if name in DESKTOP_TOOLS:  # only on the task's virtual display, in the sandbox
+            return decide_desktop(policy, scope, name, tool_input, sandboxed)
         if name == "schedule_task":
             return Decision("allow", "schedules", "a schedule of this conversation, bounded by "
                             "the [schedules] limits", None)

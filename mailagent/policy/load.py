@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mailagent.errors import PolicyError, nearest
+from mailagent.policy.desktop import parse_desktop
 from mailagent.policy.internet import parse_internet
 from mailagent.policy.mcp import McpServerRule, parse_servers
 from mailagent.policy.paths import expand_path, real_path, shown_path
@@ -29,6 +30,7 @@ from mailagent.policy.rules import (
     MAX_POLICY_FILE_BYTES,
     OVERWRITE_VALUES,
     CommandsRule,
+    DesktopRule,
     FolderRule,
     InternetRule,
     MailRule,
@@ -54,6 +56,7 @@ def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
     mail: MailRule | None = None
     skills: dict[str, SkillGrant] = {}
     internet: InternetRule | None = None
+    desktop: DesktopRule | None = None
     for file in files:
         text = _read_policy_text(file)
         document = _parse_toml(text, file)
@@ -71,6 +74,12 @@ def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
                               f"[internet] table (the first is at {internet.source}); keep only "
                               "one")
         internet = internet or file_internet
+        file_desktop = _desktop_rule(document.get("desktop"), text, file)
+        if file_desktop is not None and desktop is not None:
+            raise PolicyError(f"{file} line {file_desktop.source.rpartition(':')[2]}: a second "
+                              f"[desktop] table (the first is at {desktop.source}); keep only "
+                              "one")
+        desktop = desktop or file_desktop
         for server in parse_servers(document.get("mcp"), text, file):
             if any(other.name == server.name for other in servers):
                 raise PolicyError(f"{file} line {server.source.rpartition(':')[2]}: a second "
@@ -86,7 +95,7 @@ def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
             )
         commands = commands or file_commands
     return Policy(tuple(folders), commands, tuple(file.name for file in files), tuple(servers),
-                  mail, tuple(skills.values()), internet)
+                  mail, tuple(skills.values()), internet, desktop)
 
 
 def is_policy_name(name: str) -> bool:
@@ -178,11 +187,11 @@ def _validate(
     document: dict[str, Any], text: str, file: Path, home: Path
 ) -> tuple[list[FolderRule], CommandsRule | None]:
     for key in document:
-        if key not in ("folders", "commands", "mcp", "mail", "internet", "skills"):
+        if key not in ("folders", "commands", "mcp", "mail", "internet", "desktop", "skills"):
             raise _Location(file, text, _top_level_line(text, key)).error(
                 f"unknown table or key {key!r}; a policy file holds only skills = [...], "
-                "[[folders]], [commands], [mail], [internet] and [mcp.<server>] (check the "
-                "spelling: a misspelt table would drop its rule)"
+                "[[folders]], [commands], [mail], [internet], [desktop] and [mcp.<server>] "
+                "(check the spelling: a misspelt table would drop its rule)"
             )
     entries = document.get("folders", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -365,6 +374,16 @@ def _internet_rule(table: Any, text: str, file: Path) -> InternetRule | None:
     if not isinstance(table, dict):
         raise where.error("internet must be an [internet] table: web_search = true, ...")
     return parse_internet(table, where.error, f"{file.name}:{where.line}")
+
+
+def _desktop_rule(table: Any, text: str, file: Path) -> DesktopRule | None:
+    """[desktop]: the computer-use tool on a virtual display, off unless the table is there."""
+    if table is None:
+        return None
+    where = _Location(file, text, _top_level_line(text, "desktop"))
+    if not isinstance(table, dict):
+        raise where.error('desktop must be a [desktop] table: apps = ["mousepad"]')
+    return parse_desktop(table, where.error, f"{file.name}:{where.line}")
 
 
 def _flag(table: dict[str, Any], key: str, where: _Location) -> bool:

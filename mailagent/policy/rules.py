@@ -1,9 +1,10 @@
 """Policy rules: the frozen shapes a policy is made of, and what a decision says.
 
 In: nothing (definitions only). Out: `Policy` (folder rules, the commands rule, MCP server rules,
-the mail rule, the skills it allows, the internet rule), `Scope` (the conversation's workspace,
-`~`, the protected paths, the skills folder) and `Decision` (verdict, the rule that decided, a
-reason the model can act on, the resolved path and its `Anchor`). Pure: no I/O.
+the mail rule, the skills it allows, the internet rule, the desktop rule), `Scope` (the
+conversation's workspace, `~`, the protected paths, the skills folder) and `Decision` (verdict,
+the rule that decided, a reason the model can act on, the resolved path and its `Anchor`).
+Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ MAIL_KEYS = ("may_write_to",)
 
 INTERNET_KEYS = ("web_search", "web_fetch", "allowed_domains", "blocked_domains", "max_uses",
                  "max_content_tokens")
+
+
+DESKTOP_KEYS = ("apps", "max_actions")
 
 
 WORKSPACE_RULE = "workspace"
@@ -113,6 +117,17 @@ class InternetRule:
 
 
 @dataclass(frozen=True)
+class DesktopRule:
+    """Which desktop applications the computer-use tool may start on the task's virtual
+    display (inside the command sandbox, never the owner's screen), and how many actions one
+    task may take there. Each app is a name found on the sandbox's PATH, or an absolute path."""
+
+    apps: tuple[str, ...]
+    max_actions: int = 50  # screenshots, clicks, keys and app starts, per task
+    source: str = ""  # "desktop.toml:1", where the [desktop] table starts
+
+
+@dataclass(frozen=True)
 class Policy:
     folders: tuple[FolderRule, ...] = ()
     commands: CommandsRule | None = None
@@ -121,6 +136,7 @@ class Policy:
     mail: MailRule | None = None  # [mail]: absent or empty, draft_mail is not offered
     skills: tuple[SkillGrant, ...] = ()  # skills = [...]: absent, no skill is listed
     internet: InternetRule | None = None  # [internet]: absent, no web tool is offered
+    desktop: DesktopRule | None = None  # [desktop]: absent, no computer-use tool is offered
 
 
 @dataclass(frozen=True)

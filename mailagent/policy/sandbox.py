@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -382,6 +383,8 @@ class Runner:
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _cancelled: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # What else dies with the task's commands: its virtual display (mailagent.policy.display).
+    on_kill: list[Callable[[], object]] = field(default_factory=list, repr=False)
 
     def run(self, argv: list[str], cwd: Path, view: View, limits: Limits) -> CommandResult:
         """Run `argv`; a host list runs only inside srt (NoHostFilterError where there is none:
@@ -444,6 +447,11 @@ class Runner:
         except subprocess.TimeoutExpired:
             log.error("process %d did not end after SIGKILL", process.pid)
 
+    @property
+    def cancelled(self) -> bool:
+        with self._lock:
+            return self._cancelled
+
     def kill(self) -> None:
         """Stop the running program and everything it started (SECURITY.md A3); thread-safe."""
         with self._lock:
@@ -452,6 +460,8 @@ class Runner:
         if process is not None:
             with _gone():
                 os.killpg(process.pid, signal.SIGKILL)
+        for hook in list(self.on_kill):
+            hook()
 
 
 class _Reader(threading.Thread):

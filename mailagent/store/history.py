@@ -141,6 +141,12 @@ class HistoryStore(MailStore):
                 ToolCallRow.task_id == task_id, ToolCallRow.name == name,
                 ToolCallRow.input_json == json.dumps(tool_input))).one())
 
+    def count_calls(self, task_id: int, names: tuple[str, ...]) -> int:
+        """How many calls of these tools the task has made (recorded ones, denied included)."""
+        with self.session() as s:
+            return int(s.exec(select(func.count()).select_from(ToolCallRow).where(
+                ToolCallRow.task_id == task_id, col(ToolCallRow.name).in_(names))).one())
+
     def changes(self, task_id: int) -> list[dict[str, Any]]:
         """What a task's tool calls changed on disk, in order."""
         with self.session() as s:

@@ -1,10 +1,11 @@
 """Toolbox: the tools, the checks and the system prompt one task runs with.
 
 In: a claimed task (`TaskWork`), the policy in force, the sandbox, the MCP connectors. Out: a
-`TaskContext` for the agent: the tools (files, memory, schedules, drafts, run_command, MCP tools),
-the `check` each call passes first (policy.calls, with tools stopped after a failed integrity
-check), the digest an approval binds, the fence nonce, the system prompt, and the policy's
-[internet] rule (the API's web tools) as it stands at each request. Side effects: makes
+`TaskContext` for the agent: the tools (files, memory, schedules, drafts, run_command, the
+desktop's computer and start_app, MCP tools), the `check` each call passes first
+(policy.calls, with tools stopped after a failed integrity check), the digest an approval
+binds, the fence nonce, the system prompt, and the policy's [internet] rule (the API's web
+tools) as it stands at each request. Side effects: makes
 the task's workspace. Every tool judges again, at each call, by the policy in force then.
 """
 
@@ -30,6 +31,7 @@ from mailagent.mail.render import render
 from mailagent.policy import (
     CommandsRule,
     Decision,
+    DesktopRule,
     Policy,
     PolicyWatcher,
     Scope,
@@ -38,8 +40,10 @@ from mailagent.policy import (
     protected_paths,
 )
 from mailagent.policy.calls import check_call, operation_digest
+from mailagent.policy.desktop import DESKTOP_TOOLS, app_name, find_app, missing_programs
+from mailagent.policy.display import HEIGHT_PX, WIDTH_PX
 from mailagent.policy.mail import decide_recipients
-from mailagent.policy.sandbox import Limits, Runner, SandboxInfo, View
+from mailagent.policy.sandbox import Limits, Runner, SandboxInfo, View, exposed_missing
 from mailagent.policy.skills import allowed_skills, read_skills, skill_folders
 from mailagent.store import Store, TaskWork
 from mailagent.tasks.draft_approval import DraftApprovals
@@ -47,6 +51,7 @@ from mailagent.tasks.schedule_approval import ScheduleApprovals
 from mailagent.tasks.workspace import data_key, workspace_dir
 from mailagent.tools.command import CommandTools
 from mailagent.tools.connector import ConnectorTools
+from mailagent.tools.desktop import DesktopTools
 from mailagent.tools.drafts import DraftTools, read_judged
 from mailagent.tools.files import FileTools, Media, ToolError
 from mailagent.tools.mcp_servers import Connectors
@@ -143,6 +148,9 @@ class Toolbox:
                 self.draft_approvals.make, work.task_id)).draft_mail
         if self.offers_commands(policy):
             tools["run_command"] = self.command_tools(work, scope).run_command
+        if self.offers_desktop(policy):  # off by default: a [desktop] table turns it on
+            desktop = self.desktop_tools(work, scope)
+            tools["computer"], tools["start_app"] = desktop.computer, desktop.start_app
         connector = self.connector_tools(work, scope)
         if connector is not None:
             tools.update(connector.tools())
@@ -229,14 +237,66 @@ class Toolbox:
             remove_protected=lambda path: keep_in_trash(path, trash),
             watch=lambda command: self.watch(work, command))
 
+    def offers_desktop(self, policy: Policy) -> bool:
+        """The virtual display runs only inside bubblewrap, on Linux, with its programs."""
+        return policy.desktop is not None and self.sandbox.available and not missing_programs()
+
+    def desktop_tools(self, work: TaskWork, scope: Scope) -> DesktopTools:
+        """computer and start_app for one task: policy, view and limits read at every call;
+        the display dies with the task's runner (its end, cancel, tools stopped)."""
+        runner = self.runners.setdefault(work.task_id, Runner(self.sandbox))
+
+        def setup() -> tuple[DesktopRule, View, Limits]:
+            policy = self.policies.current()
+            if policy.desktop is None or not self.offers_desktop(policy):
+                raise ToolError("the desktop is no longer allowed by the policy")
+            limits = command_limits(policy.commands) if policy.commands else Limits()
+            return policy.desktop, command_view(policy, scope), limits
+
+        def find(name: str) -> Path:
+            policy = self.policies.current()
+            decision = self.judge_call(scope, "start_app", {"name": name})
+            if decision.verdict != "allow" or policy.desktop is None:
+                raise ToolError(f"denied by {decision.rule}: {decision.reason}")
+            app = next(a for a in policy.desktop.apps if app_name(a) == name)
+            found = find_app(app)
+            if found is None:
+                raise ToolError(f"{name!r} is allowed but not installed on this computer; "
+                                "tell the owner to install it")
+            return found
+
+        trash = self.settings.data_dir / "trash" / f"task-{work.task_id}"
+        # Protected paths missing now inside writable folders: an app could make one while it
+        # runs, so whatever appears there is moved away after each action and at the end.
+        missing = exposed_missing(command_view(self.policies.current(), scope))
+
+        def tidy() -> list[str]:
+            moved = []
+            for path in (p for p in missing if os.path.lexists(p)):
+                try:
+                    moved.append(keep_in_trash(path, trash))
+                except OSError as exc:  # it stays where it is: say so, and go on
+                    log.error("cannot move the protected path %s an app made: %s", path, exc)
+                    moved.append(f"{path} (could not be moved: {exc})")
+            return moved
+
+        return DesktopTools(runner=runner, sandbox=self.sandbox, setup=setup, find=find,
+                            actions_used=lambda: self.store.count_calls(work.task_id,
+                                                                        DESKTOP_TOOLS),
+                            watch=lambda what: self.watch(work, what), tidy=tidy)
+
     def system_prompt(self, work: TaskWork, scope: Scope, policy: Policy, nonce: str) -> str:
         """The task's standing orders. Memory notes were written by the model (`remember`), which
         may have been fooled when it wrote them, so they come fenced as data like any content."""
         folders = [{"path": str(f.path), "access": f.access, "delete": f.delete}
                    for f in policy.folders]
         commands = policy.commands if self.offers_commands(policy) else None
+        desktop = None if policy.desktop is None or not self.offers_desktop(policy) else {
+            "apps": [app_name(a) for a in policy.desktop.apps], "width": WIDTH_PX,
+            "height": HEIGHT_PX, "max_actions": policy.desktop.max_actions}
         return render("system.md.j2", today=datetime.now(UTC).date().isoformat(),
                       workspace=str(scope.workspace), folders=folders, commands=commands,
+                      desktop=desktop,
                       internet=policy.internet,
                       memory=[fence("memory-note", note, nonce, number=number)
                               for number, note in self.store.memory(work.conversation_id)],

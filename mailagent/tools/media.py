@@ -24,6 +24,7 @@ import binascii
 import functools
 import io
 import math
+import struct
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -191,6 +192,29 @@ def image_media(data: bytes, name: str) -> Media:
     text = (f"image {name}: {source_format} {shown.width}x{shown.height} px{scaled}; "
             "re-encoded without its metadata (EXIF, location)")
     return Media(text, (block,))
+
+
+def screenshot_media(xwd: bytes, name: str) -> tuple[Media, bytes]:
+    """A screen grabbed by `xwd` (a TrueColor ZPixmap of 24 or 32 bits a pixel, as Xvfb's
+    screen is) as an image block, and the image's bytes to keep. Pillow reads no XWD: its
+    header is 25 big-endian 32-bit fields, then colours, then the rows (X11's XWDFile.h)."""
+    if len(xwd) < 100:
+        raise MediaError(f"{name}: the screenshot is empty")
+    (size, _version, pixmap_format, _depth, width, height, _x, byte_order, _unit, _bit_order,
+     _pad, bits, row_bytes, _visual, red, _green, blue, _rgb_bits, _entries,
+     colours) = struct.unpack(">20I", xwd[:80])
+    start = size + colours * 12
+    if pixmap_format != 2 or bits not in (24, 32) or width * height > MAX_SOURCE_PIXELS \
+            or len(xwd) < start + row_bytes * height or (red, blue) != (0xFF0000, 0xFF):
+        raise MediaError(f"{name}: not a screenshot of a TrueColor screen "
+                         f"({width}x{height}, {bits} bits a pixel)")
+    raw = ("BGRX" if byte_order == 0 else "XRGB") if bits == 32 else \
+        ("BGR" if byte_order == 0 else "RGB")
+    image = _pillow().frombuffer("RGB", (width, height), xwd[start:start + row_bytes * height],
+                                 "raw", raw, row_bytes, 1)
+    png = io.BytesIO()
+    image.save(png, "PNG")
+    return image_media(png.getvalue(), name), png.getvalue()
 
 
 def pdf_media(data: bytes, name: str) -> Media:

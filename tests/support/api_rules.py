@@ -15,6 +15,7 @@ from typing import Any
 
 import jsonschema
 
+from tests.support.api_computer import computer_tool_is_valid
 from tests.support.api_media import media_is_valid
 from tests.support.api_web import web_results_come_back_unchanged, web_tools_are_valid
 
@@ -222,6 +223,8 @@ def first_violation(body: Mapping[str, Any], betas: Collection[str] = ()) -> str
     if (message := beta_fields_need_their_beta(body, betas)) is not None:
         return message
     if (message := web_tools_are_valid(body, betas)) is not None:
+        return message
+    if (message := computer_tool_is_valid(body, betas)) is not None:
         return message
     for rule in RULES:
         message = rule(body)
