@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,11 +11,14 @@ import pytest
 from mailagent.errors import StoreError
 from mailagent.store import MIGRATIONS, NewTask, Store
 from mailagent.tasks.when import IDLE_LOOK_SECONDS, quiet_seconds
+from tests.support.fixtures import on_both_databases
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store.open(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def store(database_url: str) -> Iterator[Store]:
+    store = Store.open(database_url)
+    yield store
+    store.close()
 
 
 def new_task(conversation: str = "main") -> NewTask:
@@ -22,18 +26,25 @@ def new_task(conversation: str = "main") -> NewTask:
                    message_id="<m1@example.com>", references=(), instruction="do it", data={})
 
 
-def test_migrations_are_applied_once_and_recorded(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    first = Store.open(url)
+@on_both_databases
+def test_migrations_are_applied_once_and_recorded(database: str, database_url: str) -> None:
+    first = Store.open(database_url)
     assert first.migrate() == []
+    second = Store.open(database_url)
+    assert second.migrate() == []
+    second.close()
     with first.engine.connect() as connection:
-        names = [r[0] for r in connection.exec_driver_sql("SELECT name FROM migration")]
-        mode = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
+        names = [r[0] for r in connection.exec_driver_sql(
+            "SELECT name FROM migration ORDER BY name")]
+        if database == "sqlite":
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     assert names == [name for name, _ in MIGRATIONS]
     assert names[:3] == ["0001_initial", "0002_agent", "0003_outbox"]
-    assert mode == "wal"
+    assert first.engine.dialect.name == database
+    first.close()
 
 
+@on_both_databases
 def test_same_content_is_stored_once_and_advances_the_position(store: Store) -> None:
     kwargs = {"folder": "INBOX", "uidvalidity": 9, "raw": b"x", "size": 1, "content_key": "k",
               "message_id": None}
@@ -45,6 +56,7 @@ def test_same_content_is_stored_once_and_advances_the_position(store: Store) -> 
     assert store.unprocessed_raw_ids() == [first.raw_message_id]
 
 
+@on_both_databases
 def test_a_task_moves_only_along_the_state_machine(store: Store) -> None:
     task_id = store.record_task(None, new_task(), "test")
     store.set_task_state(task_id, "running")
@@ -57,6 +69,7 @@ def test_a_task_moves_only_along_the_state_machine(store: Store) -> None:
     assert kinds[0] == "task.done" and "task.queued" in kinds
 
 
+@on_both_databases
 def test_thread_lookup_finds_the_conversation_of_a_known_message(store: Store) -> None:
     task_id = store.record_task(None, new_task("taxes"), "test")
     match = store.find_thread(["<unknown@x>", "<m1@example.com>"])
@@ -101,6 +114,7 @@ def test_the_repair_migration_answers_calls_an_older_database_left_open(tmp_path
                                      "content": LOST, "is_error": True}])
 
 
+@on_both_databases
 def test_a_task_ending_with_a_call_open_answers_it_in_the_history(store: Store) -> None:
     task_id = store.record_task(None, new_task(), "test")
     cid = store.task_work(task_id).conversation_id
@@ -129,6 +143,7 @@ def test_the_gate_before_every_request_mends_any_history() -> None:
             {"type": "text", "text": "next"}]}]
 
 
+@on_both_databases
 def test_the_worker_learns_when_it_next_has_something_to_do_on_its_own(store: Store) -> None:
     # An idle service sleeps until then (at most IDLE_LOOK_SECONDS) instead of polling.
     now = datetime.now(UTC)

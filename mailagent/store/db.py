@@ -50,8 +50,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _utc_session(dbapi_connection: Any, _record: Any) -> None:
+    # Datetimes are stored in UTC without an offset: a server in another time zone would
+    # otherwise turn each one into its local time on the way in.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET TIME ZONE 'UTC'")
+    cursor.close()
+    dbapi_connection.commit()
+
+
 def create_store_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite files get their folder created and WAL switched on."""
+    """An engine for `url`; SQLite files get their folder created and WAL switched on,
+    PostgreSQL sessions their time zone set to UTC."""
     try:
         if url.startswith("sqlite"):
             path = url.split("///", 1)[1] if "///" in url else ""
@@ -60,7 +70,10 @@ def create_store_engine(url: str) -> Engine:
             engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
             event.listen(engine, "connect", _sqlite_pragmas)
             return engine
-        return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True)
+        if engine.dialect.name == "postgresql":
+            event.listen(engine, "connect", _utc_session)
+        return engine
     except (SQLAlchemyError, OSError, ValueError) as exc:
         raise StoreError(f"cannot open the database {url!r}: {exc}") from exc
 
