@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -98,6 +100,15 @@ def services_on_one_mailbox(tmp_path: Path, make_service: MakeService,
             make_service(folder=_folder(tmp_path / "b"), database_url=database_url))
 
 
+def database_line(service: ServiceProcess) -> str:
+    """The line of `mailagent check` on the database, for the config of `service`."""
+    checked = subprocess.run([sys.executable, "-m", "mailagent", "check", "--config",
+                              str(service.config_path)], capture_output=True, text=True,
+                             env=service.env, timeout=60)
+    [line] = [line for line in checked.stdout.splitlines() if line.startswith("ok: database ")]
+    return line
+
+
 def _folder(path: Path) -> Path:
     path.mkdir()
     return path
@@ -116,7 +127,10 @@ def test_a_second_service_on_the_same_database_and_mailbox_refuses_to_start(
         f"this database (host {socket.gethostname()}, pid {first.process.pid}, data_dir " \
         f"{(tmp_path / 'a' / 'data').resolve()}, since " in second.log(), second.log()
     assert "IMAP connected" not in second.log()
+    assert f"the mailbox {MAILBOX} is held by a running service (host {socket.gethostname()}, " \
+        f"pid {first.process.pid}, " in database_line(second)
     assert first.stop() == 0
+    assert f"the mailbox {MAILBOX} is free" in database_line(second)
     second.start().wait_connected()
     dovecot.append(owner_mail("Hello", "Are you there?"))
     store = second.store()

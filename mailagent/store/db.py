@@ -120,6 +120,11 @@ class MailStore:
                 raise full from exc
             raise StoreError(f"database error: {exc}") from exc
 
+    def describe(self) -> str:
+        """The database as a person may read it: its kind and its URL, any password hidden."""
+        url = self.engine.url
+        return f"{url.get_backend_name()} {url.render_as_string(hide_password=True)}"
+
     def file_path(self) -> Path | None:
         """The database's file, for SQLite on disk; None for a server or in memory."""
         url = self.engine.url
