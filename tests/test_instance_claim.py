@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from mailagent.errors import AlreadyRunningError
 from mailagent.store import Store, mailbox_identity
@@ -91,6 +91,27 @@ def test_a_lease_left_by_another_data_dir_is_taken_only_once_it_lapses(
     assert second.mailbox_holder(MAILBOX) is None
     with second.claim_mailbox(MAILBOX, tmp_path / "b", never_lost):
         assert first.mailbox_holder(MAILBOX) is not None
+
+
+@on_both_databases
+def test_a_claim_cut_off_or_taken_over_is_known_lost_at_its_next_renewal(
+        stores: tuple[Store, Store], database: str, tmp_path: Path) -> None:
+    first, second = stores
+    claim = MailboxClaim(first.engine, MAILBOX, tmp_path / "a")
+    claim.take()
+    assert claim.renew()
+    if database == "postgresql":  # the server ends the session that held the lock
+        with second.engine.begin() as connection:
+            connection.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    else:  # the lease lapsed, as it does when its holder stalls
+        with second.engine.begin() as connection:
+            connection.execute(update(CLAIMS).values(
+                renewed_at=utcnow() - timedelta(seconds=LEASE_SECONDS + 1)))
+    with second.claim_mailbox(MAILBOX, tmp_path / "b", never_lost):
+        assert not claim.renew()
+    claim.release()
 
 
 def services_on_one_mailbox(tmp_path: Path, make_service: MakeService,

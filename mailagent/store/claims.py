@@ -100,9 +100,14 @@ class MailboxClaim:
             connection.close()
             return False
         self.connection = connection
-        with self.engine.begin() as writing:
-            writing.execute(delete(CLAIMS).where(CLAIMS.c.mailbox == self.mailbox))
-            writing.execute(insert(CLAIMS).values(self._row(utcnow())))
+        try:
+            with self.engine.begin() as writing:
+                writing.execute(delete(CLAIMS).where(CLAIMS.c.mailbox == self.mailbox))
+                writing.execute(insert(CLAIMS).values(self._row(utcnow())))
+        except SQLAlchemyError:
+            self.connection = None
+            connection.close()  # and the lock with it
+            raise
         return True
 
     def _lease(self) -> bool:
