@@ -36,11 +36,15 @@ def test_migrations_are_applied_once_and_recorded(database: str, database_url: s
     with first.engine.connect() as connection:
         names = [r[0] for r in connection.exec_driver_sql(
             "SELECT name FROM migration ORDER BY name")]
+        applied_at = connection.exec_driver_sql("SELECT max(applied_at) FROM migration").scalar()
         if database == "sqlite":
             assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     assert names == [name for name, _ in MIGRATIONS]
     assert names[:3] == ["0001_initial", "0002_agent", "0003_outbox"]
     assert first.engine.dialect.name == database
+    # kept in UTC, whatever the server's time zone (the test PostgreSQL's is not UTC)
+    applied = datetime.fromisoformat(str(applied_at)).replace(tzinfo=UTC)  # SQLite: text
+    assert abs(applied - datetime.now(UTC)) < timedelta(minutes=5)
     first.close()
 
 
