@@ -48,6 +48,16 @@ def test_migrations_are_applied_once_and_recorded(database: str, database_url: s
     first.close()
 
 
+def test_a_database_that_cannot_be_opened_is_named_without_its_password() -> None:
+    with pytest.raises(StoreError) as missing:
+        Store.open("postgresql+pg8000://mailagent:s3cret@db.example.com/mailagent")
+    assert "'postgresql+pg8000://mailagent:***@db.example.com/mailagent'" in str(missing.value)
+    assert "pip install 'mailagent[postgres]'" in str(missing.value)
+    with pytest.raises(StoreError) as unknown:
+        Store.open("postgresql+nosuch://mailagent:s3cret@db.example.com/mailagent")
+    assert "s3cret" not in str(unknown.value) and "mailagent:***@" in str(unknown.value)
+
+
 @on_both_databases
 def test_same_content_is_stored_once_and_advances_the_position(store: Store) -> None:
     kwargs = {"folder": "INBOX", "uidvalidity": 9, "raw": b"x", "size": 1, "content_key": "k",

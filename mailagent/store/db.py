@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
@@ -74,8 +74,20 @@ def create_store_engine(url: str) -> Engine:
         if engine.dialect.name == "postgresql":
             event.listen(engine, "connect", _utc_session)
         return engine
+    except ImportError as exc:  # the driver is not installed
+        raise StoreError(
+            f"cannot open the database {_without_password(url)!r}: its driver is missing "
+            f"({exc}); for PostgreSQL, `pip install 'mailagent[postgres]'` and a URL "
+            "postgresql+psycopg://...") from exc
     except (SQLAlchemyError, OSError, ValueError) as exc:
-        raise StoreError(f"cannot open the database {url!r}: {exc}") from exc
+        raise StoreError(f"cannot open the database {_without_password(url)!r}: {exc}") from exc
+
+
+def _without_password(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError):
+        return "(a URL that does not parse)"
 
 
 SQLITE_FULL = 13  # "database or disk is full"
