@@ -94,17 +94,14 @@ def test_a_lease_left_by_another_data_dir_is_taken_only_once_it_lapses(
 
 
 @on_both_databases
-def test_a_claim_cut_off_or_taken_over_is_known_lost_at_its_next_renewal(
+def test_a_claim_cut_off_and_taken_over_is_known_lost_at_its_next_renewal(
         stores: tuple[Store, Store], database: str, tmp_path: Path) -> None:
     first, second = stores
     claim = MailboxClaim(first.engine, MAILBOX, tmp_path / "a")
     claim.take()
     assert claim.renew()
     if database == "postgresql":  # the server ends the session that held the lock
-        with second.engine.begin() as connection:
-            connection.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        end_other_sessions(second)
     else:  # the lease lapsed, as it does when its holder stalls
         with second.engine.begin() as connection:
             connection.execute(update(CLAIMS).values(
@@ -112,6 +109,28 @@ def test_a_claim_cut_off_or_taken_over_is_known_lost_at_its_next_renewal(
     with second.claim_mailbox(MAILBOX, tmp_path / "b", never_lost):
         assert not claim.renew()
     claim.release()
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_lock_whose_session_the_server_ended_is_taken_again_if_nobody_took_it(
+        stores: tuple[Store, Store], tmp_path: Path) -> None:
+    first, second = stores
+    claim = MailboxClaim(first.engine, MAILBOX, tmp_path / "a")
+    claim.take()
+    end_other_sessions(second)
+    assert claim.renew()
+    with pytest.raises(AlreadyRunningError):
+        MailboxClaim(second.engine, MAILBOX, tmp_path / "b").take()
+    claim.release()
+    assert second.mailbox_holder(MAILBOX) is None
+
+
+def end_other_sessions(store: Store) -> None:
+    """What a restart of the server, or a network cut, does to every other connection."""
+    with store.engine.begin() as connection:
+        connection.execute(text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
 
 
 def services_on_one_mailbox(tmp_path: Path, make_service: MakeService,

@@ -13,6 +13,7 @@ It decides nothing else: it only keeps a second service from starting.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -136,23 +137,40 @@ class MailboxClaim:
                 "pid": os.getpid(), "data_dir": self.data_dir, "since": now, "renewed_at": now}
 
     def renew(self) -> bool:
-        """Renew the lease (or prove the lock's connection alive); False if it is lost."""
+        """Renew the lease, or make sure the lock is still held (taken again on a new
+        connection if the server ended ours and nobody took it meanwhile); False if another
+        service may hold the mailbox now."""
         try:
-            if self.connection is not None:
-                self.connection.execute(text("SELECT 1"))
-                self.connection.commit()
+            if self.is_locking and not self._still_locked():
+                return False
             with self.engine.begin() as connection:
                 renewed = connection.execute(update(CLAIMS).where(
                     CLAIMS.c.mailbox == self.mailbox, CLAIMS.c.token == self.token,
                 ).values(renewed_at=utcnow())).rowcount
         except SQLAlchemyError as exc:
             log.warning("cannot renew the claim on the mailbox %s: %s", self.mailbox, exc)
-            # a lost connection lost the lock; a lease runs on until it lapses
+            # the lock is tried again at the next beat; a lease runs on until it lapses
             lapsed = utcnow() - self.renewed_at >= timedelta(seconds=LEASE_SECONDS)
-            return self.connection is None and not lapsed
+            return self.is_locking or not lapsed
         if renewed:
             self.renewed_at = utcnow()
         return bool(renewed) or self.is_locking
+
+    def _still_locked(self) -> bool:
+        if self.connection is not None:
+            try:
+                self.connection.execute(text("SELECT 1"))
+                self.connection.commit()
+                return True
+            except SQLAlchemyError:  # the session, and the lock with it, ended
+                with contextlib.suppress(SQLAlchemyError):
+                    self.connection.close()
+                self.connection = None
+        if not self._lock():
+            return False
+        log.warning("the connection that held the lock on the mailbox %s ended; it is held "
+                    "again", self.mailbox)
+        return True
 
     def release(self) -> None:
         try:
