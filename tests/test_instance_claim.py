@@ -5,6 +5,7 @@ refuses to start with a line naming the first (host, pid, since)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -18,7 +19,13 @@ from sqlalchemy import text, update
 
 from mailagent.errors import AlreadyRunningError
 from mailagent.store import Store, mailbox_identity
-from mailagent.store.claims import CLAIMS, LEASE_SECONDS, MailboxClaim, advisory_key
+from mailagent.store.claims import (
+    CLAIMS,
+    HEARTBEAT_SECONDS,
+    LEASE_SECONDS,
+    MailboxClaim,
+    advisory_key,
+)
 from mailagent.store.tables import utcnow
 from tests.support.dovecot import Dovecot
 from tests.support.fixtures import MakeService, on_both_databases
@@ -192,4 +199,20 @@ def test_after_a_kill_the_lock_is_free_at_once_for_another_machine(
     second.start().wait_connected()
     assert "mailbox claimed mailbox=127.0.0.1/agent@example.com/INBOX by=advisory lock" in \
         second.log()
+    assert second.stop() == 0
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_service_whose_lock_another_took_meanwhile_stops_at_its_next_renewal(
+        tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, make_service: MakeService,
+        database_url: str) -> None:
+    first, second = services_on_one_mailbox(tmp_path, make_service, database_url)
+    first.start().wait_connected()
+    with contextlib.closing(Store.open(database_url)) as store:
+        end_other_sessions(store)  # the first's connections, the lock's among them
+    second.start().wait_connected()
+    first.wait_for_log(f"the claim on the mailbox {MAILBOX} was lost: another service may run "
+                       "on it now; stopping", timeout=HEARTBEAT_SECONDS + 15)
+    assert first.wait_exit(timeout=30) == 0
+    assert second.process is not None and second.process.poll() is None
     assert second.stop() == 0
