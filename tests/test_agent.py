@@ -16,6 +16,7 @@ from mailagent.agent.messages import estimate_tokens, to_messages
 from mailagent.config import Settings
 from mailagent.store import HistoryItem, Store, Task
 from mailagent.store.tables import Task as TaskRow
+from tests.support.fixtures import on_both_databases
 from tests.support.model_server import (
     ModelServer,
     RecordedRequest,
@@ -250,9 +251,11 @@ delete = "ask"
     assert [e.kind for e in store.audit_events("policy.")] == ["policy.ask"]
 
 
+@on_both_databases
 def test_five_conversations_run_at_the_same_time(
-        tmp_path: Path, model: ModelServer, home: Path) -> None:
-    settings = make_settings(tmp_path, model, home, max_concurrent_tasks=5)
+        tmp_path: Path, model: ModelServer, home: Path, database_url: str) -> None:
+    settings = make_settings(tmp_path, model, home, max_concurrent_tasks=5,
+                             database_url=database_url)
     store = open_store(settings)
     for n in range(5):
         add_task(store, f"task {n}", conversation=f"c{n}")
@@ -262,6 +265,7 @@ def test_five_conversations_run_at_the_same_time(
     assert len(received) == 5
     assert max(received) - min(received) < 1.0  # all five were waiting on the model at once
     assert [t.state for t in store.tasks()] == ["done"] * 5
+    store.close()
 
 
 def test_tasks_of_one_conversation_run_in_order(

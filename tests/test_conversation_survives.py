@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.dovecot import Dovecot
+from tests.support.fixtures import on_both_databases
 from tests.support.mail import owner_mail
 from tests.support.model_server import (
     ModelServer,
@@ -69,6 +70,7 @@ def next_task_is_answered(dovecot: Dovecot, service: ServiceProcess,
     return model_server.message_requests[before]
 
 
+@on_both_databases
 def test_after_a_denied_approval_the_next_task_is_answered_knowing_it_did_not_run(
         tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,
         service: ServiceProcess) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.dovecot import Dovecot
-from tests.support.fixtures import MakeService
+from tests.support.fixtures import MakeService, on_both_databases
 from tests.support.mail import message_id_of, owner_mail
 from tests.support.model_server import ModelServer, text, tool_use
 from tests.support.service import ServiceProcess, wait_until
@@ -45,6 +45,7 @@ def service(dovecot: Dovecot, smtp_server: SmtpServer,
     return make_service(sent_folder="Sent")
 
 
+@on_both_databases
 @pytest.mark.parametrize("kill_point", KILL_POINTS)
 def test_a_kill_at_any_step_ends_in_one_task_one_tool_run_and_one_reply(
         tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, model_server: ModelServer,

@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.clock import FakeClock
 from tests.support.dovecot import Dovecot
-from tests.support.fixtures import MakeService
+from tests.support.fixtures import MakeService, on_both_databases
 from tests.support.mail import message_id_of, owner_mail
 from tests.support.model_server import ModelServer, error, text, tool_use
 from tests.support.service import ServiceProcess, wait_until
@@ -275,6 +275,7 @@ def schedule_state_of(service: ServiceProcess, schedule_id: int) -> str:
         store.close()
 
 
+@on_both_databases
 def test_a_schedule_a_forward_made_never_runs_until_the_owner_approves_it_by_reply(
         service: ServiceProcess, dovecot: Dovecot, smtp_server: SmtpServer,
         model_server: ModelServer, clock: FakeClock) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,11 +11,14 @@ import pytest
 from mailagent.errors import StoreError
 from mailagent.store import MIGRATIONS, NewTask, Store
 from mailagent.tasks.when import IDLE_LOOK_SECONDS, quiet_seconds
+from tests.support.fixtures import on_both_databases
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store.open(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def store(database_url: str) -> Iterator[Store]:
+    store = Store.open(database_url)
+    yield store
+    store.close()
 
 
 def new_task(conversation: str = "main") -> NewTask:
@@ -22,18 +26,39 @@ def new_task(conversation: str = "main") -> NewTask:
                    message_id="<m1@example.com>", references=(), instruction="do it", data={})
 
 
-def test_migrations_are_applied_once_and_recorded(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    first = Store.open(url)
+@on_both_databases
+def test_migrations_are_applied_once_and_recorded(database: str, database_url: str) -> None:
+    first = Store.open(database_url)
     assert first.migrate() == []
+    second = Store.open(database_url)
+    assert second.migrate() == []
+    second.close()
     with first.engine.connect() as connection:
-        names = [r[0] for r in connection.exec_driver_sql("SELECT name FROM migration")]
-        mode = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
+        names = [r[0] for r in connection.exec_driver_sql(
+            "SELECT name FROM migration ORDER BY name")]
+        applied_at = connection.exec_driver_sql("SELECT max(applied_at) FROM migration").scalar()
+        if database == "sqlite":
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     assert names == [name for name, _ in MIGRATIONS]
     assert names[:3] == ["0001_initial", "0002_agent", "0003_outbox"]
-    assert mode == "wal"
+    assert first.engine.dialect.name == database
+    # kept in UTC, whatever the server's time zone (the test PostgreSQL's is not UTC)
+    applied = datetime.fromisoformat(str(applied_at)).replace(tzinfo=UTC)  # SQLite: text
+    assert abs(applied - datetime.now(UTC)) < timedelta(minutes=5)
+    first.close()
 
 
+def test_a_database_that_cannot_be_opened_is_named_without_its_password() -> None:
+    with pytest.raises(StoreError) as missing:
+        Store.open("postgresql+pg8000://mailagent:s3cret@db.example.com/mailagent")
+    assert "'postgresql+pg8000://mailagent:***@db.example.com/mailagent'" in str(missing.value)
+    assert "pip install 'mailagent[postgres]'" in str(missing.value)
+    with pytest.raises(StoreError) as unknown:
+        Store.open("postgresql+nosuch://mailagent:s3cret@db.example.com/mailagent")
+    assert "s3cret" not in str(unknown.value) and "mailagent:***@" in str(unknown.value)
+
+
+@on_both_databases
 def test_same_content_is_stored_once_and_advances_the_position(store: Store) -> None:
     kwargs = {"folder": "INBOX", "uidvalidity": 9, "raw": b"x", "size": 1, "content_key": "k",
               "message_id": None}
@@ -45,6 +70,7 @@ def test_same_content_is_stored_once_and_advances_the_position(store: Store) -> 
     assert store.unprocessed_raw_ids() == [first.raw_message_id]
 
 
+@on_both_databases
 def test_a_task_moves_only_along_the_state_machine(store: Store) -> None:
     task_id = store.record_task(None, new_task(), "test")
     store.set_task_state(task_id, "running")
@@ -57,6 +83,7 @@ def test_a_task_moves_only_along_the_state_machine(store: Store) -> None:
     assert kinds[0] == "task.done" and "task.queued" in kinds
 
 
+@on_both_databases
 def test_thread_lookup_finds_the_conversation_of_a_known_message(store: Store) -> None:
     task_id = store.record_task(None, new_task("taxes"), "test")
     match = store.find_thread(["<unknown@x>", "<m1@example.com>"])
@@ -101,6 +128,7 @@ def test_the_repair_migration_answers_calls_an_older_database_left_open(tmp_path
                                      "content": LOST, "is_error": True}])
 
 
+@on_both_databases
 def test_a_task_ending_with_a_call_open_answers_it_in_the_history(store: Store) -> None:
     task_id = store.record_task(None, new_task(), "test")
     cid = store.task_work(task_id).conversation_id
@@ -129,6 +157,7 @@ def test_the_gate_before_every_request_mends_any_history() -> None:
             {"type": "text", "text": "next"}]}]
 
 
+@on_both_databases
 def test_the_worker_learns_when_it_next_has_something_to_do_on_its_own(store: Store) -> None:
     # An idle service sleeps until then (at most IDLE_LOOK_SECONDS) instead of polling.
     now = datetime.now(UTC)

@@ -29,7 +29,7 @@ from mailagent.policy import (
 from mailagent.policy.desktop import app_name, find_app, missing_programs
 from mailagent.policy.sandbox import find_bubblewrap, find_sandbox, process_limit_kind
 from mailagent.policy.skills import describe_catalogue, read_skills
-from mailagent.store import Store
+from mailagent.store import Store, mailbox_identity
 from mailagent.store.halts import active_halt
 from mailagent.tasks.when import read_schedules_file
 
@@ -212,9 +212,16 @@ def _check_schedules(settings: Settings) -> str:
 
 
 def _check_store(settings: Settings) -> str:
-    store = Store.open(settings.database_url)
-    store.close()
-    return f"database {settings.database_url}"
+    """The database, migrated, and whether its claim on the mailbox is free (SECURITY.md L5)."""
+    imap = settings.imap
+    mailbox = mailbox_identity(imap.host, imap.username, imap.folder)
+    with contextlib.closing(Store.open(settings.database_url)) as store:
+        holder = store.mailbox_holder(mailbox)
+        database = store.describe()
+    if holder is None:
+        return f"database {database}; the mailbox {mailbox} is free"
+    return (f"database {database}; the mailbox {mailbox} is held by a running service "
+            f"({holder.line()}): `mailagent run` starts only where that one has stopped")
 
 
 def _check_tools(settings: Settings) -> str:

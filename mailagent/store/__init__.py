@@ -9,6 +9,7 @@ so that a crash between two calls leaves a state the service can resume from.
 from __future__ import annotations
 
 from mailagent.store.approvals import ApprovalStore
+from mailagent.store.claims import ClaimStore, Holder, mailbox_identity
 from mailagent.store.db import create_store_engine
 from mailagent.store.drafts import DraftStore
 from mailagent.store.held import HeldStore
@@ -60,6 +61,7 @@ __all__ = [
     "DraftView",
     "HeldView",
     "HistoryItem",
+    "Holder",
     "NewCommand",
     "NewDraft",
     "NewSchedule",
@@ -81,14 +83,15 @@ __all__ = [
     "ToolCallView",
     "Usage",
     "create_store_engine",
+    "mailbox_identity",
 ]
 
 
 class Store(InboxStore, TaskStore, OutboxStore, ApprovalStore, HistoryStore, HeldStore,
-            DraftStore):
+            DraftStore, ClaimStore):
     """Every read and write of mailagent's state, one area per module (inbox, tasks, outbox,
-    approvals, history, schedules, held mail, drafts) over one database (`db`). Safe to share
-    between threads."""
+    approvals, history, schedules, held mail, drafts, the claim on the mailbox) over one
+    database (`db`). Safe to share between threads."""
 
     @classmethod
     def open(cls, url: str, migrate: bool = True) -> Store:

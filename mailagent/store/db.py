@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
@@ -50,8 +50,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _utc_session(dbapi_connection: Any, _record: Any) -> None:
+    # Datetimes are stored in UTC without an offset: a server in another time zone would
+    # otherwise turn each one into its local time on the way in.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET TIME ZONE 'UTC'")
+    cursor.close()
+    dbapi_connection.commit()
+
+
 def create_store_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite files get their folder created and WAL switched on."""
+    """An engine for `url`; SQLite files get their folder created and WAL switched on,
+    PostgreSQL sessions their time zone set to UTC."""
     try:
         if url.startswith("sqlite"):
             path = url.split("///", 1)[1] if "///" in url else ""
@@ -60,9 +70,24 @@ def create_store_engine(url: str) -> Engine:
             engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
             event.listen(engine, "connect", _sqlite_pragmas)
             return engine
-        return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True)
+        if engine.dialect.name == "postgresql":
+            event.listen(engine, "connect", _utc_session)
+        return engine
+    except ImportError as exc:  # the driver is not installed
+        raise StoreError(
+            f"cannot open the database {_without_password(url)!r}: its driver is missing "
+            f"({exc}); for PostgreSQL, `pip install 'mailagent[postgres]'` and a URL "
+            "postgresql+psycopg://...") from exc
     except (SQLAlchemyError, OSError, ValueError) as exc:
-        raise StoreError(f"cannot open the database {url!r}: {exc}") from exc
+        raise StoreError(f"cannot open the database {_without_password(url)!r}: {exc}") from exc
+
+
+def _without_password(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError):
+        return "(a URL that does not parse)"
 
 
 SQLITE_FULL = 13  # "database or disk is full"
@@ -106,6 +131,11 @@ class MailStore:
                 self.on_full(full)
                 raise full from exc
             raise StoreError(f"database error: {exc}") from exc
+
+    def describe(self) -> str:
+        """The database as a person may read it: its kind and its URL, any password hidden."""
+        url = self.engine.url
+        return f"{url.get_backend_name()} {url.render_as_string(hide_password=True)}"
 
     def file_path(self) -> Path | None:
         """The database's file, for SQLite on disk; None for a server or in memory."""

@@ -303,6 +303,20 @@ class Halt(SQLModel, table=True):
     kept_notice_at: datetime | None = None
 
 
+class InstanceClaim(SQLModel, table=True):
+    """Who runs the service of a mailbox (SECURITY.md L5, across machines): the holder of
+    PostgreSQL's advisory lock, or of the lease elsewhere; one row per mailbox."""
+
+    __tablename__ = "instance_claim"
+    mailbox: str = Field(primary_key=True)  # imap host, user and folder
+    token: str  # this holder's, made at start
+    host: str
+    pid: int
+    data_dir: str
+    since: datetime
+    renewed_at: datetime  # the lease lapses LEASE_SECONDS after it
+
+
 def _initial(connection: Connection) -> None:
     tables = [
         SQLModel.metadata.tables[name]
@@ -387,7 +401,7 @@ def _repair_histories(connection: Connection) -> None:
 
 def _held(connection: Connection) -> None:
     for table in ("task", "command"):
-        _add_columns(connection, table, {"answers_us": "BOOLEAN NOT NULL DEFAULT 0"})
+        _add_columns(connection, table, {"answers_us": "BOOLEAN NOT NULL DEFAULT FALSE"})
     SQLModel.metadata.create_all(connection, tables=[SQLModel.metadata.tables["held_mail"]])
 
 
@@ -410,6 +424,10 @@ def _web_requests(connection: Connection) -> None:
                                       "web_fetch_requests": "INTEGER NOT NULL DEFAULT 0"})
 
 
+def _instance_claims(connection: Connection) -> None:
+    SQLModel.metadata.create_all(connection, tables=[SQLModel.metadata.tables["instance_claim"]])
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_agent", _agent),
@@ -425,5 +443,6 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0012_halts", _halts),
     ("0013_drafts", _drafts),
     ("0014_web_requests", _web_requests),
+    ("0015_instance_claims", _instance_claims),
 ]
 

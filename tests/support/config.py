@@ -35,14 +35,18 @@ def settings_for_tests(tmp_path: Path, **changes: Any) -> Settings:
 
 def write_config(tmp_path: Path, imap_port: int, smtp_port: int, *, extra: str = "",
                  imap_extra: str = "", imap_host: str = "127.0.0.1",
-                 model_url: str = "http://127.0.0.1:9", model_extra: str = "") -> Path:
+                 model_url: str = "http://127.0.0.1:9", model_extra: str = "",
+                 database_url: str | None = None) -> Path:
     """A config file for the service under test; the IMAP password comes from the environment
-    variable TEST_IMAP_PASSWORD, as a user's `password_env` would. An empty policies folder
+    variable TEST_IMAP_PASSWORD, as a user's `password_env` would. `database_url` is written
+    when given (SQLite in the data folder otherwise, the default). An empty policies folder
     beside it denies every file, as `mailagent init` would leave it without a folder rule."""
     (tmp_path / "policies").mkdir(exist_ok=True)
     path = tmp_path / "mailagent.toml"
+    database = f'database_url = "{database_url}"' if database_url else ""
     path.write_text(f"""
 data_dir = "{tmp_path / 'data'}"
+{database}
 {extra}
 
 [imap]

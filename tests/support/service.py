@@ -39,6 +39,8 @@ class ServiceProcess:
         self.log_path = config_path.parent / "service.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
+        self._stores: list[Store] = []  # closed by kill(), at teardown: PostgreSQL's
+        # connections warn when they are collected open
 
     def start(self, failpoint: str | None = None) -> ServiceProcess:
         env = dict(self.env)
@@ -76,10 +78,14 @@ class ServiceProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+        while self._stores:
+            self._stores.pop().close()
 
     def wait_exit(self, timeout: float = 15.0) -> int:
         assert self.process is not None
         return self.process.wait(timeout)
 
     def store(self) -> Store:
-        return Store.open(load_settings(self.config_path, self.env).database_url)
+        store = Store.open(load_settings(self.config_path, self.env).database_url)
+        self._stores.append(store)
+        return store

@@ -25,7 +25,7 @@ MODEL = "claude-test-model"
 
 
 def make_settings(tmp_path: Path, model: ModelServer, home: Path, policy: str = "",
-                  **agent: Any) -> Settings:
+                  database_url: str | None = None, **agent: Any) -> Settings:
     policies = tmp_path / "policies"
     policies.mkdir(exist_ok=True)
     (policies / "main.toml").write_text(policy or f"""
@@ -40,8 +40,9 @@ delete = "never"
 """)
     model_settings = ModelSettings(name=MODEL, base_url=model.base_url, api_key="test",
                                    max_retries=0, timeout_seconds=30)
+    database = {"database_url": database_url} if database_url else {}
     return settings_for_tests(tmp_path, model=model_settings, policies_dir=policies,
-                              agent=AgentSettings(**agent))
+                              agent=AgentSettings(**agent), **database)
 
 
 def add_task(store: Store, instruction: str, conversation: str = "main") -> int:
