@@ -27,6 +27,7 @@ import regex
 
 from mailagent.errors import PolicyError
 from mailagent.policy import fsat
+from mailagent.policy.binding import Binding
 from mailagent.policy.fsat import Anchor
 from mailagent.tools import ToolError, anchored
 from mailagent.tools.cards import MAX_CARD_BYTES
@@ -96,12 +97,16 @@ class FileTools:
     on_attach: Callable[[str], None]
     max_output_chars: int = 20_000
     changes: list[dict[str, Any]] = field(default_factory=list)
-    approved: bool = False  # set by the agent while it runs a call the owner approved
+    # Set by the agent while it runs a call the owner approved: the file states the approval is
+    # bound to. Each file such a call changes must be, through the descriptor it acts on, the
+    # file the owner was asked about (same identity, same bytes).
+    approved: Binding | None = None
 
     # ------------------------------------------------------------ checks at use time
 
     def _allowed(self, decision: Judged, anchor: Anchor | None) -> Anchor:
-        if decision.verdict == "allow" or (decision.verdict == "ask" and self.approved):
+        if decision.verdict == "allow" or (decision.verdict == "ask"
+                                           and self.approved is not None):
             if anchor is None:
                 raise ToolError(decision.reason)
             return anchor
@@ -118,11 +123,20 @@ class FileTools:
             return text
         return text[: self.max_output_chars] + f"\n[... cut at {self.max_output_chars} characters]"
 
+    def _bound(self, place: fsat.Parent, fd: int | None, info: os.stat_result | None) -> None:
+        """In an approved call, ToolError unless the file here (open as `fd`; None: absent)
+        is the one the approval is bound to."""
+        if self.approved is not None:
+            refusal = self.approved.refusal(str(place.path), fd, info)
+            if refusal is not None:
+                raise ToolError(refusal)
+
     def _keep(self, place: fsat.Parent) -> str:
         """Copy the file about to be replaced into the trash; return where. PolicyError unless
         it is still the file that was copied when this returns."""
         fd, info = place.open_file(for_change=True)
         try:
+            self._bound(place, fd, info)
             kept = str(anchored.copy_into(fd, info, self.trash, place.name))
         finally:
             os.close(fd)
@@ -224,6 +238,8 @@ class FileTools:
         anchor = self._anchor("write", path)
         with _refusals(), fsat.parent(anchor, create=True) as place:
             existed = place.stat() is not None
+            if not existed:
+                self._bound(place, None, None)
             kept = self._keep(place) if existed else None
             anchored.replace_contents(place, content.encode("utf-8"))
         self.changes.append({"op": "modified" if existed else "created", "path": str(anchor.path),
@@ -244,6 +260,7 @@ class FileTools:
         with _refusals(), fsat.parent(anchor) as place:
             fd, info = place.open_file(for_change=True)
             try:
+                self._bound(place, fd, info)
                 text = _edited(fd, info, path, old_text, new_text)
                 kept = str(anchored.copy_into(fd, info, self.trash, place.name))
             finally:
@@ -267,6 +284,9 @@ class FileTools:
               fsat.parent(to, create=True) as there):
             fd, info = here.open_file(for_change=True)
             try:
+                self._bound(here, fd, info)
+                if there.stat() is None:
+                    self._bound(there, None, None)
                 kept = self._keep(there) if there.stat() is not None else None
                 if not anchored.rename(here, info, there):  # another file system: copy
                     anchored.replace_contents(there, fd, like=info)
@@ -287,6 +307,7 @@ class FileTools:
         with _refusals(), fsat.parent(anchor) as place:
             fd, info = place.open_file(for_change=True)
             try:
+                self._bound(place, fd, info)
                 kept = str(anchored.copy_into(fd, info, self.trash, place.name))
             finally:
                 os.close(fd)
