@@ -19,7 +19,15 @@ import pytest
 
 from mailagent.errors import PolicyError
 from mailagent.mail.intake import Attachment
-from mailagent.policy import Decision, Policy, Scope, decide, load_policy, protected_paths
+from mailagent.policy import (
+    Decision,
+    Policy,
+    Scope,
+    decide,
+    decide_move,
+    load_policy,
+    protected_paths,
+)
 from mailagent.policy.calls import bind_operation
 from mailagent.tasks.replies import files_to_send
 from mailagent.tasks.toolbox import keep_in_trash
@@ -55,7 +63,8 @@ class Tree:
 
     def tools(self, then: Callable[[], None] = lambda: None) -> FileTools:
         return FileTools(workspace=self.scope.workspace, judge=lambda a, p: self.judge(a, then)(p),
-                         judge_move=lambda s, d: self.judge("write", then)(d),  # unused here
+                         judge_move=lambda s, d: _then(decide_move(self.policy, s, d,
+                                                                   self.scope), then),
                          trash=self.trash, on_attach=lambda _path: None)
 
     def swap_once(self) -> Callable[[], None]:
@@ -70,6 +79,11 @@ class Tree:
     def outside_state(self) -> dict[str, tuple[int, bytes]]:
         return {entry.name: (entry.inode(), Path(entry.path).read_bytes())
                 for entry in os.scandir(self.outside) if entry.is_file(follow_symlinks=False)}
+
+
+def _then(decision: Decision, then: Callable[[], None]) -> Decision:
+    then()
+    return decision
 
 
 @pytest.fixture
@@ -136,6 +150,8 @@ APPROVED_CALLS: list[tuple[str, str, dict[str, Any], Callable[[FileTools], str]]
     ("edit", "edit_file", {"path": "~/proj/sub/victim.txt", "old_text": "public",
                            "new_text": "edited"},
      lambda t: t.edit_file("~/proj/sub/victim.txt", "public", "edited")),
+    ("move", "move_file", {"source": "~/proj/sub/victim.txt", "destination": "~/proj/moved.txt"},
+     lambda t: t.move_file("~/proj/sub/victim.txt", "~/proj/moved.txt")),
 ]
 
 
@@ -147,24 +163,24 @@ def test_an_approved_call_acts_only_on_the_file_and_bytes_the_owner_approved(
     call: Callable[[FileTools], str], change: Callable[[Path], None],
 ) -> None:
     victim = tree.sub / "victim.txt"
-    action = "delete" if name == "delete_file" else "write"
-    binding = bind_operation(decide(tree.policy, action, str(tool_input["path"]), tree.scope),
-                             name, tool_input)
-    done = [False]
+    decision = decide_move(tree.policy, tool_input["source"], tool_input["destination"],
+                           tree.scope) if name == "move_file" else decide(
+        tree.policy, "delete" if name == "delete_file" else "write", tool_input["path"],
+        tree.scope)
+    binding = bind_operation(decision, name, tool_input)
+    mutated: list[bytes] = []
 
     def after_the_last_check() -> None:  # between the agent's digest check and the tool's I/O
-        if not done[0]:
+        if not mutated:
             change(victim)
-            done[0] = True
+            mutated.append(victim.read_bytes())
 
     tools = tree.tools(after_the_last_check)
     tools.approved = binding
-    changed = victim.read_bytes() if done[0] else None
     with pytest.raises(ToolError, match="changed after the owner approved"):
         call(tools)
-    assert done[0] and changed is None
-    assert victim.exists() and b"edited" not in victim.read_bytes()
-    assert victim.read_bytes() != b"new\n"
+    assert mutated and victim.read_bytes() == mutated[0]  # not deleted, edited or replaced
+    assert not (tree.proj / "moved.txt").exists()
     assert not tools.changes and not tree.trash.exists(), label
 
 
@@ -193,14 +209,8 @@ def _changes(tree: Tree) -> dict[str, dict[str, Any]]:
                                     {"path": "~/proj/sub/victim.txt"})
     tools.delete_file("~/proj/sub/victim.txt")
     tools.approved = None
-    tools.judge_move = lambda s, d: _move_decision(tree, s, d)
     tools.move_file("~/proj/sub/moving.txt", "~/proj/moving.txt")
     return {change["op"]: change for change in tools.changes}
-
-
-def _move_decision(tree: Tree, source: str, destination: str) -> Any:
-    from mailagent.policy import decide_move
-    return decide_move(tree.policy, source, destination, tree.scope)
 
 
 @pytest.mark.parametrize("walk", WALKS)

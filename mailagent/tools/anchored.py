@@ -1,5 +1,6 @@
 """Changing a folder through its descriptor: atomic replacement, unlinking, renaming, and copies
-into the trash, each an `*at` call on a folder that mailagent.policy.fsat opened from a rule's root.
+and moves into the trash, each an `*at` call on a folder that mailagent.policy.fsat opened from a
+rule's root (or, for the protected paths a command made, from `/` with no symlink followed).
 
 In: `Parent`s (an open folder and a name in it) and open file descriptors. Out: the change on
 disk, or PolicyError naming the path. Side effects: exactly the change asked for; a temporary
