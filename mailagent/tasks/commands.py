@@ -49,7 +49,7 @@ Commands (the whole subject, or the first line of your mail):
 
 def answer(command: CommandWork, store: Store, cancel: Callable[[int], str],
            settle: Callable[[CommandWork], str],
-           judge_write: Callable[[int, str], Anchored] | None = None,
+           judge_write: Callable[[int, str], Anchored],
            schedules: Scheduler | None = None, settings: Settings | None = None) -> str:
     """The reply text for one command."""
     if command.name in SCHEDULE_COMMANDS and (command.argument or command.name != "cancel"):
@@ -62,9 +62,8 @@ def answer(command: CommandWork, store: Store, cancel: Callable[[int], str],
         "memory": lambda: memory_text(store, command),
         "forget": lambda: forget_text(store, command),
         "cancel": lambda: cancel(command.task_id) if command.task_id else NOT_IN_THREAD,
-        "undo": lambda: (NOT_IN_THREAD if not command.task_id else undo(
-            store, command.task_id, judge_write) if judge_write is not None
-            else "`undo` cannot judge paths here; nothing was changed."),
+        "undo": lambda: (undo(store, command.task_id, judge_write) if command.task_id
+                         else NOT_IN_THREAD),
         "approve": lambda: settle(command),
         "deny": lambda: settle(command),
         "continue": lambda: settle(command),
