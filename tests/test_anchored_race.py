@@ -241,6 +241,18 @@ def test_undo_through_a_folder_swapped_after_the_check_changes_nothing_outside(
     assert reverted[op](), op
 
 
+@pytest.mark.parametrize("op", ["created", "modified", "deleted", "moved"])
+def test_undo_leaves_alone_a_file_that_was_changed_after_the_task(tree: Tree, op: str) -> None:
+    change = _changes(tree)[op]
+    path = tree.sub / "victim.txt" if op == "deleted" else Path(change["path"])
+    path.write_text("the owner's newer words\n")  # by name: the owner, not the task
+    with pytest.raises(PolicyError, match="after the task"):
+        revert(change, tree.judge("write"))
+    assert path.read_text() == "the owner's newer words\n"
+    if op == "moved":
+        assert not (tree.sub / "moving.txt").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # A protected path a command made, moved to the trash
 

@@ -2,9 +2,9 @@
 
 In: tool inputs from the model, and `judge` / `judge_move` callables from the service (the policy
 engine, never imported here). Out: text for the model, or ToolError with a reason it can act on;
-a record of every change on disk (created, modified, moved, deleted) for the completion mail and
-`undo`. Side effects: files inside what policy allows; replaced and deleted files are first kept
-in the task's trash folder (SECURITY.md A2).
+a record of every change on disk (created, modified, moved, deleted, with the SHA-256 of what it
+left at the path) for the completion mail and `undo`. Side effects: files inside what policy
+allows; replaced and deleted files are first kept in the task's trash folder (SECURITY.md A2).
 It must never touch a path the judge did not just allow, never reach a file by its name again:
 each is opened through descriptors walked from the root of the rule that allowed it
 (`Decision.anchor`, mailagent.policy.fsat), with no symlink followed, and judged by fstat (no FIFO,
@@ -15,6 +15,7 @@ between the decision and the I/O makes the call fail with a ToolError, never lan
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 import time
@@ -27,7 +28,7 @@ import regex
 
 from mailagent.errors import PolicyError
 from mailagent.policy import fsat
-from mailagent.policy.binding import Binding
+from mailagent.policy.binding import Binding, state_of
 from mailagent.policy.fsat import Anchor
 from mailagent.tools import ToolError, anchored
 from mailagent.tools.cards import MAX_CARD_BYTES
@@ -243,7 +244,7 @@ class FileTools:
             kept = self._keep(place) if existed else None
             anchored.replace_contents(place, content.encode("utf-8"))
         self.changes.append({"op": "modified" if existed else "created", "path": str(anchor.path),
-                             "trash": kept})
+                             "trash": kept, "sha256": _sha256(content.encode("utf-8"))})
         return f"{'replaced' if existed else 'created'} {anchor.path} ({len(content)} characters)"
 
     def edit_file(self, path: str, old_text: str, new_text: str) -> str:
@@ -267,7 +268,8 @@ class FileTools:
                 os.close(fd)
             place.same(info)
             anchored.replace_contents(place, text.encode("utf-8"))
-        self.changes.append({"op": "modified", "path": str(anchor.path), "trash": kept})
+        self.changes.append({"op": "modified", "path": str(anchor.path), "trash": kept,
+                             "sha256": _sha256(text.encode("utf-8"))})
         return f"edited {anchor.path}"
 
     def move_file(self, source: str, destination: str) -> str:
@@ -285,6 +287,7 @@ class FileTools:
             fd, info = here.open_file(for_change=True)
             try:
                 self._bound(here, fd, info)
+                moved = state_of(fd, info).sha256
                 if there.stat() is None:
                     self._bound(there, None, None)
                 kept = self._keep(there) if there.stat() is not None else None
@@ -294,7 +297,7 @@ class FileTools:
             finally:
                 os.close(fd)
         self.changes.append({"op": "moved", "from": str(origin.path), "path": str(to.path),
-                             "trash": kept})
+                             "trash": kept, "sha256": moved})
         return f"moved {origin.path} to {to.path}"
 
     def delete_file(self, path: str) -> str:
@@ -312,7 +315,8 @@ class FileTools:
             finally:
                 os.close(fd)
             anchored.unlink(place, info)
-        self.changes.append({"op": "deleted", "path": str(anchor.path), "trash": kept})
+        self.changes.append({"op": "deleted", "path": str(anchor.path), "trash": kept,
+                             "sha256": None})
         return f"deleted {anchor.path} (kept in the trash)"
 
     def search_files(self, pattern: str, path: str | None = None) -> str:
@@ -383,6 +387,10 @@ class FileTools:
             os.close(fd)
         self.on_attach(str(anchor.path))
         return f"{anchor.path} will be attached to the reply"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _read(anchor: Anchor, limit: int) -> bytes:
