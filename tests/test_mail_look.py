@@ -20,7 +20,7 @@ import matplotlib
 import pytest
 
 from mailagent.config import SmtpSettings
-from mailagent.mail.notify import compose
+from mailagent.mail.notify import FileToSend, compose
 from mailagent.mail.render import SAMPLES
 from mailagent.store import ReplyTarget
 from tests.support.chromium import Chromium, Page
@@ -101,7 +101,7 @@ def mails(folder: Path) -> dict[str, EmailMessage]:
     built = {}
     for name, (kind, template, values, files) in kinds.items():
         outbound = compose(smtp(), target("[reports] Sales for the quarter"), kind, template,
-                           values, files)
+                           values, [FileToSend(path, path.read_bytes()) for path in files])
         message = email.message_from_bytes(outbound.raw, policy=default_policy)
         assert isinstance(message, EmailMessage)
         built[name] = message

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mailagent.config import SmtpSettings
-from mailagent.mail.notify import compose, new_message_id
+from mailagent.mail.notify import FileToSend, compose, new_message_id
 from mailagent.store import ReplyTarget
 from tests.support.dovecot import Dovecot
 from tests.support.fixtures import MakeService
@@ -491,7 +491,7 @@ def test_a_file_name_with_a_line_break_is_attached_under_a_clean_name(tmp_path: 
                        {"task_id": 7, "tokens": 1, "cost": 0.0, "changes": [],
                         "workspace_changes": 0, "answer": "Here is the report.",
                         "undo_hint": False, "run_note": "",
-                        "scheduled": []}, [odd])
+                        "scheduled": []}, [FileToSend(odd, odd.read_bytes())])
     message = email.message_from_bytes(outbound.raw, policy=default_policy)
     assert isinstance(message, EmailMessage)
     [attached] = list(message.iter_attachments())

@@ -13,7 +13,7 @@ import pytest
 
 from mailagent.config import SmtpSettings
 from mailagent.mail.markdown import to_text
-from mailagent.mail.notify import compose, question_subject
+from mailagent.mail.notify import FileToSend, compose, question_subject
 from mailagent.mail.render import SAMPLES
 from mailagent.store import ReplyTarget
 from mailagent.tasks.replies import is_in_workspace
@@ -59,7 +59,8 @@ def completion(answer: str, files: list[Path] = (),  # type: ignore[assignment]
     values = {key: value for key, value in SAMPLES["completion.md.j2"].items()
               if key not in ("attached", "not_attached", "pictures")}
     outbound = compose(settings or smtp(), target(), "completion", "completion.md.j2",
-                       {**values, "answer": answer, "run_note": ""}, files)
+                       {**values, "answer": answer, "run_note": ""},
+                       [FileToSend(path, path.read_bytes()) for path in files])
     message = email.message_from_bytes(outbound.raw, policy=default_policy)
     assert isinstance(message, EmailMessage)
     return message

@@ -54,6 +54,7 @@ from mailagent.config import (
 from mailagent.content import fence
 from mailagent.errors import ModelError
 from mailagent.failpoints import failpoint
+from mailagent.policy.binding import Binding
 from mailagent.store import HistoryItem, Store, Usage
 from mailagent.store.repair import valid_messages, without_empty_text
 from mailagent.tools.files import ToolError
@@ -401,26 +402,28 @@ class Agent(BoundedContext):
             return Outcome("waiting_approval", f"{name} needs approval: {decision.reason}",
                            call={"id": tool_use_id, "name": name, "input": tool_input})
         self.store.set_tool_call(ctx.work.task_id, tool_use_id, "started")
-        return await self.execute(ctx, tool_use_id, name, tool_input, approved=False)
+        return await self.execute(ctx, tool_use_id, name, tool_input, approved=None)
 
     async def run_approved(self, ctx: TaskContext, tool_use_id: str, name: str,
                            tool_input: dict[str, Any]) -> dict[str, Any]:
         """An approved call, re-checked just before it runs (SECURITY.md A1)."""
         approval = self.store.approval_for(ctx.work.task_id, tool_use_id)
         decision = ctx.check(name, tool_input)
+        binding = ctx.bind(name, tool_input)
         if approval is None or approval.state != "approved":
             text = "this call has no approval from the owner"
         elif decision.verdict == "deny":
             text = f"denied by {decision.rule}: {decision.reason}"
-        elif ctx.digest(name, tool_input) != approval.digest:
+        elif binding.digest != approval.digest:
             text = "the file changed after the owner approved; nothing was done"
         else:
             self.store.set_tool_call(ctx.work.task_id, tool_use_id, "started")
-            return await self.execute(ctx, tool_use_id, name, tool_input, approved=True)
+            return await self.execute(ctx, tool_use_id, name, tool_input, approved=binding)
         return self.finish_call(ctx, tool_use_id, text, error=True)
 
     async def execute(self, ctx: TaskContext, tool_use_id: str, name: str,
-                      tool_input: dict[str, Any], approved: bool) -> dict[str, Any]:
+                      tool_input: dict[str, Any], approved: Binding | None
+                      ) -> dict[str, Any]:
         function = ctx.tools[name]
         changes: list[dict[str, Any]] = getattr(getattr(function, "__self__", None), "changes", [])
         before = len(changes)
@@ -434,7 +437,7 @@ class Agent(BoundedContext):
                 output = beta_tool(cast(Any, function), **spec).call(tool_input)
                 return output if isinstance(output, Media) else str(output)
             finally:
-                ctx.set_approved(False)
+                ctx.set_approved(None)
 
         text: str | Media
         try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailagent.agent.web import Source
+from mailagent.policy.binding import Binding
 from mailagent.policy.rules import InternetRule
 from mailagent.store import TaskWork
 from mailagent.tools.files import Judged
@@ -46,8 +47,10 @@ class TaskContext:
     tools: dict[str, Callable[..., str | Media]]
     check: Callable[[str, dict[str, Any]], Judged]
     nonce: str
-    set_approved: Callable[[bool], None]
-    digest: Callable[[str, dict[str, Any]], str]
+    # The binding of the approved call that runs now (None: no approval): what its tools may
+    # act on, each file compared by identity and content with what the owner approved.
+    set_approved: Callable[[Binding | None], None]
+    bind: Callable[[str, dict[str, Any]], Binding]
     # What the model is shown of an attachment of the task's mail: its image or PDF blocks,
     # the text of a calendar or contact card, or None (read it with read_file).
     show: Callable[[dict[str, Any]], Media | str | None] = show_nothing

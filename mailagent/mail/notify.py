@@ -1,6 +1,8 @@
 """Notify: outcomes -> threaded reply mails -> the outbox -> SMTP. The only importer of aiosmtplib.
 
-In: a `ReplyTarget` (the mail being answered), a template and its values, files to attach.
+In: a `ReplyTarget` (the mail being answered), a template and its values, files to attach
+(`FileToSend`: their bytes read already, by the caller, through the descriptor its policy
+check opened; no file is read here by its name).
 Out: `Outbound` mails, queued in the store before any attempt, then sent by the `Postman`, which
 retries transient failures with backoff, records permanent ones, and reconciles a send whose
 outcome is unknown by looking for its Message-ID in the Sent folder before sending it again.
@@ -92,6 +94,15 @@ def question_subject(subject: str) -> str:
 
 
 @dataclass(frozen=True)
+class FileToSend:
+    """A file for a mail: where it is (its name, and where the mail says it stays), and its
+    bytes, or None when it could not be read (the mail names it instead)."""
+
+    path: Path
+    payload: bytes | None
+
+
+@dataclass(frozen=True)
 class AttachmentPlan:
     files: list[tuple[str, bytes, str]]  # (file name, bytes, MIME type)
     attached: list[str]
@@ -139,28 +150,28 @@ def attachment_name(name: str) -> str:
         else clean[:120]
 
 
-def plan_attachments(paths: Sequence[Path], max_bytes: int) -> AttachmentPlan:
+def plan_attachments(files: Sequence[FileToSend], max_bytes: int) -> AttachmentPlan:
     """Attach as they are if they fit; else one zip; else none, and say where they are."""
-    present = [p for p in paths if p.is_file()]
-    missing = [str(p) for p in paths if not p.is_file()]
-    total = sum(p.stat().st_size for p in present)
+    present = [(f.path, f.payload) for f in files if f.payload is not None]
+    missing = [str(f.path) for f in files if f.payload is None]
+    total = sum(len(payload) for _, payload in present)
     if total <= max_bytes:
-        names = [attachment_name(p.name) for p in present]
-        files = [(name, p.read_bytes(), mimetypes.guess_type(name)[0]
-                  or "application/octet-stream") for name, p in zip(names, present, strict=True)]
-        return AttachmentPlan(files, names, missing)
+        names = [attachment_name(path.name) for path, _ in present]
+        attached = [(name, payload, mimetypes.guess_type(name)[0] or "application/octet-stream")
+                    for name, (_, payload) in zip(names, present, strict=True)]
+        return AttachmentPlan(attached, names, missing)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in present:
-            archive.write(path, arcname=path.name)
+        for path, payload in present:
+            archive.writestr(path.name, payload)
     if buffer.tell() <= max_bytes:
         return AttachmentPlan([("outputs.zip", buffer.getvalue(), "application/zip")],
-                              [f"outputs.zip ({', '.join(p.name for p in present)})"], missing)
-    return AttachmentPlan([], [], [str(p) for p in present] + missing)
+                              [f"outputs.zip ({', '.join(p.name for p, _ in present)})"], missing)
+    return AttachmentPlan([], [], [str(path) for path, _ in present] + missing)
 
 
 def compose(smtp: SmtpSettings, target: ReplyTarget, kind: str, template: str,
-            values: dict[str, Any], attachments: Sequence[Path] = (),
+            values: dict[str, Any], attachments: Sequence[FileToSend] = (),
             message_id: str | None = None) -> Outbound:
     """A reply in the target's thread, to the owner who wrote it, with text and HTML parts.
 

@@ -5,41 +5,49 @@ for the call before it runs (file tools by their path, `move_file` by both ends,
 by its command and folder, the desktop tools by the [desktop] rule, `draft_mail` by its
 recipients and attachments, MCP tools by their server's rule; an unknown tool is denied),
 and the digest and words of an operation the owner is asked to approve. Side effects: reads
-the files an approval is bound to (their size and hash). It never raises: a bad path is a denial.
+the files an approval is bound to (their identity, size and hash), through the decision's
+anchors, never by name. It never raises: a bad path is a denial.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 from mailagent.errors import PolicyError
+from mailagent.policy.binding import Binding, FileState, state_at, state_json
 from mailagent.policy.decide import decide, decide_command, decide_move
 from mailagent.policy.desktop import DESKTOP_TOOLS, decide_desktop
+from mailagent.policy.fsat import Anchor
 from mailagent.policy.mail import decide_draft
 from mailagent.policy.mcp import PREFIX as MCP_PREFIX
 from mailagent.policy.mcp import decide_mcp, split_name
 from mailagent.policy.rules import Decision, Policy, Scope
 
 
-def operation_digest(decision: Decision, name: str, tool_input: dict[str, Any]) -> str:
-    """What an approval is bound to: the operation, its input, the resolved paths, and the size
-    and content hash of each file as it is now (for a move, the source's and the destination's:
-    a file changed after the question does not move on the old answer, SECURITY.md A1)."""
+def bind_operation(decision: Decision, name: str, tool_input: dict[str, Any]) -> Binding:
+    """What an approval is bound to: the operation, its input, the resolved paths, and the
+    identity, size and content hash of each file as it is now, read through the rule's anchor
+    (for a move, the source's and the destination's: a file changed or swapped after the
+    question does not move on the old answer, SECURITY.md A1)."""
+    files = {str(decision.path): _state(decision.anchor)}
     state: dict[str, Any] = {"name": name, "input": tool_input, "path": str(decision.path),
-                             "file": _file_state(decision.path)}
+                             "file": state_json(files[str(decision.path)])}
     if decision.source is not None:
-        state |= {"source": str(decision.source), "source_file": _file_state(decision.source)}
-    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+        files[str(decision.source)] = _state(decision.source_anchor)
+        state |= {"source": str(decision.source),
+                  "source_file": state_json(files[str(decision.source)])}
+    digest = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+    return Binding(digest, files if decision.path is not None else {})
 
 
-def _file_state(path: Path | None) -> dict[str, Any] | None:
-    if path is None or not path.is_file() or path.is_symlink():
-        return None
-    data = path.read_bytes()
-    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+def operation_digest(decision: Decision, name: str, tool_input: dict[str, Any]) -> str:
+    return bind_operation(decision, name, tool_input).digest
+
+
+def _state(anchor: Anchor | None) -> FileState | str | None:
+    return None if anchor is None else state_at(anchor)
 
 
 def describe_operation(name: str, tool_input: dict[str, Any], decision: Decision) -> str:

@@ -11,11 +11,8 @@ it was sent in.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 from mailagent.mail.canary import status_lines as canary_lines
 from mailagent.settings import Settings
@@ -23,6 +20,8 @@ from mailagent.store import CommandWork, Store
 from mailagent.tasks.progress import day_lines, day_report, progress_lines, running_progress
 from mailagent.tasks.record import record_lines, task_record
 from mailagent.tasks.scheduler import Scheduler
+from mailagent.tasks.undo import revert_changes
+from mailagent.tools.files import Anchored
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ Commands (the whole subject, or the first line of your mail):
 
 def answer(command: CommandWork, store: Store, cancel: Callable[[int], str],
            settle: Callable[[CommandWork], str],
-           may_write: Callable[[int, str], bool] = lambda _task, _path: True,
+           judge_write: Callable[[int, str], Anchored],
            schedules: Scheduler | None = None, settings: Settings | None = None) -> str:
     """The reply text for one command."""
     if command.name in SCHEDULE_COMMANDS and (command.argument or command.name != "cancel"):
@@ -63,7 +62,7 @@ def answer(command: CommandWork, store: Store, cancel: Callable[[int], str],
         "memory": lambda: memory_text(store, command),
         "forget": lambda: forget_text(store, command),
         "cancel": lambda: cancel(command.task_id) if command.task_id else NOT_IN_THREAD,
-        "undo": lambda: (undo(store, command.task_id, may_write) if command.task_id
+        "undo": lambda: (undo(store, command.task_id, judge_write) if command.task_id
                          else NOT_IN_THREAD),
         "approve": lambda: settle(command),
         "deny": lambda: settle(command),
@@ -189,44 +188,16 @@ def forget_text(store: Store, command: CommandWork) -> str:
     return f"There is no note {number} in this conversation; reply `memory` to see them."
 
 
-def undo(store: Store, task_id: int, may_write: Callable[[int, str], bool]) -> str:
+def undo(store: Store, task_id: int, judge: Callable[[int, str], Anchored]) -> str:
     """Revert a task's file changes, newest first, from the copies kept in its trash; only where
-    policy still allows writing now."""
+    policy still allows writing now, each through its rule's anchor (tasks/undo.py)."""
     changes = store.changes(task_id)
     if not changes:
         return f"Task #{task_id} changed no files; there is nothing to undo."
-    done, failed = [], []
-    for change in reversed(changes):
-        paths = [change["path"], *([change["from"]] if "from" in change else [])]
-        if not all(may_write(task_id, p) for p in paths):
-            failed.append(f"{change['op']} {change['path']}: policy no longer allows writing it")
-            continue
-        try:
-            done.append(_revert(change))
-        except OSError as exc:
-            failed.append(f"{change['op']} {change['path']}: {exc.strerror or exc}")
+    done, failed = revert_changes(changes, lambda path: judge(task_id, path))
     store.audit("task.undo", f"{len(done)} change(s) reverted, {len(failed)} failed",
                 task_id=task_id, detail={"reverted": done, "failed": failed})
     lines = [f"Undid the file changes of task #{task_id}:", *[f"- {d}" for d in done]]
     if failed:
         lines += ["", "Could not undo:", *[f"- {f}" for f in failed]]
     return "\n".join(lines)
-
-
-def _revert(change: dict[str, Any]) -> str:
-    path, kept = Path(change["path"]), change.get("trash")
-    op = change["op"]
-    if op == "created":
-        path.unlink(missing_ok=True)
-        return f"removed {path}"
-    if op in ("modified", "deleted"):
-        if not kept:
-            raise OSError(f"no saved copy of {path}")
-        shutil.copy2(kept, path)
-        return f"restored {path}"
-    if op == "moved":
-        shutil.move(path, change["from"])
-        if kept:
-            shutil.copy2(kept, path)
-        return f"moved {path} back to {change['from']}"
-    raise OSError(f"unknown change {op}")

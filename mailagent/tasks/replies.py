@@ -3,8 +3,10 @@
 In: a task's `Outcome` and what the store holds of it (its changes, attachments, schedule).
 Out: the completion or failure mail (`Outbound`) with the advice for a failure, the notices of a
 deferred task, a used-up account, a broken policy, and a schedule paused after failures.
-Side effects: the outbox, through the store. It must never attach a file outside the task's
-workspace or the policy's folders, and never let a mail that cannot be built stop a task's end.
+Side effects: the outbox, through the store; reads the files to attach, each through the
+descriptor its policy check opened. It must never attach a file outside the task's workspace or
+the policy's folders (not even through a folder swapped for a symlink after the check), and
+never let a mail that cannot be built stop a task's end.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from typing import Any
 from mailagent.agent.prices import WEB_SEARCH_USD
 from mailagent.agent.task import Outcome
 from mailagent.agent.web import Source
-from mailagent.mail.notify import compose
+from mailagent.mail.notify import FileToSend, compose
 from mailagent.policy import decide
 from mailagent.store import Outbound, TaskWork
 from mailagent.tasks.scheduler import Scheduler
 from mailagent.tasks.toolbox import Toolbox
+from mailagent.tools.drafts import read_judged
+from mailagent.tools.files import Anchored, ToolError
 
 log = logging.getLogger(__name__)
 
@@ -172,14 +176,39 @@ class Replies(Toolbox):
         self.store.enqueue_mail(mail)
         self.on_mail()
 
-    def sendable(self, work: TaskWork, paths: list[str]) -> list[Path]:
-        """Attachments that policy still lets us read now, at send time (SECURITY.md E3)."""
-        scope, allowed = self.scope(work), []
-        for path in paths:
-            decision = decide(self.policies.current(), "read", path, scope)
-            if decision.verdict == "allow" and decision.path is not None:
-                allowed.append(decision.path)
-            else:
-                self.store.audit("mail.attachment_refused", decision.reason,
-                                 task_id=work.task_id, detail={"path": path})
-        return allowed
+    def sendable(self, work: TaskWork, paths: list[str]) -> list[FileToSend]:
+        """Attachments that policy still lets us read now, at send time (SECURITY.md E3), read
+        through the descriptor the decision's anchor opens (never by name again: F1)."""
+        scope = self.scope(work)
+        limit = self.settings.smtp.max_attachment_bytes * MAX_READ_FACTOR
+        return files_to_send(lambda path: decide(self.policies.current(), "read", path, scope),
+                             paths, limit,
+                             lambda path, reason: self.store.audit(
+                                 "mail.attachment_refused", reason, task_id=work.task_id,
+                                 detail={"path": path}))
+
+
+# A file is read for a mail up to this many times the attachment limit: more could still fit
+# zipped only if it compresses better than that; it is named in the mail instead.
+MAX_READ_FACTOR = 4
+
+
+def files_to_send(judge: Callable[[str], Anchored], paths: list[str], limit: int,
+                  refused: Callable[[str, str], None]) -> list[FileToSend]:
+    """Each path the policy lets us read, with its bytes read through its anchor (or None, to
+    name it in the mail, when it is gone or over `limit` bytes); `refused` hears of the
+    others, which are not even named."""
+    files = []
+    for path in paths:
+        decision = judge(path)
+        if decision.verdict != "allow" or decision.path is None or decision.anchor is None:
+            refused(path, decision.reason)
+            continue
+        try:
+            _, payload = read_judged(decision, limit)
+        except ToolError as error:
+            refused(path, str(error))
+            files.append(FileToSend(decision.path, None))
+            continue
+        files.append(FileToSend(decision.path, payload))
+    return files

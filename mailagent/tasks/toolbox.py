@@ -37,11 +37,14 @@ from mailagent.policy import (
     Scope,
     decide,
     decide_move,
+    fsat,
     protected_paths,
 )
-from mailagent.policy.calls import check_call, operation_digest
+from mailagent.policy.binding import Binding
+from mailagent.policy.calls import bind_operation, check_call
 from mailagent.policy.desktop import DESKTOP_TOOLS, app_name, find_app, missing_programs
 from mailagent.policy.display import HEIGHT_PX, WIDTH_PX
+from mailagent.policy.fsat import Anchor
 from mailagent.policy.mail import decide_recipients
 from mailagent.policy.sandbox import Limits, Runner, SandboxInfo, View, exposed_missing
 from mailagent.policy.skills import allowed_skills, read_skills, skill_folders
@@ -49,6 +52,7 @@ from mailagent.store import Store, TaskWork
 from mailagent.tasks.draft_approval import DraftApprovals
 from mailagent.tasks.schedule_approval import ScheduleApprovals
 from mailagent.tasks.workspace import data_key, workspace_dir
+from mailagent.tools import anchored
 from mailagent.tools.command import CommandTools
 from mailagent.tools.connector import ConnectorTools
 from mailagent.tools.desktop import DesktopTools
@@ -86,10 +90,18 @@ def command_limits(rule: CommandsRule) -> Limits:
 
 
 def keep_in_trash(path: Path, trash: Path) -> str:
-    """Move a protected path a command created out of the way; say where it went."""
-    trash.mkdir(parents=True, exist_ok=True)
-    kept = trash / f"protected-{secrets.token_hex(4)}-{path.name}"
-    os.replace(path, kept)
+    """Move a protected path a command created out of the way; say where it went. Its folder
+    is walked from / with no symlink followed (protected paths are resolved): a folder on the
+    way that a command swapped for a symlink makes nothing move, never a file from elsewhere."""
+    try:
+        with fsat.parent(Anchor(Path("/"), path.parts[1:])) as place:
+            if place.stat() is None:
+                return f"{path} (gone by itself)"
+            kept = anchored.move_into(place, trash, f"protected-{secrets.token_hex(4)}-{path.name}")
+    except PolicyError as error:
+        log.warning("a command made the protected path %s, which cannot be moved: %s", path,
+                    error)
+        return f"{path} (not moved: {error})"
     log.warning("a command created the protected path %s; moved to %s", path, kept)
     return f"{path} (moved to {kept})"
 
@@ -155,10 +167,10 @@ class Toolbox:
         if connector is not None:
             tools.update(connector.tools())
 
-        def approve(flag: bool) -> None:
-            files.approved = flag
+        def approve(binding: Binding | None) -> None:
+            files.approved = binding
             if connector is not None:
-                connector.approved = flag
+                connector.approved = binding is not None
 
         nonce = conversation_nonce(self.settings.data_dir, work.conversation_id)
         return TaskContext(
@@ -166,7 +178,7 @@ class Toolbox:
             check=lambda name, tool_input: self.judge_call(scope, name, tool_input),
             nonce=nonce,
             set_approved=approve,
-            digest=lambda name, tool_input: operation_digest(
+            bind=lambda name, tool_input: bind_operation(
                 self.judge_call(scope, name, tool_input), name, tool_input),
             show=lambda attachment: files.show_attachment(attachment["path"],
                                                           attachment["content_type"]),

@@ -23,7 +23,7 @@ from mailagent.config import Settings
 from mailagent.errors import ModelError, StoreFullError
 from mailagent.mail.notices import Notices
 from mailagent.mail.notify import compose
-from mailagent.policy import PolicyWatcher, decide
+from mailagent.policy import Decision, PolicyWatcher, decide
 from mailagent.policy.sandbox import Runner, SandboxInfo
 from mailagent.store import Store, TaskWork
 from mailagent.tasks.approvals import Approvals
@@ -226,7 +226,7 @@ class Worker(Approvals):
         self.expire_approvals()
         for command in self.store.pending_commands():
             try:
-                text = answer(command, self.store, self.cancel, self.settle, self.may_write,
+                text = answer(command, self.store, self.cancel, self.settle, self.judge_write,
                               self.schedules, self.settings)
                 mail = compose(self.settings.smtp, command.reply, "command", "command.md.j2",
                                {"body": text})
@@ -238,9 +238,10 @@ class Worker(Approvals):
             self.store.finish_command(command.command_id, mail, f"answered {command.name}")
             self.on_mail()
 
-    def may_write(self, task_id: int, path: str) -> bool:
+    def judge_write(self, task_id: int, path: str) -> Decision:
+        """The policy's write decision for `path` now, in task `task_id`'s scope (for `undo`)."""
         scope = self.scope(self.store.task_work(task_id))
-        return decide(self.policies.current(), "write", path, scope).verdict != "deny"
+        return decide(self.policies.current(), "write", path, scope)
 
     def cancel(self, task_id: int) -> str:
         """Stop a task now (SECURITY.md A3): a running one is interrupted at its next await."""

@@ -20,7 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mailagent.errors import PolicyError
 from mailagent.mail.intake import Attachment
+from mailagent.policy import fsat
+from mailagent.policy.fsat import Anchor
+from mailagent.tools import anchored
 
 _EXTENSION = re.compile(r"\.([A-Za-z0-9]{1,10})$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -54,31 +58,27 @@ def safe_name(attachment: Attachment) -> str:
     return f"a{attachment.index + 1}.{extension}"
 
 
-def _make_real_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink() or not path.is_dir():
-        raise OSError(f"{path} is not a plain directory")
-
-
-def _write_new(path: Path, payload: bytes) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(path, flags, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(payload)
-
-
 def save_attachments(
     workspace: Path, raw_message_id: int, attachments: Sequence[Attachment]
 ) -> list[dict[str, Any]]:
-    """Write attachments into a folder of their own; return their metadata (idempotent)."""
+    """Write attachments into a folder of their own; return their metadata (idempotent).
+
+    Each is written through descriptors walked from the workspace with no symlink followed
+    (mailagent.policy.fsat), and replaces its name atomically: a folder of the workspace that a
+    command swapped for a symlink makes the save fail (OSError), never land elsewhere."""
     if not attachments:
         return []
-    folder = workspace / "attachments" / f"mail-{raw_message_id}"
-    _make_real_dir(folder)
+    workspace.mkdir(parents=True, exist_ok=True)
+    root = Path(os.path.realpath(workspace))
     saved = []
     for attachment in attachments:
         name = safe_name(attachment)
-        _write_new(folder / name, attachment.payload)
+        anchor = Anchor(root, ("attachments", f"mail-{raw_message_id}", name))
+        try:
+            with fsat.parent(anchor, create=True) as place:
+                anchored.replace_contents(place, attachment.payload)
+        except PolicyError as error:
+            raise OSError(f"the attachment {name} was not saved: {error}") from None
         saved.append({
             "path": str(Path("attachments") / f"mail-{raw_message_id}" / name),
             "original_name": attachment.original_name.encode("unicode_escape").decode("ascii"),

@@ -1,5 +1,6 @@
 """Changing a folder through its descriptor: atomic replacement, unlinking, renaming, and copies
-into the trash, each an `*at` call on a folder that mailagent.policy.fsat opened from a rule's root.
+and moves into the trash, each an `*at` call on a folder that mailagent.policy.fsat opened from a
+rule's root (or, for the protected paths a command made, from `/` with no symlink followed).
 
 In: `Parent`s (an open folder and a name in it) and open file descriptors. Out: the change on
 disk, or PolicyError naming the path. Side effects: exactly the change asked for; a temporary
@@ -111,3 +112,16 @@ def copy_into(source_fd: int, info: os.stat_result, folder_path: Path, name: str
         finally:
             os.close(fd)
     raise PolicyError(f"no free name for a copy of {name} in {folder_path}")
+
+
+def move_into(place: Parent, folder_path: Path, name: str) -> Path:
+    """Move what `place` names (a file, a folder or a symlink, never followed) into a folder of
+    the service's own (the trash) as `name`, in one rename from the parent's descriptor."""
+    with guarded(place.path):
+        folder_path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder_path, _FOLDER)
+        try:
+            os.rename(place.name, name, src_dir_fd=place.fd, dst_dir_fd=fd)
+        finally:
+            os.close(fd)
+    return folder_path / name

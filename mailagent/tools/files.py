@@ -2,9 +2,9 @@
 
 In: tool inputs from the model, and `judge` / `judge_move` callables from the service (the policy
 engine, never imported here). Out: text for the model, or ToolError with a reason it can act on;
-a record of every change on disk (created, modified, moved, deleted) for the completion mail and
-`undo`. Side effects: files inside what policy allows; replaced and deleted files are first kept
-in the task's trash folder (SECURITY.md A2).
+a record of every change on disk (created, modified, moved, deleted, with the SHA-256 of what it
+left at the path) for the completion mail and `undo`. Side effects: files inside what policy
+allows; replaced and deleted files are first kept in the task's trash folder (SECURITY.md A2).
 It must never touch a path the judge did not just allow, never reach a file by its name again:
 each is opened through descriptors walked from the root of the rule that allowed it
 (`Decision.anchor`, mailagent.policy.fsat), with no symlink followed, and judged by fstat (no FIFO,
@@ -15,6 +15,7 @@ between the decision and the I/O makes the call fail with a ToolError, never lan
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 import time
@@ -27,6 +28,7 @@ import regex
 
 from mailagent.errors import PolicyError
 from mailagent.policy import fsat
+from mailagent.policy.binding import Binding, state_of
 from mailagent.policy.fsat import Anchor
 from mailagent.tools import ToolError, anchored
 from mailagent.tools.cards import MAX_CARD_BYTES
@@ -96,12 +98,16 @@ class FileTools:
     on_attach: Callable[[str], None]
     max_output_chars: int = 20_000
     changes: list[dict[str, Any]] = field(default_factory=list)
-    approved: bool = False  # set by the agent while it runs a call the owner approved
+    # Set by the agent while it runs a call the owner approved: the file states the approval is
+    # bound to. Each file such a call changes must be, through the descriptor it acts on, the
+    # file the owner was asked about (same identity, same bytes).
+    approved: Binding | None = None
 
     # ------------------------------------------------------------ checks at use time
 
     def _allowed(self, decision: Judged, anchor: Anchor | None) -> Anchor:
-        if decision.verdict == "allow" or (decision.verdict == "ask" and self.approved):
+        if decision.verdict == "allow" or (decision.verdict == "ask"
+                                           and self.approved is not None):
             if anchor is None:
                 raise ToolError(decision.reason)
             return anchor
@@ -118,11 +124,20 @@ class FileTools:
             return text
         return text[: self.max_output_chars] + f"\n[... cut at {self.max_output_chars} characters]"
 
+    def _bound(self, place: fsat.Parent, fd: int | None, info: os.stat_result | None) -> None:
+        """In an approved call, ToolError unless the file here (open as `fd`; None: absent)
+        is the one the approval is bound to."""
+        if self.approved is not None:
+            refusal = self.approved.refusal(str(place.path), fd, info)
+            if refusal is not None:
+                raise ToolError(refusal)
+
     def _keep(self, place: fsat.Parent) -> str:
         """Copy the file about to be replaced into the trash; return where. PolicyError unless
         it is still the file that was copied when this returns."""
         fd, info = place.open_file(for_change=True)
         try:
+            self._bound(place, fd, info)
             kept = str(anchored.copy_into(fd, info, self.trash, place.name))
         finally:
             os.close(fd)
@@ -224,10 +239,12 @@ class FileTools:
         anchor = self._anchor("write", path)
         with _refusals(), fsat.parent(anchor, create=True) as place:
             existed = place.stat() is not None
+            if not existed:
+                self._bound(place, None, None)
             kept = self._keep(place) if existed else None
             anchored.replace_contents(place, content.encode("utf-8"))
         self.changes.append({"op": "modified" if existed else "created", "path": str(anchor.path),
-                             "trash": kept})
+                             "trash": kept, "sha256": _sha256(content.encode("utf-8"))})
         return f"{'replaced' if existed else 'created'} {anchor.path} ({len(content)} characters)"
 
     def edit_file(self, path: str, old_text: str, new_text: str) -> str:
@@ -244,13 +261,15 @@ class FileTools:
         with _refusals(), fsat.parent(anchor) as place:
             fd, info = place.open_file(for_change=True)
             try:
+                self._bound(place, fd, info)
                 text = _edited(fd, info, path, old_text, new_text)
                 kept = str(anchored.copy_into(fd, info, self.trash, place.name))
             finally:
                 os.close(fd)
             place.same(info)
             anchored.replace_contents(place, text.encode("utf-8"))
-        self.changes.append({"op": "modified", "path": str(anchor.path), "trash": kept})
+        self.changes.append({"op": "modified", "path": str(anchor.path), "trash": kept,
+                             "sha256": _sha256(text.encode("utf-8"))})
         return f"edited {anchor.path}"
 
     def move_file(self, source: str, destination: str) -> str:
@@ -267,6 +286,10 @@ class FileTools:
               fsat.parent(to, create=True) as there):
             fd, info = here.open_file(for_change=True)
             try:
+                self._bound(here, fd, info)
+                moved = state_of(fd, info).sha256
+                if there.stat() is None:
+                    self._bound(there, None, None)
                 kept = self._keep(there) if there.stat() is not None else None
                 if not anchored.rename(here, info, there):  # another file system: copy
                     anchored.replace_contents(there, fd, like=info)
@@ -274,7 +297,7 @@ class FileTools:
             finally:
                 os.close(fd)
         self.changes.append({"op": "moved", "from": str(origin.path), "path": str(to.path),
-                             "trash": kept})
+                             "trash": kept, "sha256": moved})
         return f"moved {origin.path} to {to.path}"
 
     def delete_file(self, path: str) -> str:
@@ -287,11 +310,13 @@ class FileTools:
         with _refusals(), fsat.parent(anchor) as place:
             fd, info = place.open_file(for_change=True)
             try:
+                self._bound(place, fd, info)
                 kept = str(anchored.copy_into(fd, info, self.trash, place.name))
             finally:
                 os.close(fd)
             anchored.unlink(place, info)
-        self.changes.append({"op": "deleted", "path": str(anchor.path), "trash": kept})
+        self.changes.append({"op": "deleted", "path": str(anchor.path), "trash": kept,
+                             "sha256": None})
         return f"deleted {anchor.path} (kept in the trash)"
 
     def search_files(self, pattern: str, path: str | None = None) -> str:
@@ -362,6 +387,10 @@ class FileTools:
             os.close(fd)
         self.on_attach(str(anchor.path))
         return f"{anchor.path} will be attached to the reply"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _read(anchor: Anchor, limit: int) -> bytes:
