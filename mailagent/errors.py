@@ -37,6 +37,14 @@ def nearest(word: str, known: Iterable[str]) -> str | None:
     return close[0] if close else None
 
 
+def unknown_key(key: str, known: Iterable[str], where: str) -> str:
+    """The words for a key a table does not take: the likely misspelling, and what it takes."""
+    known = list(known)
+    close = nearest(key, known)
+    hint = f' (did you mean "{close}"?)' if close else ""
+    return f"unknown key {key!r} in {where}{hint}; allowed keys: {', '.join(known)}"
+
+
 class MailagentError(Exception):
     """Base of every error mailagent raises on purpose."""
 

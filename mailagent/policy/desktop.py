@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mailagent.errors import PolicyError, nearest
+from mailagent.errors import PolicyError, unknown_key
 from mailagent.policy.rules import DESKTOP_KEYS, Decision, DesktopRule, Policy, Scope
 from mailagent.policy.sandbox import program_path
 
@@ -38,10 +38,7 @@ def parse_desktop(table: dict[str, Any], fail: Fail, source: str) -> DesktopRule
     """The rule of one `[desktop]` table; `fail(message, key)` makes the error to raise."""
     for key in table:
         if key not in DESKTOP_KEYS:
-            close = nearest(key, DESKTOP_KEYS)
-            hint = f' (did you mean "{close}"?)' if close else ""
-            raise fail(f"unknown key {key!r} in [desktop]{hint}; allowed keys: "
-                       f"{', '.join(DESKTOP_KEYS)}", key)
+            raise fail(unknown_key(key, DESKTOP_KEYS, "[desktop]"), key)
     apps = table.get("apps", [])
     if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps) or not apps:
         raise fail('apps must list the applications the agent may start, e.g. apps = '

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from mailagent.errors import PolicyError, nearest
+from mailagent.errors import PolicyError, unknown_key
 from mailagent.policy.rules import INTERNET_KEYS, InternetRule, Policy
 
 Fail = Callable[[str, str | None], PolicyError]
@@ -34,10 +34,7 @@ def parse_internet(table: dict[str, Any], fail: Fail, source: str) -> InternetRu
     """The rule of one `[internet]` table; `fail(message, key)` makes the error to raise."""
     for key in table:
         if key not in INTERNET_KEYS:
-            close = nearest(key, INTERNET_KEYS)
-            hint = f' (did you mean "{close}"?)' if close else ""
-            raise fail(f"unknown key {key!r} in [internet]{hint}; allowed keys: "
-                       f"{', '.join(INTERNET_KEYS)}", key)
+            raise fail(unknown_key(key, INTERNET_KEYS, "[internet]"), key)
     search, fetch = (_flag(table, key, fail) for key in ("web_search", "web_fetch"))
     allowed, blocked = (_domains(table, key, fail) for key in ("allowed_domains",
                                                               "blocked_domains"))

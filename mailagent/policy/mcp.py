@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from mailagent.errors import PolicyError, nearest
+from mailagent.errors import PolicyError, unknown_key
 
 Verdict = Literal["allow", "ask", "deny"]
 
@@ -138,10 +138,7 @@ def _server(name: str, entry: object, text: str, file: Path) -> McpServerRule:
         raise fail(f"[mcp.{name}] must be a table with command or url, and tools")
     for key in entry:
         if key not in SERVER_KEYS:
-            close = nearest(key, SERVER_KEYS)
-            hint = f' (did you mean "{close}"?)' if close else ""
-            raise fail(f"unknown key {key!r} in [mcp.{name}]{hint}; allowed keys: "
-                       f"{', '.join(SERVER_KEYS)}", key)
+            raise fail(unknown_key(key, SERVER_KEYS, f"[mcp.{name}]"), key)
     command, url = entry.get("command"), entry.get("url")
     if (command is None) == (url is None):
         raise fail(f"[mcp.{name}] needs exactly one of command (a program started over stdio) "
