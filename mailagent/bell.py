@@ -37,9 +37,6 @@ class Bell:
     def clear(self) -> None:
         self.event.clear()
 
-    def is_rung(self) -> bool:
-        return self.event.is_set()
-
     async def wait(self) -> None:
         with self._lock:
             if self.loop is None:

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from mailagent.config import Settings, load_settings
 from mailagent.errors import ConfigError
+from mailagent.store.db import without_password
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,8 @@ def shared(a: str, sa: Settings, b: str, sb: Settings) -> list[str]:
     where = f"{sa.config_path} and {sb.config_path}"
     problems = []
     if database_key(sa.database_url) == database_key(sb.database_url):
-        problems.append(f"agents {a} and {b} share the database {redacted(sa.database_url)} "
+        shown = without_password(sa.database_url)
+        problems.append(f"agents {a} and {b} share the database {shown} "
                         f"({where}): give each its own database_url (another database or file)")
     if mailbox_key(sa) == mailbox_key(sb):
         problems.append(f"agents {a} and {b} watch the same mailbox {sa.imap.username} "
@@ -138,13 +140,6 @@ def database_key(database_url: str) -> tuple[str, ...]:
 
 def mailbox_key(s: Settings) -> tuple[str, ...]:
     return (s.imap.host.lower(), str(s.imap.port), s.imap.username.lower(), s.imap.folder)
-
-
-def redacted(database_url: str) -> str:
-    parts = urlsplit(database_url)
-    if parts.password is None:
-        return database_url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
 
 
 # ------------------------------------------------------------ the supervisor

@@ -474,9 +474,9 @@ class Agent(BoundedContext):
             return f"fail:budget: the task made {work.tool_calls} tool calls (agent.max_tool_calls)"
         if name not in ctx.tools and ctx.check(name, tool_input).verdict != "deny":
             return f"there is no tool named {name!r}"
-        same = self.store.count_identical_calls(ctx.work.task_id, name, tool_input)
-        if name == "computer":  # screenshots repeat by nature: [desktop] max_actions bounds it
-            same = 0
+        # Screenshots repeat by nature: [desktop] max_actions bounds the computer tool instead.
+        same = 0 if name == "computer" else self.store.count_identical_calls(
+            ctx.work.task_id, name, tool_input)
         if same >= 2 * self.budgets.max_identical_calls:
             return (f"fail:budget: the same {name} call was repeated {same} times "
                     "(agent.max_identical_calls)")

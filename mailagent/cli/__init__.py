@@ -259,7 +259,8 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
 ABOUT = """\
 Delegate work to Claude on this computer by email. You mail a task from any phone or mail
 client to the agent's address; mailagent does it here, with tools that can touch only the
-folders your policy files allow, and replies in the same thread with the files attached."""
+folders your policy files allow (the web, mail to others and desktop apps only where a policy
+turns them on), and replies in the same thread with the files attached."""
 START = """\
 start here:
   mailagent demo --base-url URL     the whole loop on this machine, no mail account needed

@@ -155,7 +155,8 @@ def _check_desktop(settings: Settings) -> str:
         return "desktop: not offered (no [desktop] table in the policies)"
     if sys.platform != "linux":
         raise MailagentError(f"desktop: NOT offered although {rule.source} has [desktop]: the "
-                             f"virtual display is Linux only (this is {sys.platform})")
+                             f"virtual display is Linux only (this is {sys.platform}); remove "
+                             "the [desktop] table there")
     sandbox = find_bubblewrap()
     missing = missing_programs()
     if not sandbox.available or missing:

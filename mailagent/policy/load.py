@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mailagent.errors import PolicyError, nearest
+from mailagent.errors import PolicyError, nearest, unknown_key
 from mailagent.policy.desktop import parse_desktop
 from mailagent.policy.internet import parse_internet
 from mailagent.policy.mcp import McpServerRule, parse_servers
@@ -217,11 +217,7 @@ def _validate(
 def _folder_rule(entry: dict[str, Any], where: _Location, home: Path) -> FolderRule:
     for key in entry:
         if key not in FOLDER_KEYS:
-            raise where.error(
-                f"unknown key {key!r} in [[folders]]{_did_you_mean(key, FOLDER_KEYS)}; "
-                f"allowed keys: {', '.join(FOLDER_KEYS)}",
-                key,
-            )
+            raise where.error(unknown_key(key, FOLDER_KEYS, "[[folders]]"), key)
     if "path" not in entry:
         raise where.error('[[folders]] has no path; add path = "~/some/folder" (absolute or ~)')
     raw = entry["path"]
@@ -270,11 +266,7 @@ def _rule_path(raw: str, home: Path) -> Path:
 def _commands_rule(table: dict[str, Any], where: _Location) -> CommandsRule:
     for key in table:
         if key not in COMMANDS_KEYS:
-            raise where.error(
-                f"unknown key {key!r} in [commands]{_did_you_mean(key, COMMANDS_KEYS)}; "
-                f"allowed keys: {', '.join(COMMANDS_KEYS)}",
-                key,
-            )
+            raise where.error(unknown_key(key, COMMANDS_KEYS, "[commands]"), key)
     allow = table.get("allow", [])
     if not isinstance(allow, list) or not all(isinstance(a, str) and a.strip() for a in allow):
         raise where.error('allow must be a list of program names, e.g. ["python3"]', "allow")
@@ -335,8 +327,7 @@ def _mail_rule(table: Any, text: str, file: Path) -> MailRule | None:
         raise where.error('mail must be a [mail] table: may_write_to = ["name@example.org"]')
     for key in table:
         if key not in MAIL_KEYS:
-            raise where.error(f"unknown key {key!r} in [mail]{_did_you_mean(key, MAIL_KEYS)}; "
-                              f"allowed keys: {', '.join(MAIL_KEYS)}", key)
+            raise where.error(unknown_key(key, MAIL_KEYS, "[mail]"), key)
     patterns = table.get("may_write_to", [])
     if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
         raise where.error('may_write_to must be a list of addresses or patterns, e.g. '

@@ -401,8 +401,11 @@ class Runner:
         command = [*_prlimit(limits), *inner]
         env = sandbox_env(view)
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="mailagent-srt-") as folder:
-            if limits.hosts and sandbox is not None:
+        filtered = bool(limits.hosts) and sandbox is not None  # srt's settings need a folder
+        with (tempfile.TemporaryDirectory(prefix="mailagent-srt-") if filtered
+              else contextlib.nullcontext("")) as folder:
+            if filtered:
+                assert sandbox is not None
                 settings = write_settings(Path(folder), settings_for(
                     limits.hosts, sandbox.proxy, (*view.write, view.workspace), view.hidden))
                 command = srt_argv(sandbox.srt.program, settings, command)

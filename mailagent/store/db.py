@@ -76,14 +76,14 @@ def create_store_engine(url: str) -> Engine:
         return engine
     except ImportError as exc:  # the driver is not installed
         raise StoreError(
-            f"cannot open the database {_without_password(url)!r}: its driver is missing "
+            f"cannot open the database {without_password(url)!r}: its driver is missing "
             f"({exc}); for PostgreSQL, `pip install 'mailagent[postgres]'` and a URL "
             "postgresql+psycopg://...") from exc
     except (SQLAlchemyError, OSError, ValueError) as exc:
-        raise StoreError(f"cannot open the database {_without_password(url)!r}: {exc}") from exc
+        raise StoreError(f"cannot open the database {without_password(url)!r}: {exc}") from exc
 
 
-def _without_password(url: str) -> str:
+def without_password(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except (SQLAlchemyError, ValueError):

@@ -55,9 +55,10 @@ class Worker(Approvals):
                  stoppage: Stoppage | None = None) -> None:
         self.settings, self.store, self.agent = settings, store, agent
         self.wake = bell or Bell()  # rung by whatever queues a task or a command
-        self.on_mail = (mail_bell or Bell()).ring  # the postman's
+        mail_bell = mail_bell or Bell()  # the postman's
+        self.on_mail = mail_bell.ring
         self.policies = policies or PolicyWatcher(
-            settings.policies_dir, Notices(settings, store, mail_bell or Bell()).policy_broken)
+            settings.policies_dir, Notices(settings, store, mail_bell).policy_broken)
         self.connectors = connectors
         self.schedules = schedules
         self.schedule_approvals = None if schedules is None else ScheduleApprovals(

@@ -167,7 +167,9 @@ class DesktopTools:
         with self._lock:
             if self.display is None or self.display.pid is None:
                 display = Display(self.sandbox, view, limits)
-                self.runner.on_kill += [display.kill, self.tidy]
+                self.runner.on_kill.append(display.kill)  # a restarted display: one more
+                if self.tidy not in self.runner.on_kill:
+                    self.runner.on_kill.append(self.tidy)
                 if self.runner.cancelled:  # killed already, or its kill sees this display
                     display.kill()
                 try:
