@@ -106,16 +106,18 @@ def test_a_claim_cut_off_and_taken_over_is_known_lost_at_its_next_renewal(
     first, second = stores
     claim = MailboxClaim(first.engine, MAILBOX, tmp_path / "a")
     claim.take()
-    assert claim.renew()
-    if database == "postgresql":  # the server ends the session that held the lock
-        end_other_sessions(second)
-    else:  # the lease lapsed, as it does when its holder stalls
-        with second.engine.begin() as connection:
-            connection.execute(update(CLAIMS).values(
-                renewed_at=utcnow() - timedelta(seconds=LEASE_SECONDS + 1)))
-    with second.claim_mailbox(MAILBOX, tmp_path / "b", never_lost):
-        assert not claim.renew()
-    claim.release()
+    try:
+        assert claim.renew()
+        if database == "postgresql":  # the server ends the session that held the lock
+            end_other_sessions(second)
+        else:  # the lease lapsed, as it does when its holder stalls
+            with second.engine.begin() as connection:
+                connection.execute(update(CLAIMS).values(
+                    renewed_at=utcnow() - timedelta(seconds=LEASE_SECONDS + 1)))
+        with second.claim_mailbox(MAILBOX, tmp_path / "b", never_lost):
+            assert not claim.renew()
+    finally:
+        claim.release()
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
@@ -133,11 +135,17 @@ def test_a_lock_whose_session_the_server_ended_is_taken_again_if_nobody_took_it(
 
 
 def end_other_sessions(store: Store) -> None:
-    """What a restart of the server, or a network cut, does to every other connection."""
+    """What a restart of the server, or a network cut, does to every other connection.
+
+    pg_terminate_backend only sends the signal unless given a timeout; with one it waits
+    until the session is gone (PostgreSQL 14+, "Server Signaling Functions"), so its locks
+    are free when this returns.
+    """
     with store.engine.begin() as connection:
-        connection.execute(text(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        ended = connection.execute(text(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalars().all()
+    assert ended and all(ended), f"sessions not ended in 10 s: {ended}"
 
 
 def services_on_one_mailbox(tmp_path: Path, make_service: MakeService,
