@@ -98,6 +98,17 @@ def _check_commands(settings: Settings) -> str:
     sandbox = find_sandbox(settings.commands.srt, settings.commands.upstream_proxy)
     limit = {"cgroup": "a pids cgroup", "rlimit": "RLIMIT_NPROC",
              "none": "nothing (running as root without a writable pids cgroup)"}
+    if sandbox.kind == "srt":
+        if rule.network:
+            raise MailagentError(
+                f"run_command is refused at every call: {rule.source} gives commands the whole "
+                f"network, which srt alone (the sandbox on {sys.platform}, where there is no "
+                "bubblewrap) does not give: list the hosts they need in [commands] network")
+        network = f"network only to {', '.join(rule.hosts)}, filtered by srt's proxy" \
+            f"{_upstream(sandbox.proxy)}" if rule.hosts else "no network"
+        return (f"run_command: {', '.join(rule.allow)} in {sandbox.detail}, because there is no "
+                f"bubblewrap on {sys.platform} ({network}; process count bounded by "
+                f"{limit[process_limit_kind()]})")
     if sandbox.available and rule.hosts:
         if not sandbox.srt.available:
             raise MailagentError(

@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailagent.policy.limits import prlimit_argv
 from mailagent.policy.sandbox import (
     Limits,
     SandboxInfo,
     View,
-    _prlimit,
     bwrap_argv,
     sandbox_env,
 )
@@ -84,7 +84,7 @@ class Display:
         # Its own network namespace always (see the module's docstring), and no host list.
         limits = dataclasses.replace(self.limits, network=False, hosts=())
         self.view.home.mkdir(parents=True, exist_ok=True)
-        command = [*_prlimit(limits), *bwrap_argv(self.sandbox.program, self.view, limits,
+        command = [*prlimit_argv(limits), *bwrap_argv(self.sandbox.program, self.view, limits,
                                                   keeper, self.view.workspace)]
         with self._spawning:
             if self._killed:

@@ -9,7 +9,8 @@ capabilities, an empty root with only the system's programs and libraries, the P
 mailagent, the policy's folders and the workspace mounted in; a cleared environment; killed with
 its whole process tree on timeout or `kill()`. When the policy lists hosts, the same bubblewrap
 runs inside Anthropic's sandbox-runtime (mailagent.policy.srt), whose network namespace reaches
-only its filtering proxy.
+only its filtering proxy. On macOS srt alone is the sandbox (its Seatbelt backend), with the same
+view written as srt's settings.
 It must never pass the service's environment on, never run a program without the sandbox
 unless the policy's loudly named `unsafe_no_sandbox` switch says so, and never run a command
 with a host list anywhere but inside srt.
@@ -28,20 +29,32 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mailagent.policy.limits import (
+    Cgroup,
+    Limits,
+    gone,
+    launcher_argv,
+    prlimit_argv,
+    process_limit_kind,
+)
 from mailagent.policy.srt import (
     UNSET_INSIDE,
     SrtInfo,
+    alone_settings,
     find_srt,
     settings_for,
     srt_argv,
     srt_env,
     write_settings,
 )
+
+__all__ = ["CommandResult", "Limits", "NoHostFilterError", "Runner", "SandboxInfo", "View",
+           "bwrap_argv", "exposed_missing", "find_bubblewrap", "find_sandbox",
+           "process_limit_kind", "program_path", "runtime_paths", "sandbox_env"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +65,13 @@ SYSTEM_ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/
               "/etc/localtime", "/etc/mime.types", "/etc/fonts")
 NETWORK_ETC = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf",
                "/etc/ssl", "/etc/ca-certificates", "/etc/pki")
+# On macOS, what srt alone lets every program read: the system (its libraries are in the dyld
+# cache under /System), /bin/sh's choice of shell, the developer tools behind /usr/bin's
+# shims, Homebrew, and the few files of /etc that programs read.
+MACOS_SYSTEM = ("/usr", "/bin", "/sbin", "/System", "/private/var/select",
+                "/Library/Developer/CommandLineTools", "/Applications/Xcode.app/Contents/Developer",
+                "/opt/homebrew", "/private/etc/localtime", "/private/var/db/timezone",
+                "/private/etc/ssl", "/private/etc/hosts", "/private/etc/services")
 SANDBOX_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
 PROBE_ENV = {"PATH": ":".join(SANDBOX_PATH), "LANG": "C.UTF-8"}
 PROBE_TIMEOUT_SECONDS = 10.0
@@ -60,7 +80,7 @@ KILL_GRACE_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class SandboxInfo:
-    kind: str  # bubblewrap | none
+    kind: str  # bubblewrap | srt (srt alone: macOS's Seatbelt) | none
     program: str = ""  # the sandbox program, absolute
     detail: str = ""  # its version, or why there is none and how to get one
     srt: SrtInfo = field(default_factory=SrtInfo)  # filters hosts, for a policy's host list
@@ -83,17 +103,6 @@ class View:
     skills: tuple[Path, ...] = ()  # the allowed skills' folders: read-only, over any cover
 
 
-@dataclass(frozen=True)
-class Limits:
-    timeout_seconds: float = 60.0
-    memory_bytes: int = 2 * 1024**3
-    max_processes: int = 256
-    max_file_bytes: int = 1024**3
-    max_output_bytes: int = 64 * 1024
-    network: bool = False  # the whole network (bubblewrap shares the host's)
-    hosts: tuple[str, ...] = ()  # only these, through srt's filtering proxy
-
-
 class NoHostFilterError(RuntimeError):
     """A run with a host list asked for, and srt is not there to filter it."""
 
@@ -109,12 +118,37 @@ class CommandResult:
 
 
 def find_sandbox(srt: Path | None = None, proxy: str | None = None) -> SandboxInfo:
-    """The sandbox this machine offers, after proving that it starts a program; with srt (as
-    configured, else on PATH) to filter hosts, if it works here."""
+    """The sandbox this machine offers, after proving that it starts a program: bubblewrap, with
+    srt (as configured, else on PATH) to filter hosts if it works here; on macOS srt alone."""
+    if sys.platform == "darwin":
+        return find_srt_alone(srt, proxy)
     found = find_bubblewrap()
     if not found.available:
         return found
     return dataclasses.replace(found, srt=find_srt(srt, proxy), proxy=proxy)
+
+
+def find_srt_alone(srt: Path | None = None, proxy: str | None = None) -> SandboxInfo:
+    """srt as the whole sandbox, after proving that it starts the launcher and a shell in the
+    narrowest view a command gets: what macOS runs (on Linux only tests ask for it)."""
+    def probe_view(folder: Path) -> dict[str, object]:
+        return alone_settings((), proxy, read=(*alone_system(()), *runtime_paths()), write=(),
+                              workspace=folder, hidden=())
+    found = find_srt(srt, proxy, alone=probe_view,
+                     probe=(*launcher_argv(Limits()), "/bin/sh", "-c", "true"))
+    if not found.available:
+        return SandboxInfo("none", detail=found.detail)
+    return SandboxInfo("srt", found.program, f"srt alone ({found.detail})", srt=found,
+                       proxy=proxy)
+
+
+def alone_system(hosts: tuple[str, ...]) -> tuple[Path, ...]:
+    """What srt alone lets every program read of the system; the certificates too for hosts."""
+    if sys.platform == "darwin":
+        names: tuple[str, ...] = MACOS_SYSTEM
+    else:
+        names = (*SYSTEM_DIRS, *SYSTEM_ETC, *(NETWORK_ETC if hosts else ()))
+    return tuple(Path(n) for n in names if os.path.exists(n))
 
 
 def find_bubblewrap() -> SandboxInfo:
@@ -141,13 +175,6 @@ def find_bubblewrap() -> SandboxInfo:
     version = subprocess.run([program, "--version"], capture_output=True, text=True,
                              check=False).stdout.strip()
     return SandboxInfo("bubblewrap", program, version or "bubblewrap")
-
-
-def process_limit_kind() -> str:
-    """How the process count is bounded here: by a pids cgroup, or by RLIMIT_NPROC."""
-    if os.geteuid() != 0:
-        return "rlimit"  # RLIMIT_NPROC holds for every user but root
-    return "cgroup" if _cgroup_base() is not None else "none"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,105 +300,6 @@ def _under(path: Path, root: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Limits on processes and memory
-
-
-def _prlimit(limits: Limits) -> list[str]:
-    program = shutil.which("prlimit")
-    if program is None:
-        return []
-    # RLIMIT_NPROC counts every process of the user, not only the command's: leave room for
-    # the ones already running, or a busy desktop session could not start the sandbox at all.
-    nproc = limits.max_processes + (_processes_of(os.getuid()) if os.geteuid() != 0 else 0)
-    return [program, f"--as={limits.memory_bytes}", f"--nproc={nproc}",
-            f"--fsize={limits.max_file_bytes}", "--core=0", "--nofile=1024", "--"]
-
-
-def _gone() -> contextlib.suppress:
-    """For kills: the process may have ended, or be another user's after pid reuse."""
-    return contextlib.suppress(ProcessLookupError, PermissionError)
-
-
-def _processes_of(uid: int) -> int:
-    """How many processes (threads count too, as for RLIMIT_NPROC) this user runs now."""
-    count = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if entry.stat().st_uid == uid:
-                count += len(os.listdir(entry / "task"))
-        except OSError:
-            continue
-    return count
-
-
-def _cgroup_base() -> Path | None:
-    """A cgroup folder where this (root) process may make a child that limits pids."""
-    v2 = Path("/sys/fs/cgroup")
-    controllers = v2 / "cgroup.subtree_control"
-    if controllers.exists() and "pids" in controllers.read_text().split() \
-            and os.access(v2, os.W_OK):
-        return v2
-    v1 = v2 / "pids"
-    if (v1 / "cgroup.procs").exists() and os.access(v1, os.W_OK):
-        return v1
-    return None
-
-
-@dataclass
-class _Cgroup:
-    path: Path | None = None
-
-    @classmethod
-    def make(cls, max_processes: int) -> _Cgroup:
-        if os.geteuid() != 0 or (base := _cgroup_base()) is None:
-            return cls()
-        path = base / f"mailagent-{uuid.uuid4().hex[:12]}"
-        try:
-            path.mkdir()
-            (path / "pids.max").write_text(str(max_processes))
-        except OSError as exc:
-            log.warning("cannot make a pids cgroup at %s: %s", path, exc)
-            return cls()
-        return cls(path)
-
-    def enter(self) -> list[str]:
-        """A prefix that moves the program into this cgroup before it starts anything."""
-        if self.path is None:
-            return []
-        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.path / "cgroup.procs")]
-
-    def kill_all(self) -> None:
-        if self.path is None:
-            return
-        kill_file = self.path / "cgroup.kill"
-        if kill_file.exists():
-            kill_file.write_text("1")
-            return
-        for _ in range(50):  # v1 has no cgroup.kill: kill what is listed until nothing is
-            pids = [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
-            if not pids:
-                return
-            for pid in pids:
-                with _gone():
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.02)
-
-    def remove(self) -> None:
-        if self.path is None:
-            return
-        for _ in range(100):
-            try:
-                self.path.rmdir()
-                return
-            except OSError:
-                self.kill_all()
-                time.sleep(0.05)
-        log.warning("could not remove the cgroup %s", self.path)
-
-
-# ---------------------------------------------------------------------------------------------
 # Running
 
 
@@ -394,11 +322,13 @@ class Runner:
             why = sandbox.srt.detail if sandbox is not None else "there is no sandbox"
             raise NoHostFilterError(f"the policy lets commands reach only {', '.join(limits.hosts)}"
                                     f", and nothing here can filter hosts: {why}")
+        if sandbox is not None and sandbox.kind == "srt":
+            return self._run_alone(sandbox, argv, cwd, view, limits)
         view.home.mkdir(parents=True, exist_ok=True)
-        cgroup = _Cgroup.make(limits.max_processes)
+        cgroup = Cgroup.make(limits.max_processes)
         inner = argv if sandbox is None else bwrap_argv(sandbox.program, view, limits, argv, cwd)
         # The limits hold for the command, not for srt's own node (its address space is larger).
-        command = [*_prlimit(limits), *inner]
+        command = [*prlimit_argv(limits), *inner]
         env = sandbox_env(view)
         started = time.monotonic()
         filtered = bool(limits.hosts) and sandbox is not None  # srt's settings need a folder
@@ -416,8 +346,35 @@ class Runner:
             finally:
                 cgroup.remove()
 
+    def _run_alone(self, sandbox: SandboxInfo, argv: list[str], cwd: Path, view: View,
+                   limits: Limits) -> CommandResult:
+        """srt alone: its settings are the whole view; the launcher sets the limits inside, for
+        the command and not for srt's node; TMPDIR is the command's own (no private /tmp)."""
+        if limits.network:
+            raise NoHostFilterError(
+                "the policy gives commands the whole network, which srt alone (the sandbox "
+                "here) does not give: list the hosts in [commands] network instead")
+        view.home.mkdir(parents=True, exist_ok=True)
+        (view.home / "tmp").mkdir(exist_ok=True)
+        cgroup = Cgroup.make(limits.max_processes)
+        with tempfile.TemporaryDirectory(prefix="mailagent-srt-") as folder:
+            # srt's own TMPDIR, readable inside: its proxy's sockets are made there (Linux)
+            env = srt_env(sandbox.program, {**sandbox_env(view), "TMPDIR": folder})
+            settings = write_settings(Path(folder), alone_settings(
+                limits.hosts, sandbox.proxy, workspace=view.workspace, hidden=view.hidden,
+                read=(*alone_system(limits.hosts), *runtime_paths(), Path(folder), *view.read,
+                      *view.skills), write=view.write))
+            command = srt_argv(sandbox.program, settings,
+                               [*launcher_argv(limits, UNSET_INSIDE,
+                                               {"TMPDIR": str(view.home / "tmp")}), *argv])
+            try:
+                return self._supervise([*cgroup.enter(), *command], cwd, env, limits,
+                                       time.monotonic(), cgroup)
+            finally:
+                cgroup.remove()
+
     def _supervise(self, command: list[str], cwd: Path, env: dict[str, str], limits: Limits,
-                   started: float, cgroup: _Cgroup) -> CommandResult:
+                   started: float, cgroup: Cgroup) -> CommandResult:
         with self._lock:
             if self._cancelled:
                 return CommandResult(None, "", 0.0, cancelled=True)
@@ -440,9 +397,9 @@ class Runner:
         return CommandResult(exit_code, reader.text(), time.monotonic() - started,
                              timed_out=timed_out, cancelled=cancelled, output_cut=reader.cut)
 
-    def _kill(self, process: subprocess.Popen[bytes], cgroup: _Cgroup) -> None:
+    def _kill(self, process: subprocess.Popen[bytes], cgroup: Cgroup) -> None:
         """Kill the whole tree: the process group, and with it bubblewrap's pid namespace."""
-        with _gone():
+        with gone():
             os.killpg(process.pid, signal.SIGKILL)
         cgroup.kill_all()
         try:
@@ -461,7 +418,7 @@ class Runner:
             self._cancelled = True
             process = self._process
         if process is not None:
-            with _gone():
+            with gone():
                 os.killpg(process.pid, signal.SIGKILL)
         for hook in list(self.on_kill):
             hook()

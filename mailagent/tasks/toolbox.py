@@ -251,7 +251,8 @@ class Toolbox:
 
     def offers_desktop(self, policy: Policy) -> bool:
         """The virtual display runs only inside bubblewrap, on Linux, with its programs."""
-        return policy.desktop is not None and self.sandbox.available and not missing_programs()
+        return (policy.desktop is not None and self.sandbox.kind == "bubblewrap"
+                and not missing_programs())
 
     def desktop_tools(self, work: TaskWork, scope: Scope) -> DesktopTools:
         """computer and start_app for one task: policy, view and limits read at every call;
