@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from mailagent.cli.check import commands_line
+from mailagent.errors import MailagentError
+from mailagent.policy import load_policy
 from mailagent.policy.sandbox import (
     Limits,
     NoHostFilterError,
@@ -220,3 +223,24 @@ def test_a_runner_without_srt_alone_never_runs_bare(box: Box) -> None:
     gone = Runner(SandboxInfo("none", detail="srt is not on PATH"))
     with pytest.raises(NoHostFilterError, match=r"only allowed\.test"):
         box.run("/bin/true", limits=Limits(10, hosts=("allowed.test",)), runner=gone)
+
+
+def test_check_names_srt_alone_and_why_and_refuses_the_whole_network(
+        alone: SandboxInfo, tmp_path: Path) -> None:
+    (tmp_path / "commands.toml").write_text(
+        '[commands]\nallow = ["python3"]\nnetwork = ["pypi.org"]\n')
+    rule = load_policy(tmp_path).commands
+    assert rule is not None
+    line = commands_line(rule, alone)
+    assert line.startswith("run_command: python3 in srt alone (sandbox-runtime"), line
+    assert f"because there is no bubblewrap on {sys.platform}" in line
+    assert "network only to pypi.org, filtered by srt's proxy" in line
+    (tmp_path / "commands.toml").write_text('[commands]\nallow = ["python3"]\n')
+    rule = load_policy(tmp_path).commands
+    assert rule is not None and "(no network;" in commands_line(rule, alone)
+    (tmp_path / "commands.toml").write_text('[commands]\nallow = ["python3"]\nnetwork = true\n')
+    rule = load_policy(tmp_path).commands
+    assert rule is not None
+    with pytest.raises(MailagentError, match=r"refused at every call: .*commands\.toml:1 gives "
+                                             r"commands the whole network"):
+        commands_line(rule, alone)

@@ -21,13 +21,19 @@ from mailagent.mail.mailbox import Mailbox
 from mailagent.mail.notify import check_smtp
 from mailagent.mail.render import check_templates
 from mailagent.policy import (
+    CommandsRule,
     FolderRule,
     Policy,
     explain_internet,
     load_policy,
 )
 from mailagent.policy.desktop import app_name, find_app, missing_programs
-from mailagent.policy.sandbox import find_bubblewrap, find_sandbox, process_limit_kind
+from mailagent.policy.sandbox import (
+    SandboxInfo,
+    find_bubblewrap,
+    find_sandbox,
+    process_limit_kind,
+)
 from mailagent.policy.skills import describe_catalogue, read_skills
 from mailagent.store import Store, mailbox_identity
 from mailagent.store.halts import active_halt
@@ -95,7 +101,12 @@ def _check_commands(settings: Settings) -> str:
     rule = policy.commands
     if rule is None:
         return "run_command: not offered (no [commands] table in the policies)"
-    sandbox = find_sandbox(settings.commands.srt, settings.commands.upstream_proxy)
+    return commands_line(rule, find_sandbox(settings.commands.srt,
+                                            settings.commands.upstream_proxy))
+
+
+def commands_line(rule: CommandsRule, sandbox: SandboxInfo) -> str:
+    """The line on run_command for a policy's [commands] rule, in the sandbox found here."""
     limit = {"cgroup": "a pids cgroup", "rlimit": "RLIMIT_NPROC",
              "none": "nothing (running as root without a writable pids cgroup)"}
     if sandbox.kind == "srt":
