@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from mailagent.config import Settings, load_settings
 from mailagent.errors import ConfigError
+from mailagent.store.claims import mailbox_identity
 from mailagent.store.db import without_password
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def shared(a: str, sa: Settings, b: str, sb: Settings) -> list[str]:
         shown = without_password(sa.database_url)
         problems.append(f"agents {a} and {b} share the database {shown} "
                         f"({where}): give each its own database_url (another database or file)")
-    if mailbox_key(sa) == mailbox_key(sb):
+    if mailbox_of(sa) == mailbox_of(sb):
         problems.append(f"agents {a} and {b} watch the same mailbox {sa.imap.username} "
                         f"({sa.imap.folder} on {sa.imap.host}) ({where}): give each its own "
                         "address")
@@ -138,8 +139,9 @@ def database_key(database_url: str) -> tuple[str, ...]:
     return (scheme, (parts.hostname or "").lower(), str(port or ""), parts.path.strip("/"))
 
 
-def mailbox_key(s: Settings) -> tuple[str, ...]:
-    return (s.imap.host.lower(), str(s.imap.port), s.imap.username.lower(), s.imap.folder)
+def mailbox_of(s: Settings) -> str:
+    """One key for a mailbox, the one its service claims in the store."""
+    return mailbox_identity(s.imap.host, s.imap.username, s.imap.folder)
 
 
 # ------------------------------------------------------------ the supervisor

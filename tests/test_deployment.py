@@ -94,6 +94,11 @@ def test_two_agents_on_one_mailbox_or_one_postgres_database_refuse_to_start(
                                                          f'username = "{AGENT.upper()}"'))
     with pytest.raises(ConfigError, match=f"same mailbox {AGENT}"):
         load_deployment(tmp_path / "agents", secrets=False)
+    # The same mailbox on another port (993 and 143 of one server) is still the same mailbox.
+    bob_config.write_text(bob_config.read_text().replace("port = 1\n", "port = 2\n", 1))
+    assert "port = 2" in bob_config.read_text()
+    with pytest.raises(ConfigError, match=f"same mailbox {AGENT}"):
+        load_deployment(tmp_path / "agents", secrets=False)
     two_agents(tmp_path / "agents")
     set_key(alice / "mailagent.toml",
             'database_url = "postgresql+psycopg://alice:s3cret@db:5432/mail"')

@@ -49,9 +49,10 @@ def stores(database_url: str) -> Iterator[tuple[Store, Store]]:
     second.close()
 
 
-def test_the_mailbox_is_one_key_whatever_the_case_of_the_host() -> None:
-    assert mailbox_identity("IMAP.Example.com ", "agent", "INBOX") == \
-        mailbox_identity("imap.example.com", "agent", "INBOX")
+def test_the_mailbox_is_one_key_whatever_the_case_of_the_host_the_user_and_inbox() -> None:
+    assert mailbox_identity("IMAP.Example.com ", "Agent@Example.com", "inbox") == \
+        mailbox_identity("imap.example.com", "agent@example.com", "INBOX")
+    assert mailbox_identity("h", "agent", "Work") != mailbox_identity("h", "agent", "work")
     assert mailbox_identity("h", "agent", "INBOX") != mailbox_identity("h", "agent", "Work")
     assert advisory_key(MAILBOX) == advisory_key(MAILBOX)
     assert -(2**63) <= advisory_key(MAILBOX) < 2**63

@@ -43,8 +43,12 @@ CLAIMS = SQLModel.metadata.tables["instance_claim"]
 
 
 def mailbox_identity(host: str, username: str, folder: str) -> str:
-    """The mailbox one service at most may watch: the same wherever the config is."""
-    return f"{host.strip().lower()}/{username.strip()}/{folder}"
+    """The mailbox one service at most may watch: the same wherever the config is, whatever
+    the port it is reached on, the case of the host and of the user name (the same account
+    at every provider that matters; two names that may be one account are kept apart rather
+    than watched twice), and of INBOX, whose name IMAP takes in any case (RFC 3501 5.1)."""
+    inbox = folder.strip().upper() == "INBOX"
+    return f"{host.strip().lower()}/{username.strip().lower()}/{'INBOX' if inbox else folder}"
 
 
 def advisory_key(mailbox: str) -> int:
