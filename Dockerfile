@@ -18,8 +18,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends bubblewrap \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=wheel /wheels /wheels
-# psycopg: the PostgreSQL driver of database_url = "postgresql+psycopg://..."
-RUN pip install --no-cache-dir /wheels/*.whl "psycopg[binary]>=3.1" && rm -rf /wheels
+# The postgres extra: psycopg, the driver of database_url = "postgresql+psycopg://..."
+RUN pip install --no-cache-dir "$(ls /wheels/*.whl)[postgres]" && rm -rf /wheels
 
 RUN useradd --create-home --uid 1000 mailagent \
  && mkdir /data && chown mailagent:mailagent /data
@@ -27,4 +27,7 @@ USER mailagent
 WORKDIR /home/mailagent
 VOLUME ["/data"]
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["mailagent", "run", "--configs", "/config"]
+# `docker run ... mailagent` runs every agent; `docker run ... mailagent check --configs /config`
+# (or any other command) runs that instead.
+ENTRYPOINT ["mailagent"]
+CMD ["run", "--configs", "/config"]
