@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,9 @@ from mailagent.tools.media import (
     MAX_IMAGES_PER_REQUEST,
     MAX_PIXELS,
     MediaError,
+    block_tokens,
     media_of,
+    screenshot_media,
 )
 from tests.support.media import (
     GPS_IFD,
@@ -115,6 +119,39 @@ def test_an_image_counts_in_the_context_budget_as_the_api_charges_it() -> None:
     tokens = estimate_tokens([dict(media.blocks[0])])
     assert abs(tokens - image.width * image.height / 750) < 10  # not its base64 characters
     assert tokens < len(media.blocks[0]["source"]["data"]) // 3  # what its text would count
+
+
+def test_what_a_block_costs_is_remembered_without_holding_on_to_its_data() -> None:
+    # A cache keyed by the data itself kept every image and PDF it saw alive (megabytes each).
+    media = media_of("photo.jpg", photo(1200, 900))
+    pdf = media_of("scan.pdf", scanned_pdf(2))
+    assert media is not None and pdf is not None
+    for block in (media.blocks[0], pdf.blocks[0]):
+        data = block["source"]["data"]
+        before = sys.getrefcount(data)
+        first, again = block_tokens(block), block_tokens(block)
+        assert first == again and first is not None and first > 0
+        assert sys.getrefcount(data) == before, "the cache holds on to the block's data"
+
+
+def xwd(width: int, height: int) -> bytes:
+    """A screen as xwd writes it for Xvfb: a TrueColor ZPixmap, 32 bits a pixel, LSB first."""
+    header = struct.pack(">20I", 100, 7, 2, 24, width, height, 0, 0, 32, 0, 32, 32, width * 4,
+                         4, 0xFF0000, 0xFF00, 0xFF, 8, 256, 0).ljust(100, b"\0")
+    rows = bytes((x * 7 % 256, y * 5 % 256, (x + y) % 256, 0)[i % 4]
+                 for y in range(height) for x in range(width) for i in range(4))
+    return header + rows
+
+
+def test_a_screenshot_is_shown_as_it_is_kept_unless_it_must_be_scaled() -> None:
+    media, kept = screenshot_media(xwd(160, 100), "screenshot")
+    assert base64.b64decode(media.blocks[0]["source"]["data"]) == kept
+    assert Image.open(io.BytesIO(kept)).size == (160, 100)
+    assert media.text.startswith("image screenshot: PNG 160x100 px;")
+    big, kept_big = screenshot_media(xwd(2000, 1000), "screenshot")
+    assert Image.open(io.BytesIO(kept_big)).size == (2000, 1000)  # kept whole
+    assert shown(big.blocks[0]).size[0] <= MAX_EDGE_PX < 2000  # shown within the API's size
+    assert "scaled from 2000x1000" in big.text
 
 
 def test_a_request_keeps_the_newest_images_within_the_api_bounds() -> None:

@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import functools
+import hashlib
 import io
 import math
 import struct
+import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -185,11 +189,15 @@ def image_media(data: bytes, name: str) -> Media:
     except Exception as exc:  # truncated or corrupt pixel data shows only when decoded
         raise MediaError(f"{name} could not be decoded as an image: {type(exc).__name__}: "
                          f"{str(exc)[:200]}") from exc
+    return _image_block(payload, media_type, name, source_format, shown.size, (width, height))
+
+
+def _image_block(payload: bytes, media_type: str, name: str, source_format: str,
+                 shown: tuple[int, int], source: tuple[int, int]) -> Media:
     block = {"type": "image", "source": {"type": "base64", "media_type": media_type,
                                          "data": base64.b64encode(payload).decode("ascii")}}
-    scaled = "" if shown.size == (width, height) else \
-        f", scaled from {width}x{height}"
-    text = (f"image {name}: {source_format} {shown.width}x{shown.height} px{scaled}; "
+    scaled = "" if shown == source else f", scaled from {source[0]}x{source[1]}"
+    text = (f"image {name}: {source_format} {shown[0]}x{shown[1]} px{scaled}; "
             "re-encoded without its metadata (EXIF, location)")
     return Media(text, (block,))
 
@@ -213,8 +221,12 @@ def screenshot_media(xwd: bytes, name: str) -> tuple[Media, bytes]:
     image = _pillow().frombuffer("RGB", (width, height), xwd[start:start + row_bytes * height],
                                  "raw", raw, row_bytes, 1)
     png = io.BytesIO()
-    image.save(png, "PNG")
-    return image_media(png.getvalue(), name), png.getvalue()
+    image.save(png, "PNG")  # made here from the pixels alone: there is nothing to strip
+    kept = png.getvalue()
+    if scale_for(width, height) == 1 and len(kept) * 4 // 3 + 4 <= MAX_IMAGE_BASE64:
+        return _image_block(kept, "image/png", name, "PNG", (width, height),
+                            (width, height)), kept  # shown as it is kept: encoded once
+    return image_media(kept, name), kept
 
 
 def pdf_media(data: bytes, name: str) -> Media:
@@ -258,8 +270,39 @@ def block_tokens(block: Any) -> int | None:
     return _image_tokens(data) if kind == "image" else pdf_block_pages(block) * PDF_PAGE_TOKENS
 
 
-@functools.lru_cache(maxsize=256)
+class _Memo:
+    """What was worked out for a block's data, kept by a digest of the data: a cache that
+    holds on to the megabytes of every image it saw would keep them after their
+    conversation let go of them."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.known: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+        self.lock = threading.Lock()  # conversations run in threads of their own
+
+    def get(self, data: str, work: Callable[[str], int]) -> int:
+        key = hashlib.blake2b(data.encode("ascii", "replace"), digest_size=16).digest()
+        with self.lock:
+            if key in self.known:
+                self.known.move_to_end(key)
+                return self.known[key]
+        value = work(data)
+        with self.lock:
+            self.known[key] = value
+            if len(self.known) > self.size:
+                self.known.popitem(last=False)
+        return value
+
+
+_IMAGE_TOKENS = _Memo(256)
+_PDF_PAGES = _Memo(64)
+
+
 def _image_tokens(data: str) -> int:
+    return _IMAGE_TOKENS.get(data, _image_tokens_of)
+
+
+def _image_tokens_of(data: str) -> int:
     try:  # the header is enough for the size: our images carry no metadata before it
         head = base64.b64decode(data[:65536], validate=False)
         size: tuple[int, int] = _pillow().open(io.BytesIO(head)).size
@@ -275,8 +318,11 @@ def pdf_block_pages(block: Any) -> int:
     return _pdf_pages_of(found[1]) if found else 0
 
 
-@functools.lru_cache(maxsize=64)
 def _pdf_pages_of(data: str) -> int:
+    return _PDF_PAGES.get(data, _count_pdf_pages)
+
+
+def _count_pdf_pages(data: str) -> int:
     try:
         return pdf_pages(base64.b64decode(data, validate=True), "document")
     except (ToolError, binascii.Error, ValueError):
