@@ -72,7 +72,9 @@ MACOS_SYSTEM = ("/usr", "/bin", "/sbin", "/System", "/private/var/select",
                 "/Library/Developer/CommandLineTools", "/Applications/Xcode.app/Contents/Developer",
                 "/opt/homebrew", "/private/etc/localtime", "/private/var/db/timezone",
                 "/private/etc/ssl", "/private/etc/hosts", "/private/etc/services")
-SANDBOX_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
+# macOS: Homebrew's programs too (Apple silicon's /opt/homebrew; Intel's are in /usr/local).
+SANDBOX_PATH = (*(("/opt/homebrew/bin",) if sys.platform == "darwin" else ()),
+                "/usr/local/bin", "/usr/bin", "/bin")
 PROBE_ENV = {"PATH": ":".join(SANDBOX_PATH), "LANG": "C.UTF-8"}
 PROBE_TIMEOUT_SECONDS = 10.0
 KILL_GRACE_SECONDS = 5.0
@@ -362,8 +364,8 @@ class Runner:
             env = srt_env(sandbox.program, {**sandbox_env(view), "TMPDIR": folder})
             settings = write_settings(Path(folder), alone_settings(
                 limits.hosts, sandbox.proxy, workspace=view.workspace, hidden=view.hidden,
-                read=(*alone_system(limits.hosts), *runtime_paths(), Path(folder), *view.read,
-                      *view.skills), write=view.write))
+                read=(*alone_system(limits.hosts), *runtime_paths(), Path(folder).resolve(),
+                      *view.read, *view.skills), write=view.write))
             command = srt_argv(sandbox.program, settings,
                                [*launcher_argv(limits, UNSET_INSIDE,
                                                {"TMPDIR": str(view.home / "tmp")}), *argv])

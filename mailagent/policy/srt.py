@@ -76,7 +76,9 @@ def find_srt(configured: Path | None = None, proxy: str | None = None, *,
     if not os.access(program, os.X_OK):
         return SrtInfo(detail=f"srt at {program} is missing or not executable; {hint}")
     with tempfile.TemporaryDirectory(prefix="mailagent-srt-") as folder:
-        made = alone(Path(folder)) if alone else settings_for(("probe.invalid",), proxy)
+        # Resolved: Seatbelt judges real paths (macOS's temporary folders are under /var, a
+        # link to /private/var).
+        made = alone(Path(folder).resolve()) if alone else settings_for(("probe.invalid",), proxy)
         settings = write_settings(Path(folder), made)
         env = srt_env(program, {"PATH": PROBE_PATH, "LANG": "C.UTF-8", "HOME": folder})
         try:
