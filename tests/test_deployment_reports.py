@@ -163,6 +163,9 @@ def test_show_history_and_logs_of_a_deployment_need_the_agent_and_name_them(
     assert result.returncode == 0, result.stderr
     assert result.stdout == "INFO [alice] mailagent.service: started\n"
     assert "alice.log ([service] log_file)" in result.stderr
+    result = mailagent("logs", "--configs", str(agents), "--agent", "bob")
+    assert result.returncode == 2 and "agent bob keeps no log of its own" in result.stderr
+    assert "set [service] log_file" in result.stderr  # not the journal of another service
     result = mailagent("show", "1", "--configs", str(agents), "--agent", "carol")
     assert result.returncode == 2 and "the agents of" in result.stderr
     assert "are alice, bob" in result.stderr

@@ -265,7 +265,7 @@ USAGE: dict[str, tuple[str, str]] = {
                "is doing (step, tools, files, time and cost so far), today's tasks and their "
                "cost, conversations, tasks, schedules, approvals waiting for you, the outbox "
                "and recent refusals, and whether tools are stopped.",
-               "mailagent status --plain"),
+               "mailagent status --plain\n  mailagent status --configs ~/agents --agent alice"),
     "resume": ("Let tools run again after they were stopped because the config, a policy file "
                "or the data directory changed under a command (you had a mail saying what "
                "changed). Look at that first; then this ends the stop, takes the files as they "
@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=text)
         command.set_defaults(func=func)
         if name == "status":
-            add_agent_arguments(command)
+            add_agent_arguments(command, every=True)
             command.add_argument("--json", action="store_true", help="JSON with stable keys")
             command.add_argument("--plain", action="store_true", help="lines, not tables")
             continue

@@ -21,13 +21,15 @@ from mailagent.deployment import CONFIG_NAME, agent_named, find_agents, load_eac
 from mailagent.errors import ConfigError, MailagentError
 
 
-def add_agent_arguments(command: argparse.ArgumentParser) -> None:
-    """`--config PATH`, and `--configs DIR` with `--agent NAME` for one agent of several."""
+def add_agent_arguments(command: argparse.ArgumentParser, every: bool = False) -> None:
+    """`--config PATH`, and `--configs DIR` with `--agent NAME` for one agent of several
+    (`every`: a command that, without `--agent`, speaks for every agent)."""
     command.add_argument("--config", help="config file (default: $MAILAGENT_CONFIG, then the "
                          "user config dir)")
     command.add_argument("--configs", metavar="DIR", help="several agents: one subfolder of DIR "
-                         f"per agent, each with its {CONFIG_NAME} (with --agent NAME)")
-    command.add_argument("--agent", metavar="NAME", help="which agent of --configs DIR")
+                         f"per agent, each with its {CONFIG_NAME}")
+    command.add_argument("--agent", metavar="NAME", help="which agent of --configs DIR" + (
+        " (default: every one)" if every else " (needed with it)"))
 
 
 def deployment_folder(args: argparse.Namespace) -> Path:
