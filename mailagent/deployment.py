@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from mailagent.config import Settings, load_settings
@@ -36,6 +37,7 @@ RESTART_MAX_SECONDS = 60.0
 STEADY_SECONDS = 60.0  # an agent that ran this long before it crashed starts again at once
 STOP_SECONDS = 30.0  # how long a stopping agent may take before it is killed
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+T = TypeVar("T")
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}  # a URL without a port
 
 
@@ -56,11 +58,40 @@ def load_deployment(folder: Path, environ: Mapping[str, str] | None = None,
     """Every agent's settings, each with the others' files in `others_protected`;
     ConfigError naming the file and the key when a config is wrong or two agents share what
     must be theirs alone."""
-    agents = {name: load_settings(path, environ, secrets)
-              for name, path in find_agents(folder).items()}
+    loaded = load_each(folder, environ, secrets)
+    if failed := [error for error in loaded.values() if isinstance(error, ConfigError)]:
+        raise failed[0]
+    agents = {name: s for name, s in loaded.items() if isinstance(s, Settings)}
     check_separate(agents)
     return {name: dataclasses.replace(s, others_protected=others_of(name, agents))
             for name, s in agents.items()}
+
+
+def load_each(folder: Path, environ: Mapping[str, str] | None = None,
+              secrets: bool = True) -> dict[str, Settings | ConfigError]:
+    """Every agent's settings, or the ConfigError its config gave, in name order: for the
+    commands that read what the agents did, where one broken config must not hide the
+    others'."""
+    loaded: dict[str, Settings | ConfigError] = {}
+    for name, path in find_agents(folder).items():
+        try:
+            loaded[name] = load_settings(path, environ, secrets)
+        except ConfigError as exc:
+            loaded[name] = exc
+    return loaded
+
+
+def agent_named(folder: Path, agents: Mapping[str, T], name: str | None) -> T:
+    """What `--agent NAME` names among the agents of `folder`; a ConfigError that lists them
+    when no name or another one is given."""
+    names = ", ".join(agents)
+    if name is None:
+        raise ConfigError(f"--configs {folder} has several agents: say which with --agent "
+                          f"NAME, one of {names}")
+    if name not in agents:
+        raise ConfigError(f"--agent {name}: no {folder / name / CONFIG_NAME}; the agents of "
+                          f"{folder} are {names}")
+    return agents[name]
 
 
 def owned_paths(settings: Settings) -> list[Path]:

@@ -19,13 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mailagent import __version__
-from mailagent.cli import init_config, init_finish, init_wizard, install, status_view
+from mailagent.cli import init_config, init_finish, init_wizard, install
+from mailagent.cli.agents import add_agent_arguments, cmd_status, deployment_folder
 from mailagent.cli.check import cmd_check
 from mailagent.cli.demo import add_demo_parser
 from mailagent.cli.install import add_service_parser
 from mailagent.cli.reports import add_report_parsers
 from mailagent.config import Settings, find_config_path, load_settings
-from mailagent.deployment import CONFIG_NAME, load_deployment, supervise
+from mailagent.deployment import CONFIG_NAME, agent_named, load_deployment, supervise
 from mailagent.errors import ConfigError, MailagentError
 from mailagent.mail.render import shipped_text
 from mailagent.policy import (
@@ -74,10 +75,7 @@ def run_deployment(args: argparse.Namespace) -> int:
     if args.agent is None:
         log.info("deployment %s: agents %s", folder, ", ".join(agents))
         return supervise(folder, list(agents), args.verbose)
-    if args.agent not in agents:
-        raise ConfigError(f"--agent {args.agent}: no {folder / args.agent / CONFIG_NAME}; the "
-                          f"agents of {folder} are {', '.join(agents)}")
-    settings = agents[args.agent]
+    settings = agent_named(folder, agents, args.agent)
     name_log_lines(args.agent)
     if settings.service.log_file is not None:
         log_to_file(settings.service.log_file, log_format(args.agent))
@@ -85,13 +83,6 @@ def run_deployment(args: argparse.Namespace) -> int:
 
     run_service(settings)
     return 0
-
-
-def deployment_folder(args: argparse.Namespace) -> Path:
-    if args.config is not None:
-        raise ConfigError("give --config PATH (one agent) or --configs DIR (one agent per "
-                          "subfolder), not both")
-    return Path(args.configs).expanduser().absolute()
 
 
 def check_command(args: argparse.Namespace) -> int:
@@ -133,19 +124,6 @@ def log_to_file(path: Path, line_format: str = LOG_FORMAT) -> None:
                           "fix the path or its folder's permissions") from exc
     handler.setFormatter(logging.Formatter(line_format))
     logging.getLogger().addHandler(handler)
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    settings = _settings(args, secrets=False)
-    with contextlib.closing(Store.open(settings.database_url)) as store:
-        snapshot = status_view.take_snapshot(store, settings)
-    if args.json:
-        status_view.print_json(snapshot)
-    elif args.plain or not sys.stdout.isatty():
-        print("\n".join(status_view.plain_lines(snapshot)))
-    else:
-        status_view.print_rich(snapshot)
-    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -217,11 +195,8 @@ def explained_agent(args: argparse.Namespace) -> Settings:
     deployment `--configs DIR` (which also shuts it out of the other agents' files)."""
     if args.configs is None:
         return _settings(args, secrets=False)
-    agents = load_deployment(deployment_folder(args), secrets=False)
-    if args.agent not in agents:
-        raise ConfigError(f"--configs {args.configs}: say which agent with --agent NAME, one "
-                          f"of {', '.join(agents)}")
-    return agents[args.agent]
+    folder = deployment_folder(args)
+    return agent_named(folder, load_deployment(folder, secrets=False), args.agent)
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
@@ -290,7 +265,7 @@ USAGE: dict[str, tuple[str, str]] = {
                "is doing (step, tools, files, time and cost so far), today's tasks and their "
                "cost, conversations, tasks, schedules, approvals waiting for you, the outbox "
                "and recent refusals, and whether tools are stopped.",
-               "mailagent status --plain"),
+               "mailagent status --plain\n  mailagent status --configs ~/agents --agent alice"),
     "resume": ("Let tools run again after they were stopped because the config, a policy file "
                "or the data directory changed under a command (you had a mail saying what "
                "changed). Look at that first; then this ends the stop, takes the files as they "
@@ -349,17 +324,19 @@ def build_parser() -> argparse.ArgumentParser:
         ("resume", cmd_resume, "let tools run again after an integrity check stopped them"),
     ):
         command = sub.add_parser(name, help=text)
+        command.set_defaults(func=func)
+        if name == "status":
+            add_agent_arguments(command, every=True)
+            command.add_argument("--json", action="store_true", help="JSON with stable keys")
+            command.add_argument("--plain", action="store_true", help="lines, not tables")
+            continue
         command.add_argument("--config", help="config file (default: $MAILAGENT_CONFIG, "
                              "then the user config dir)")
-        command.set_defaults(func=func)
         if name in ("run", "check"):
             command.add_argument("--configs", metavar="DIR", help="several agents: one "
                                  f"subfolder of DIR per agent, each with its {CONFIG_NAME}")
         if name == "run":
             command.add_argument("--agent", metavar="NAME", help=argparse.SUPPRESS)
-        if name == "status":
-            command.add_argument("--json", action="store_true", help="JSON with stable keys")
-            command.add_argument("--plain", action="store_true", help="lines, not tables")
     init = sub.add_parser("init", help="connect a mailbox: write a config and a starter policy")
     init_wizard.add_arguments(init)
     init.set_defaults(func=cmd_init)

@@ -1,11 +1,13 @@
 """`mailagent show N`, `mailagent history` and `mailagent logs`: what a task did, which tasks
 ran, and what the service wrote to its log.
 
-In: the config (read without secrets) and the store, or the service's log wherever the installed
-service writes it: `[service] log_file` when set, else journald for the systemd user unit that
-`service install` writes, else launchd's log file on macOS. Out: text (or JSON with stable keys)
-on stdout. Side effects: none; `logs` only reads (journalctl is run for it). Never prints a
-secret: records go through tasks/record.py, and the log holds none.
+In: the config (read without secrets; with `--configs DIR --agent NAME` that agent's, see
+agents.py) and the store, or the service's log wherever the installed service writes it:
+`[service] log_file` when set, else journald for the systemd user unit that `service install`
+writes, else launchd's log file on macOS (an agent of a deployment has only its log_file).
+Out: text (or JSON with stable keys) on stdout. Side effects: none; `logs` only reads
+(journalctl is run for it). Never prints a secret: records go through tasks/record.py, and the
+log holds none.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from mailagent.cli.agents import add_agent_arguments, config_path, is_deployment
 from mailagent.cli.install import NAME, current_platform, launchd_log_file
-from mailagent.config import Settings, find_config_path, load_settings
+from mailagent.config import Settings, load_settings
 from mailagent.errors import MailagentError
 from mailagent.store import Store
 from mailagent.tasks.record import history, history_lines, record_lines, summary_json, task_record
@@ -34,7 +37,7 @@ FOLLOW_POLL_SECONDS = 0.5
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(find_config_path(args.config), secrets=False)
+    return load_settings(config_path(args), secrets=False)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -126,8 +129,12 @@ def follow_file(path: Path, write: Callable[[str], None], start_at: int = 0,
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    config_path = find_config_path(args.config)
-    settings = load_settings(config_path, secrets=False) if config_path.exists() else None
+    path = config_path(args)
+    settings = load_settings(path, secrets=False) if path.exists() else None
+    if is_deployment(args) and (settings is None or settings.service.log_file is None):
+        raise MailagentError(f"agent {args.agent} keeps no log of its own: the supervisor of "
+                             "--configs writes every agent's lines (each naming its agent) to "
+                             f'its stderr; set [service] log_file = "..." in {path} to keep one')
     source = log_source(settings, current_platform(), args.lines, args.follow)
     print(f"# {source.what}", file=sys.stderr)
     if source.command:
@@ -184,8 +191,7 @@ def add_report_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         command.epilog = f"example:\n  {example}"
         command.formatter_class = argparse.RawDescriptionHelpFormatter
     for command, func in ((show, cmd_show), (history_parser, cmd_history), (logs, cmd_logs)):
-        command.add_argument("--config", help="config file (default: $MAILAGENT_CONFIG, "
-                             "then the user config dir)")
+        add_agent_arguments(command)
         if command is not logs:
             command.add_argument("--json", action="store_true", help="JSON with stable keys")
         command.set_defaults(func=func)

@@ -15,7 +15,9 @@ shows a mail body or a secret.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -97,6 +99,12 @@ def take_snapshot(store: Store, settings: Settings | None = None) -> Snapshot:
         gave_up=store.audit_events("intake.gave_up", limit=RECENT),
         running=running_progress(store), day=day, at=now,
         service_running=None if settings is None else is_service_running(settings.data_dir))
+
+
+def snapshot_of(settings: Settings) -> Snapshot:
+    """The snapshot of the agent of `settings`, from its own store."""
+    with contextlib.closing(Store.open(settings.database_url)) as store:
+        return take_snapshot(store, settings)
 
 
 def halt_lines(halt: HaltView | None) -> list[str]:
@@ -304,3 +312,42 @@ def print_rich(snap: Snapshot, console: Console | None = None) -> None:
     console.print(_table("Gave up (kept in the store, not acted on)", ["when", "raw", "reason"], [
         [f"{e.at:%Y-%m-%d %H:%M}", f"#{e.raw_message_id}", e.reason]
         for e in snap.gave_up or []]))
+
+
+# ------------------------------------------------------------ several agents (`--configs DIR`)
+
+
+def agents_json(statuses: Mapping[str, Snapshot | str]) -> dict[str, Any]:
+    """`{"agents": {name: the agent's status object}}`; an agent that could not be read has
+    `{"error": why}` instead."""
+    return {"agents": {name: as_json(status) if isinstance(status, Snapshot)
+                       else {"error": status} for name, status in statuses.items()}}
+
+
+def print_agents_json(statuses: Mapping[str, Snapshot | str]) -> None:
+    print(json.dumps(agents_json(statuses), indent=2, ensure_ascii=False))
+
+
+def agents_plain_lines(statuses: Mapping[str, Snapshot | str]) -> list[str]:
+    """Each agent's lines under `agent NAME:` (as `check --configs` heads them), a blank line
+    between agents; `error: why` for one that could not be read."""
+    lines: list[str] = []
+    for name, status in statuses.items():
+        lines += [*([""] if lines else []), f"agent {name}:"]
+        lines += plain_lines(status) if isinstance(status, Snapshot) else [f"error: {status}"]
+    return lines
+
+
+def print_rich_agents(statuses: Mapping[str, Snapshot | str],
+                      console: Console | None = None) -> None:
+    """Each agent's tables under a rule with its name."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = console or Console()
+    for name, status in statuses.items():
+        console.rule(Text(f"agent {name}", style="bold"))
+        if isinstance(status, Snapshot):
+            print_rich(status, console)
+        else:
+            console.print(Text(f"error: {status}", style="bold red"))
