@@ -94,6 +94,18 @@ def agent_named(folder: Path, agents: Mapping[str, T], name: str | None) -> T:
     return agents[name]
 
 
+def load_agent(folder: Path, name: str, environ: Mapping[str, str] | None = None) -> Settings:
+    """One agent's settings, its secrets read, with the others' files in `others_protected`:
+    the others are loaded to know what they own and that they share nothing with it, without
+    their secrets (no keyring lookup, no variable read for them)."""
+    paths = find_agents(folder)
+    agent_named(folder, paths, name)
+    agents = {other: load_settings(path, environ, secrets=other == name)
+              for other, path in paths.items()}
+    check_separate(agents)
+    return dataclasses.replace(agents[name], others_protected=others_of(name, agents))
+
+
 def owned_paths(settings: Settings) -> list[Path]:
     """What one agent owns on disk: its config's folder (policies, skills, schedules and
     secrets beside it by default), its policies, skills and data, its database and log."""

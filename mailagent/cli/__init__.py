@@ -21,12 +21,12 @@ from pathlib import Path
 from mailagent import __version__
 from mailagent.cli import init_config, init_finish, init_wizard, install
 from mailagent.cli.agents import add_agent_arguments, cmd_status, deployment_folder
-from mailagent.cli.check import cmd_check
+from mailagent.cli.check import check_settings, cmd_check
 from mailagent.cli.demo import add_demo_parser
 from mailagent.cli.install import add_service_parser
 from mailagent.cli.reports import add_report_parsers
 from mailagent.config import Settings, find_config_path, load_settings
-from mailagent.deployment import CONFIG_NAME, agent_named, load_deployment, supervise
+from mailagent.deployment import CONFIG_NAME, agent_named, load_agent, load_deployment, supervise
 from mailagent.errors import ConfigError, MailagentError
 from mailagent.mail.render import shipped_text
 from mailagent.policy import (
@@ -69,13 +69,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def run_deployment(args: argparse.Namespace) -> int:
     """`run --configs DIR`: every agent's config is loaded and the agents checked to share
-    nothing, then one process runs per agent (`--agent NAME`, what the supervisor starts)."""
+    nothing, then one process runs per agent (`--agent NAME`, what the supervisor starts),
+    which reads its own secrets alone."""
     folder = deployment_folder(args)
-    agents = load_deployment(folder)
     if args.agent is None:
+        agents = load_deployment(folder)
         log.info("deployment %s: agents %s", folder, ", ".join(agents))
         return supervise(folder, list(agents), args.verbose)
-    settings = agent_named(folder, agents, args.agent)
+    settings = load_agent(folder, args.agent)  # the others' secrets are not its business
     name_log_lines(args.agent)
     if settings.service.log_file is not None:
         log_to_file(settings.service.log_file, log_format(args.agent))
@@ -95,9 +96,9 @@ def check_command(args: argparse.Namespace) -> int:
     print(f"ok: {len(agents)} agents in {folder} share no data directory, database, mailbox "
           "or policies folder")
     failures = 0
-    for name, settings in agents.items():
+    for name, settings in agents.items():  # each loaded once, for both kinds of check
         print(f"\nagent {name}:")
-        failures += cmd_check(argparse.Namespace(config=str(settings.config_path))) != 0
+        failures += check_settings(settings) != 0
     return 1 if failures else 0
 
 

@@ -1,6 +1,9 @@
 """`mailagent check`: one line per check of the config, the policies and what they allow
 (commands, web tools, skills, connectors), the templates and schedules, the store, the keyring,
 IMAP, SMTP and the model endpoint; a hint for each failure a person can fix.
+
+The checks of one config share what they look at through `Loaded`: the policy files are parsed
+once and the store opened once, however many checks read them.
 """
 
 from __future__ import annotations
@@ -40,6 +43,50 @@ from mailagent.store.halts import active_halt
 from mailagent.tasks.when import read_schedules_file
 
 
+class Loaded:
+    """What the checks of one config share, each loaded at most once: the policy (or the
+    PolicyError it raised) and the store (or the error that kept it shut); close() closes the
+    store."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._policy: Policy | PolicyError | None = None
+        self._store: Store | MailagentError | None = None
+
+    def policy(self) -> Policy:
+        """The policy; when it does not load, the same PolicyError at every call."""
+        if self._policy is None:
+            try:
+                self._policy = load_policy(self.settings.policies_dir)
+            except PolicyError as exc:
+                self._policy = exc
+        if isinstance(self._policy, PolicyError):
+            raise self._policy
+        return self._policy
+
+    def policy_if_valid(self) -> Policy | None:
+        """The policy, or None when it does not load (the policy check has said why)."""
+        try:
+            return self.policy()
+        except PolicyError:
+            return None
+
+    def store(self) -> Store:
+        """The store, opened and migrated; when it does not open, the same error every time."""
+        if self._store is None:
+            try:
+                self._store = Store.open(self.settings.database_url)
+            except MailagentError as exc:
+                self._store = exc
+        if isinstance(self._store, MailagentError):
+            raise self._store
+        return self._store
+
+    def close(self) -> None:
+        if isinstance(self._store, Store):
+            self._store.close()
+
+
 def _check_imap(settings: Settings) -> str:
     mailbox = Mailbox(settings.imap)
     mailbox.connect()
@@ -61,17 +108,18 @@ def _check_model(settings: Settings) -> str:
     return asyncio.run(check_model(settings.model))
 
 
-def _check_policies(settings: Settings) -> str:
+def _check_policies(loaded: Loaded) -> str:
     """The policy loads, its folder exists, and every [[folders]] path exists: `run` denies all
     without the folder and keeps a rule for a path that may appear later, but here both are
     most likely a mistake."""
+    settings = loaded.settings
     folder = settings.policies_dir
     if not folder.exists():
         raise MailagentError(
             f"no policies folder at {folder}, so every file is denied: create it (and a "
             f"*.toml file in it, see README.md), set policies_dir in {settings.config_path}, "
             "or run `mailagent init`")
-    policy = load_policy(folder)
+    policy = loaded.policy()
     missing = [_missing_folder(folder, rule) for rule in policy.folders if not rule.path.exists()]
     if missing:
         raise MailagentError("\nerror: ".join(missing))
@@ -85,24 +133,16 @@ def _missing_folder(policies_dir: Path, rule: FolderRule) -> str:
             "exist: create it, or fix the path in that file")
 
 
-def _policy_if_valid(settings: Settings) -> Policy | None:
-    """The policy, or None when it does not load (the policy check has said why)."""
-    try:
-        return load_policy(settings.policies_dir)
-    except PolicyError:
-        return None
-
-
-def _check_commands(settings: Settings) -> str:
+def _check_commands(loaded: Loaded) -> str:
     """Whether run_command is offered, in which sandbox, and if not, why and how to fix it."""
-    policy = _policy_if_valid(settings)
+    policy = loaded.policy_if_valid()
     if policy is None:
         return "run_command: decided once the policy error above is fixed"
     rule = policy.commands
     if rule is None:
         return "run_command: not offered (no [commands] table in the policies)"
-    return commands_line(rule, find_sandbox(settings.commands.srt,
-                                            settings.commands.upstream_proxy))
+    commands = loaded.settings.commands
+    return commands_line(rule, find_sandbox(commands.srt, commands.upstream_proxy))
 
 
 def commands_line(rule: CommandsRule, sandbox: SandboxInfo) -> str:
@@ -152,9 +192,9 @@ def _upstream(proxy: str | None) -> str:
     return f", then through the proxy {shown}" if proxy else ""
 
 
-def _check_internet(settings: Settings) -> str:
+def _check_internet(loaded: Loaded) -> str:
     """Whether the API's web tools are offered, where, and how often per task."""
-    policy = _policy_if_valid(settings)
+    policy = loaded.policy_if_valid()
     if policy is None:
         return "web tools: decided once the policy error above is fixed"
     rule = policy.internet
@@ -167,9 +207,9 @@ def _check_internet(settings: Settings) -> str:
     return f"web tools: {'; '.join(explain_internet(policy, name)[1] for name in offered)}{price}"
 
 
-def _check_desktop(settings: Settings) -> str:
+def _check_desktop(loaded: Loaded) -> str:
     """Whether the computer-use tool is offered: Linux only, in bubblewrap, with its programs."""
-    policy = _policy_if_valid(settings)
+    policy = loaded.policy_if_valid()
     if policy is None:
         return "desktop: decided once the policy error above is fixed"
     rule = policy.desktop
@@ -191,9 +231,9 @@ def _check_desktop(settings: Settings) -> str:
             f"at most {rule.max_actions} actions per task ({rule.source})")
 
 
-def _check_connectors(settings: Settings) -> str:
+def _check_connectors(loaded: Loaded) -> str:
     """Each MCP server of the policy: started once, its tools listed with their decisions."""
-    policy = _policy_if_valid(settings)
+    policy = loaded.policy_if_valid()
     if policy is None:
         return "MCP servers: checked once the policy error above is fixed"
     rules = policy.mcp
@@ -207,13 +247,13 @@ def _check_connectors(settings: Settings) -> str:
     return "\n".join(lines)
 
 
-def _check_skills(settings: Settings) -> str:
+def _check_skills(loaded: Loaded) -> str:
     """The skills folder: each valid skill and which policy file allows it; an error for each
     invalid one (it is not listed to the model)."""
-    if settings.skills_dir is None:
+    if loaded.settings.skills_dir is None:
         return "skills: none (no skills folder)"
-    catalogue = read_skills(settings.skills_dir)
-    lines, errors = describe_catalogue(_policy_if_valid(settings), catalogue, Path.home())
+    catalogue = read_skills(loaded.settings.skills_dir)
+    lines, errors = describe_catalogue(loaded.policy_if_valid(), catalogue, Path.home())
     if errors:
         raise _PartlyFailedError("\nerror: ".join(errors), lines)
     return "\n".join(lines)
@@ -234,28 +274,27 @@ def _check_schedules(settings: Settings) -> str:
     return f"schedules in time zone {zone}; {len(entries)} in {path}"
 
 
-def _check_store(settings: Settings) -> str:
+def _check_store(loaded: Loaded) -> str:
     """The database, migrated, and whether its claim on the mailbox is free (SECURITY.md L5)."""
-    imap = settings.imap
+    imap = loaded.settings.imap
     mailbox = mailbox_identity(imap.host, imap.username, imap.folder)
-    with contextlib.closing(Store.open(settings.database_url)) as store:
-        holder = store.mailbox_holder(mailbox)
-        database = store.describe()
+    store = loaded.store()
+    holder = store.mailbox_holder(mailbox)
+    database = store.describe()
     if holder is None:
         return f"database {database}; the mailbox {mailbox} is free"
     return (f"database {database}; the mailbox {mailbox} is held by a running service "
             f"({holder.line()}): `mailagent run` starts only where that one has stopped")
 
 
-def _check_tools(settings: Settings) -> str:
+def _check_tools(loaded: Loaded) -> str:
     """Whether tools are stopped after a failed integrity check (they stay so until resume)."""
-    with contextlib.closing(Store.open(settings.database_url)) as store:
-        halt = active_halt(store)
+    halt = active_halt(loaded.store())
     if halt is None:
         return "tools: not stopped"
     raise MailagentError(
         f"tools are stopped since {halt.halted_at:%Y-%m-%d %H:%M} UTC: {halt.reason}; look at "
-        f"what changed, then run `mailagent resume --config {settings.config_path}`")
+        f"what changed, then run `mailagent resume --config {loaded.settings.config_path}`")
 
 
 class _PartlyFailedError(MailagentError):
@@ -267,35 +306,45 @@ class _PartlyFailedError(MailagentError):
         self.passed = passed
 
 
-CHECKS: tuple[Callable[[Settings], str], ...] = (
+def _of_settings(check: Callable[[Settings], str]) -> Callable[[Loaded], str]:
+    """A check that needs the settings alone, as one of CHECKS."""
+    return lambda loaded: check(loaded.settings)
+
+
+CHECKS: tuple[Callable[[Loaded], str], ...] = (
     _check_policies, _check_commands, _check_internet, _check_desktop, _check_skills,
-    _check_templates,
-    _check_schedules,
-    _check_store, _check_tools, _check_connectors, doctor.check_keyring, doctor.check_oauth,
-    _check_imap, _check_smtp, _check_model, doctor.check_service)
+    *map(_of_settings, (_check_templates, _check_schedules)),
+    _check_store, _check_tools, _check_connectors,
+    *map(_of_settings, (doctor.check_keyring, doctor.check_oauth, _check_imap, _check_smtp,
+                        _check_model, doctor.check_service)))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """`check --config PATH`: the config loaded, then checked (check_settings)."""
+    return check_settings(load_settings(find_config_path(args.config)))
+
+
+def check_settings(settings: Settings) -> int:
     """One line per check on stdout (`ok:`, `error:`, `hint:`, `warning:`, indented details);
     whatever else would reach stdout meanwhile (a library's log handler, a stray print) goes
-    to stderr, so the lines can be read by a script."""
+    to stderr, so the lines can be read by a script. 0 when every check passes."""
     out = sys.stdout
-    settings = load_settings(find_config_path(args.config))
     print(f"ok: config {settings.config_path}", file=out)
     failures = 0
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.closing(Loaded(settings)) as loaded, contextlib.redirect_stdout(sys.stderr):
         for check in CHECKS:
-            failures += not _report(check, settings, out)
+            failures += not _report(check, loaded, out)
     if settings.owner.verification == "none":
         print('warning: owner.verification = "none" trusts the From header alone', file=out)
     return 1 if failures else 0
 
 
-def _report(check: Callable[[Settings], str], settings: Settings, out: TextIO) -> bool:
+def _report(check: Callable[[Loaded], str], loaded: Loaded, out: TextIO) -> bool:
     """Run one check and print its lines to `out`: the first as `ok:`, the rest (indented
     details, `warning:` lines) as they are. Whether it passed."""
+    settings = loaded.settings
     try:
-        lines = check(settings).splitlines()
+        lines = check(loaded).splitlines()
     except MailagentError as exc:
         for line in exc.passed if isinstance(exc, _PartlyFailedError) else []:
             print(line if line.startswith(" ") else f"ok: {line}", file=out)

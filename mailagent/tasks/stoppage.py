@@ -12,8 +12,9 @@ Two causes, one rule: the owner gets one mail saying so, and nothing is lost.
 
 In: a `Breach` from the integrity guard (which it owns: `guard`) and a `StoreFullError` from the
 store, from any thread. Out: `halted` (a threading.Event the worker reads before every tool call
-and every claim) with `halt_reason`, and `room_again`; the worker's bell rings when either
-changes, and the worker stops every running task or resumes the stranded ones.
+and every claim) with `halt_reason`; and two one-time signals for the worker, `just_halted` (set
+once per halt: stop every running task) and `room_again` (resume the stranded ones), each
+cleared by the worker as it obeys; the worker's bell rings when any of them changes.
 Side effects: halt rows, held rows of kept mail, and mail to the first owner address.
 It must never send more than one mail per halt or per time the store is full, and never let a
 halt end but by the owner's `resume`.
@@ -55,6 +56,7 @@ class Stoppage:
         self.mail_bell, self.work_bell = mail_bell, work_bell
         self.halted = threading.Event()
         self.halt_reason = ""
+        self.just_halted = threading.Event()  # for the worker: stop the running tasks, once
         self.room_again = threading.Event()  # for the worker: stranded tasks may go on
         self._lock = threading.Lock()
         self.unrecorded: Breach | None = None  # a halt the store could not take yet
@@ -83,6 +85,7 @@ class Stoppage:
             first = not self.halted.is_set()
             if first:
                 self.halt_reason = breach.reason
+                self.just_halted.set()
             self.halted.set()
         if not first:
             with contextlib.suppress(StoreError):

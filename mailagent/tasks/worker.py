@@ -132,11 +132,12 @@ class Worker(Approvals):
         self.wake.ring()
 
     def obey_stoppage(self) -> None:
-        """Tools stopped: every running task stops now. Room again after a full store: the
-        tasks it stranded go on."""
+        """Tools just stopped: every running task stops now, once per halt (none starts while
+        they stay stopped). Room again after a full store: the tasks it stranded go on."""
         if self.stoppage is None:
             return
-        if self.stoppage.halted.is_set():
+        if self.stoppage.just_halted.is_set():
+            self.stoppage.just_halted.clear()
             self.stop_tools(self.stoppage.halt_reason)
         if self.stoppage.room_again.is_set():
             self.stoppage.room_again.clear()
