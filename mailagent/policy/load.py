@@ -13,7 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from mailagent.errors import PolicyError, nearest, unknown_key
 from mailagent.policy.desktop import parse_desktop
@@ -61,41 +61,39 @@ def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
         text = _read_policy_text(file)
         document = _parse_toml(text, file)
         file_folders, file_commands = _validate(document, text, file, home)
-        file_mail = _mail_rule(document.get("mail"), text, file)
-        if file_mail is not None and mail is not None:
-            raise PolicyError(f"{file} line {file_mail.source.rpartition(':')[2]}: a second "
-                              f"[mail] table (the first is at {mail.source}); keep only one")
-        mail = mail or file_mail
+        mail = _only_one("[mail]", mail, _mail_rule(document.get("mail"), text, file), file)
         for grant in _skill_grants(document.get("skills"), text, file):
             skills.setdefault(grant.name, grant)  # the first file that allows it is named
-        file_internet = _internet_rule(document.get("internet"), text, file)
-        if file_internet is not None and internet is not None:
-            raise PolicyError(f"{file} line {file_internet.source.rpartition(':')[2]}: a second "
-                              f"[internet] table (the first is at {internet.source}); keep only "
-                              "one")
-        internet = internet or file_internet
-        file_desktop = _desktop_rule(document.get("desktop"), text, file)
-        if file_desktop is not None and desktop is not None:
-            raise PolicyError(f"{file} line {file_desktop.source.rpartition(':')[2]}: a second "
-                              f"[desktop] table (the first is at {desktop.source}); keep only "
-                              "one")
-        desktop = desktop or file_desktop
+        internet = _only_one("[internet]", internet,
+                             _internet_rule(document.get("internet"), text, file), file)
+        desktop = _only_one("[desktop]", desktop,
+                            _desktop_rule(document.get("desktop"), text, file), file)
         for server in parse_servers(document.get("mcp"), text, file):
-            if any(other.name == server.name for other in servers):
-                raise PolicyError(f"{file} line {server.source.rpartition(':')[2]}: a second "
-                                  f"[mcp.{server.name}] table; keep only one")
+            first = next((other for other in servers if other.name == server.name), None)
+            _only_one(f"[mcp.{server.name}]", first, server, file)
             servers.append(server)
         for rule in file_folders:
             _refuse_duplicate(rule, folders, file, home)
             folders.append(rule)
-        if file_commands is not None and commands is not None:
-            raise PolicyError(
-                f"{file} line {file_commands.source.rpartition(':')[2]}: a second [commands] "
-                f"table (the first is at {commands.source}); keep only one"
-            )
-        commands = commands or file_commands
+        commands = _only_one("[commands]", commands, file_commands, file)
     return Policy(tuple(folders), commands, tuple(file.name for file in files), tuple(servers),
                   mail, tuple(skills.values()), internet, desktop)
+
+
+class _Sourced(Protocol):
+    @property
+    def source(self) -> str: ...  # "a.toml:3", where the table starts
+
+
+_Rule = TypeVar("_Rule", bound=_Sourced)
+
+
+def _only_one(table: str, first: _Rule | None, found: _Rule | None, file: Path) -> _Rule | None:
+    """The one `table` rule so far: `first`, or `found` if it is the first; both is an error."""
+    if found is not None and first is not None:
+        raise PolicyError(f"{file} line {found.source.rpartition(':')[2]}: a second {table} "
+                          f"table (the first is at {first.source}); keep only one")
+    return first or found
 
 
 def is_policy_name(name: str) -> bool:
