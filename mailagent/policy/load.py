@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from mailagent.errors import PolicyError, nearest, unknown_key
 from mailagent.policy.desktop import parse_desktop
-from mailagent.policy.internet import parse_internet
+from mailagent.policy.internet import count, flag, parse_internet
 from mailagent.policy.mcp import McpServerRule, parse_servers
 from mailagent.policy.paths import expand_path, real_path, shown_path
 from mailagent.policy.rules import (
@@ -269,13 +269,13 @@ def _commands_rule(table: dict[str, Any], where: _Location) -> CommandsRule:
     if not isinstance(allow, list) or not all(isinstance(a, str) and a.strip() for a in allow):
         raise where.error('allow must be a list of program names, e.g. ["python3"]', "allow")
     network, hosts = _network(table, where)
-    unsafe = _flag(table, "unsafe_no_sandbox", where)
+    unsafe = flag(table, "unsafe_no_sandbox", where.error)
     timeout = table.get("timeout_seconds", 60.0)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise where.error(
             f"timeout_seconds = {timeout!r} must be a number of seconds above 0", "timeout_seconds"
         )
-    counts = {key: _count(table, key, default, where) for key, default in
+    counts = {key: count(table, key, default, where.error) for key, default in
               (("memory_mb", 2048), ("max_processes", 256), ("max_output_bytes", 65536))}
     source = f"{where.file.name}:{where.line}"
     return CommandsRule(tuple(allow), network, float(timeout), source,
@@ -373,20 +373,6 @@ def _desktop_rule(table: Any, text: str, file: Path) -> DesktopRule | None:
     if not isinstance(table, dict):
         raise where.error('desktop must be a [desktop] table: apps = ["mousepad"]')
     return parse_desktop(table, where.error, f"{file.name}:{where.line}")
-
-
-def _flag(table: dict[str, Any], key: str, where: _Location) -> bool:
-    value = table.get(key, False)
-    if not isinstance(value, bool):
-        raise where.error(f"{key} = {value!r} must be true or false", key)
-    return value
-
-
-def _count(table: dict[str, Any], key: str, default: int, where: _Location) -> int:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise where.error(f"{key} = {value!r} must be a whole number above 0", key)
-    return value
 
 
 def _refuse_duplicate(rule: FolderRule, earlier: list[FolderRule], file: Path, home: Path) -> None:
