@@ -35,9 +35,7 @@ from mailagent.tasks.progress import (
     target,
     usd,
 )
-from mailagent.tasks.toolbox import conversation_nonce
-
-FENCE_KEY = "fence.key"  # the data directory's secret behind each conversation's fence id
+from mailagent.tasks.toolbox import FENCE_KEY, conversation_nonce
 
 RESULT_CHARS = 300  # of a tool's output, in a record
 INPUT_CHARS = 120  # an input string longer than this is shown by its length
