@@ -295,6 +295,19 @@ def test_an_attachment_is_read_through_its_anchor_never_through_a_swapped_folder
     assert sent.payload == b"public file.txt\n"
 
 
+def test_an_attachment_over_the_limit_is_refused_whole_never_cut(tree: Tree) -> None:
+    refused: list[tuple[str, str]] = []
+    size = len(b"public file.txt\n")
+    [cut] = files_to_send(tree.judge("read"), ["~/proj/sub/file.txt"], size - 1,
+                          lambda p, why: refused.append((p, why)))
+    assert cut.payload is None
+    assert refused == [("~/proj/sub/file.txt", f"{tree.sub / 'file.txt'} is over {size - 1} "
+                        "bytes: too large to attach")]
+    [whole] = files_to_send(tree.judge("read"), ["~/proj/sub/file.txt"], size,
+                            lambda p, why: refused.append((p, why)))
+    assert whole.payload == b"public file.txt\n" and len(refused) == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Attachments saved from mail into the workspace
 

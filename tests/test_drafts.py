@@ -17,7 +17,7 @@ from mailagent.errors import PolicyError
 from mailagent.mail.drafts import compose_draft, draft_digest, envelope_of
 from mailagent.mail.notify import Postman
 from mailagent.policy import decide_recipients, explain_recipient, load_policy
-from mailagent.store import DraftQuestion, NewDraft, NewTask, Outbound, Store
+from mailagent.store import DraftQuestion, NewDraft, NewTask, Outbound, OutboxView, Store
 from mailagent.store.tables import OutboxRow
 from tests.support.config import settings_for_tests
 from tests.support.smtp import SmtpServer
@@ -111,6 +111,25 @@ def deliver_all(store: Store, tmp_path: Path, smtp_server: SmtpServer) -> None:
         await postman.courier.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize(("raw", "refused"), [
+    (b"To: owner@example.com\r\nCc: stranger@example.org\r\n\r\nx", True),
+    (b"To: owner@example.com\nBcc: stranger@example.org\n\nx", True),  # LF line ends
+    (b"To: owner@example.com,\r\n stranger@example.org\r\n\r\nx", True),  # folded
+    (b"To: owner@example.com\n\r\nCc: stranger@example.org\r\n\r\nx", False),  # in the body
+    (b"To: owner@example.com\r\n\r\nCc: stranger@example.org\r\n", False),
+    (b"To: =?utf-8?q?Owner?= <owner@example.com>\r\nCc: agent@example.com\r\n\r\nx", False),
+])
+def test_a_row_that_is_no_draft_goes_only_if_every_header_address_is_our_own(
+        raw: bytes, refused: bool) -> None:
+    mail = OutboxView(1, "<a@x>", "completion", "owner@example.com", "s", raw, "queued", 0, "",
+                      None)
+    envelope, why = envelope_of(mail, OWN, None)
+    if refused:
+        assert envelope == () and why.startswith("refused: stranger@example.org is not an owner")
+    else:
+        assert (envelope, why) == (("owner@example.com",), "")
 
 
 def test_the_outbox_sends_a_stranger_nothing_without_an_approved_draft_of_those_bytes(

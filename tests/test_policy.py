@@ -481,6 +481,23 @@ def test_two_commands_tables_are_refused(tmp_path: Path) -> None:
         load_policy(folder)
 
 
+@pytest.mark.parametrize(("table", "text"), [
+    ("[mail]", '[mail]\nmay_write_to = ["*@example.org"]\n'),
+    ("[internet]", "[internet]\nweb_search = true\n"),
+    ("[desktop]", '[desktop]\napps = ["gedit"]\n'),
+    ("[mcp.notes]", '[mcp.notes]\ncommand = "notes-server"\n'),
+    ("[commands]", '[commands]\nallow = ["sh"]\n'),
+])
+def test_a_table_in_two_files_is_refused_in_one_wording(
+    tmp_path: Path, table: str, text: str
+) -> None:
+    folder = _policies(tmp_path, {"a.toml": text, "b.toml": "\n" + text})
+    with pytest.raises(PolicyError) as raised:
+        load_policy(folder, home=tmp_path)
+    assert str(raised.value) == (f"{folder / 'b.toml'} line 2: a second {table} table "
+                                 "(the first is at a.toml:1); keep only one")
+
+
 def test_the_same_folder_in_two_files_is_refused(tmp_path: Path) -> None:
     rule = f'[[folders]]\npath = "{tmp_path}"\n'
     folder = _policies(tmp_path, {"a.toml": rule, "b.toml": rule})

@@ -44,6 +44,7 @@ from mailagent.tasks.progress import (
     day_json,
     day_lines,
     day_report,
+    iso,
     progress_json,
     progress_lines,
     running_progress,
@@ -123,10 +124,6 @@ def _latest_per_server(events: list[AuditView]) -> list[AuditView]:
     return [latest[name] for name in sorted(latest)]
 
 
-def _iso(at: datetime | None) -> str | None:
-    return at.isoformat() if at is not None else None
-
-
 def as_json(snap: Snapshot) -> dict[str, Any]:
     """The stable JSON form (see the module docstring)."""
     return {
@@ -134,34 +131,34 @@ def as_json(snap: Snapshot) -> dict[str, Any]:
                           for c in snap.conversations],
         "tasks": [{"task_id": t.task_id, "conversation": t.conversation_name, "state": t.state,
                    "subject": t.subject, "owner": t.owner_address,
-                   "created_at": _iso(t.created_at), "reason": t.reason} for t in snap.tasks],
+                   "created_at": iso(t.created_at), "reason": t.reason} for t in snap.tasks],
         "schedules": [{"schedule_id": s.schedule_id, "conversation": s.conversation_name,
                        "when": s.when_text, "timezone": s.timezone, "state": s.state,
-                       "reason": s.reason, "next_run_at": _iso(s.next_run_at),
+                       "reason": s.reason, "next_run_at": iso(s.next_run_at),
                        "task": s.task_text, "text": line} for s, line in snap.schedules],
         "approvals": [{"task_id": a.task_id, "operation": a.operation,
-                       "expires_at": _iso(a.expires_at)} for a in snap.approvals],
+                       "expires_at": iso(a.expires_at)} for a in snap.approvals],
         "outbox": [{"state": m.state, "kind": m.kind, "recipient": m.recipient,
                     "subject": m.subject, "attempts": m.attempts, "last_error": m.last_error}
                    for m in snap.outbox],
         "commands": [{"command_id": c.command_id, "name": c.name, "argument": c.argument,
                       "conversation": c.conversation_name} for c in snap.commands],
-        "connectors": [{"server": e.detail.get("server"), "at": _iso(e.at), "state": e.reason}
+        "connectors": [{"server": e.detail.get("server"), "at": iso(e.at), "state": e.reason}
                        for e in snap.connectors],
-        "refusals": [{"at": _iso(e.at), "kind": e.kind, "reason": e.reason}
+        "refusals": [{"at": iso(e.at), "kind": e.kind, "reason": e.reason}
                      for e in snap.refusals],
         "inbound": " ".join(snap.inbound),
         "held": [{"raw_message_id": h.raw_message_id, "owner": h.owner_address,
-                  "reason": h.reason, "held_at": _iso(h.held_at),
+                  "reason": h.reason, "held_at": iso(h.held_at),
                   "runs_by_itself": h.runs_by_itself, "release_requested": h.release_requested}
                  for h in snap.held],
-        "duplicates": [{"at": _iso(e.at), "raw_message_id": e.raw_message_id,
+        "duplicates": [{"at": iso(e.at), "raw_message_id": e.raw_message_id,
                         "uid": e.detail.get("uid"), "reason": e.reason}
                        for e in snap.duplicates or []],
-        "gave_up": [{"at": _iso(e.at), "raw_message_id": e.raw_message_id, "reason": e.reason}
+        "gave_up": [{"at": iso(e.at), "raw_message_id": e.raw_message_id, "reason": e.reason}
                     for e in snap.gave_up or []],
         "halt": None if snap.halt is None else {
-            "halted_at": _iso(snap.halt.halted_at), "reason": snap.halt.reason,
+            "halted_at": iso(snap.halt.halted_at), "reason": snap.halt.reason,
             "problems": snap.halt.detail.get("problems", []),
             "task_id": snap.halt.detail.get("task_id"),
             "conversation": snap.halt.detail.get("conversation")},

@@ -26,6 +26,7 @@ from typing import Any
 from mailagent.addresses import plain_address
 from mailagent.config import SmtpSettings
 from mailagent.content import clean_header
+from mailagent.mail.intake import parse_headers
 from mailagent.mail.notify import MAX_REFERENCES, attachment_name, new_message_id
 from mailagent.store import DraftView, OutboxView
 
@@ -163,6 +164,6 @@ def envelope_of(mail: OutboxView, own: frozenset[str],
 
 
 def _header_addresses(raw: bytes) -> list[str]:
-    head = email.message_from_bytes(raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0])
+    head = parse_headers(raw)
     values = [str(v) for name in ("To", "Cc", "Bcc") for v in head.get_all(name, [])]
     return [address for _, address in getaddresses(values) if address]

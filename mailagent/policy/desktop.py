@@ -15,16 +15,13 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mailagent.errors import PolicyError, unknown_key
+from mailagent.errors import unknown_key
+from mailagent.policy.internet import Fail, count
 from mailagent.policy.rules import DESKTOP_KEYS, Decision, DesktopRule, Policy, Scope
 from mailagent.policy.sandbox import program_path
-
-Fail = Callable[[str, str | None], PolicyError]
-
 
 APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 MAX_ACTIONS_PER_TASK = 500
@@ -52,12 +49,8 @@ def parse_desktop(table: dict[str, Any], fail: Fail, source: str) -> DesktopRule
     if twice := sorted({n for n in names if names.count(n) > 1}):
         raise fail(f"apps: two entries are called {twice[0]!r}; the agent starts an app by "
                    "its name, so keep one", "apps")
-    count = table.get("max_actions", 50)
-    if isinstance(count, bool) or not isinstance(count, int) or \
-            not 1 <= count <= MAX_ACTIONS_PER_TASK:
-        raise fail(f"max_actions = {count!r} must be a whole number from 1 to "
-                   f"{MAX_ACTIONS_PER_TASK}", "max_actions")
-    return DesktopRule(tuple(apps), count, source)
+    actions = count(table, "max_actions", 50, fail, MAX_ACTIONS_PER_TASK)
+    return DesktopRule(tuple(apps), actions, source)
 
 
 def app_name(app: str) -> str:

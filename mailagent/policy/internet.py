@@ -3,6 +3,7 @@
 In: the `[internet]` table of a policy file (TOML written by the owner). Out: an `InternetRule`
 (web search and web fetch on or off, the domain lists, the uses per task), or a PolicyError
 naming the key and what to write instead; and the words `policy explain internet` prints.
+Its readers of a true-or-false key and of a count (`flag`, `count`) serve the other tables too.
 Pure: no I/O. It must never turn a tool on that the table does not name (SECURITY.md E4): the
 tools are off unless `web_search = true` or `web_fetch = true` is written.
 Domains are written as the API takes them (https://docs.claude.com/en/docs/agents-and-tools/
@@ -35,30 +36,35 @@ def parse_internet(table: dict[str, Any], fail: Fail, source: str) -> InternetRu
     for key in table:
         if key not in INTERNET_KEYS:
             raise fail(unknown_key(key, INTERNET_KEYS, "[internet]"), key)
-    search, fetch = (_flag(table, key, fail) for key in ("web_search", "web_fetch"))
+    search, fetch = (flag(table, key, fail) for key in ("web_search", "web_fetch"))
     allowed, blocked = (_domains(table, key, fail) for key in ("allowed_domains",
                                                               "blocked_domains"))
     if allowed and blocked:
         raise fail("allowed_domains and blocked_domains cannot both be set (the API takes one "
                    "list or the other): keep one", "blocked_domains")
-    max_uses = _count(table, "max_uses", 5, MAX_USES_PER_TASK, fail)
+    max_uses = count(table, "max_uses", 5, fail, MAX_USES_PER_TASK)
     tokens = table.get("max_content_tokens")
     if tokens is not None:
-        tokens = _count(table, "max_content_tokens", 0, 1_000_000, fail)
+        tokens = count(table, "max_content_tokens", 0, fail, 1_000_000)
     return InternetRule(search, fetch, allowed, blocked, max_uses, tokens, source)
 
 
-def _flag(table: dict[str, Any], key: str, fail: Fail) -> bool:
+def flag(table: dict[str, Any], key: str, fail: Fail) -> bool:
+    """`table[key]` as true or false (false when absent); `fail(message, key)` if it is neither."""
     value = table.get(key, False)
     if not isinstance(value, bool):
         raise fail(f"{key} = {value!r} must be true or false", key)
     return value
 
 
-def _count(table: dict[str, Any], key: str, default: int, top: int, fail: Fail) -> int:
+def count(table: dict[str, Any], key: str, default: int, fail: Fail, top: int | None = None
+          ) -> int:
+    """`table[key]` as a whole number from 1 (up to `top` if given), `default` when absent."""
     value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-        raise fail(f"{key} = {value!r} must be a whole number from 1 to {top}", key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or \
+            (top is not None and value > top):
+        span = "above 0" if top is None else f"from 1 to {top}"
+        raise fail(f"{key} = {value!r} must be a whole number {span}", key)
     return value
 
 

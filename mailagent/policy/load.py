@@ -13,11 +13,11 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from mailagent.errors import PolicyError, nearest, unknown_key
 from mailagent.policy.desktop import parse_desktop
-from mailagent.policy.internet import parse_internet
+from mailagent.policy.internet import count, flag, parse_internet
 from mailagent.policy.mcp import McpServerRule, parse_servers
 from mailagent.policy.paths import expand_path, real_path, shown_path
 from mailagent.policy.rules import (
@@ -61,41 +61,39 @@ def load_policy(policies_dir: Path, *, home: Path | None = None) -> Policy:
         text = _read_policy_text(file)
         document = _parse_toml(text, file)
         file_folders, file_commands = _validate(document, text, file, home)
-        file_mail = _mail_rule(document.get("mail"), text, file)
-        if file_mail is not None and mail is not None:
-            raise PolicyError(f"{file} line {file_mail.source.rpartition(':')[2]}: a second "
-                              f"[mail] table (the first is at {mail.source}); keep only one")
-        mail = mail or file_mail
+        mail = _only_one("[mail]", mail, _mail_rule(document.get("mail"), text, file), file)
         for grant in _skill_grants(document.get("skills"), text, file):
             skills.setdefault(grant.name, grant)  # the first file that allows it is named
-        file_internet = _internet_rule(document.get("internet"), text, file)
-        if file_internet is not None and internet is not None:
-            raise PolicyError(f"{file} line {file_internet.source.rpartition(':')[2]}: a second "
-                              f"[internet] table (the first is at {internet.source}); keep only "
-                              "one")
-        internet = internet or file_internet
-        file_desktop = _desktop_rule(document.get("desktop"), text, file)
-        if file_desktop is not None and desktop is not None:
-            raise PolicyError(f"{file} line {file_desktop.source.rpartition(':')[2]}: a second "
-                              f"[desktop] table (the first is at {desktop.source}); keep only "
-                              "one")
-        desktop = desktop or file_desktop
+        internet = _only_one("[internet]", internet,
+                             _internet_rule(document.get("internet"), text, file), file)
+        desktop = _only_one("[desktop]", desktop,
+                            _desktop_rule(document.get("desktop"), text, file), file)
         for server in parse_servers(document.get("mcp"), text, file):
-            if any(other.name == server.name for other in servers):
-                raise PolicyError(f"{file} line {server.source.rpartition(':')[2]}: a second "
-                                  f"[mcp.{server.name}] table; keep only one")
+            first = next((other for other in servers if other.name == server.name), None)
+            _only_one(f"[mcp.{server.name}]", first, server, file)
             servers.append(server)
         for rule in file_folders:
             _refuse_duplicate(rule, folders, file, home)
             folders.append(rule)
-        if file_commands is not None and commands is not None:
-            raise PolicyError(
-                f"{file} line {file_commands.source.rpartition(':')[2]}: a second [commands] "
-                f"table (the first is at {commands.source}); keep only one"
-            )
-        commands = commands or file_commands
+        commands = _only_one("[commands]", commands, file_commands, file)
     return Policy(tuple(folders), commands, tuple(file.name for file in files), tuple(servers),
                   mail, tuple(skills.values()), internet, desktop)
+
+
+class _Sourced(Protocol):
+    @property
+    def source(self) -> str: ...  # "a.toml:3", where the table starts
+
+
+_Rule = TypeVar("_Rule", bound=_Sourced)
+
+
+def _only_one(table: str, first: _Rule | None, found: _Rule | None, file: Path) -> _Rule | None:
+    """The one `table` rule so far: `first`, or `found` if it is the first; both is an error."""
+    if found is not None and first is not None:
+        raise PolicyError(f"{file} line {found.source.rpartition(':')[2]}: a second {table} "
+                          f"table (the first is at {first.source}); keep only one")
+    return first or found
 
 
 def is_policy_name(name: str) -> bool:
@@ -271,13 +269,13 @@ def _commands_rule(table: dict[str, Any], where: _Location) -> CommandsRule:
     if not isinstance(allow, list) or not all(isinstance(a, str) and a.strip() for a in allow):
         raise where.error('allow must be a list of program names, e.g. ["python3"]', "allow")
     network, hosts = _network(table, where)
-    unsafe = _flag(table, "unsafe_no_sandbox", where)
+    unsafe = flag(table, "unsafe_no_sandbox", where.error)
     timeout = table.get("timeout_seconds", 60.0)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise where.error(
             f"timeout_seconds = {timeout!r} must be a number of seconds above 0", "timeout_seconds"
         )
-    counts = {key: _count(table, key, default, where) for key, default in
+    counts = {key: count(table, key, default, where.error) for key, default in
               (("memory_mb", 2048), ("max_processes", 256), ("max_output_bytes", 65536))}
     source = f"{where.file.name}:{where.line}"
     return CommandsRule(tuple(allow), network, float(timeout), source,
@@ -375,20 +373,6 @@ def _desktop_rule(table: Any, text: str, file: Path) -> DesktopRule | None:
     if not isinstance(table, dict):
         raise where.error('desktop must be a [desktop] table: apps = ["mousepad"]')
     return parse_desktop(table, where.error, f"{file.name}:{where.line}")
-
-
-def _flag(table: dict[str, Any], key: str, where: _Location) -> bool:
-    value = table.get(key, False)
-    if not isinstance(value, bool):
-        raise where.error(f"{key} = {value!r} must be true or false", key)
-    return value
-
-
-def _count(table: dict[str, Any], key: str, default: int, where: _Location) -> int:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise where.error(f"{key} = {value!r} must be a whole number above 0", key)
-    return value
 
 
 def _refuse_duplicate(rule: FolderRule, earlier: list[FolderRule], file: Path, home: Path) -> None:

@@ -151,15 +151,16 @@ def day_lines(day: Day, now: datetime) -> list[str]:
     return lines
 
 
-def _iso(at: datetime | None) -> str | None:
+def iso(at: datetime | None) -> str | None:
+    """A moment in the JSON forms (here, `show` and `history`, `status`): ISO 8601, or null."""
     return at.isoformat() if at is not None else None
 
 
 def progress_json(p: Progress, now: datetime) -> dict[str, Any]:
     t = p.task
     return {"task_id": t.task_id, "conversation": t.conversation_name, "state": t.state,
-            "subject": t.subject, "started_at": _iso(t.started_at),
-            "elapsed_seconds": _round(t.seconds(now)), "turn": p.turn, "doing": p.doing,
+            "subject": t.subject, "started_at": iso(t.started_at),
+            "elapsed_seconds": rounded_seconds(t.seconds(now)), "turn": p.turn, "doing": p.doing,
             "tools": [{"name": s.name, "target": target(s.name, s.input), "verdict": s.verdict,
                        "state": s.state} for s in p.tools],
             "files_changed": [{"op": c.get("op"), "path": c.get("path")} for c in p.changes],
@@ -167,14 +168,16 @@ def progress_json(p: Progress, now: datetime) -> dict[str, Any]:
 
 
 def day_json(day: Day, now: datetime) -> dict[str, Any]:
-    return {"since": _iso(day.since),
+    return {"since": iso(day.since),
             "tasks": [{"task_id": t.task_id, "conversation": t.conversation_name,
-                       "state": t.state, "subject": t.subject, "started_at": _iso(t.started_at),
-                       "ended_at": _iso(t.ended_at), "duration_seconds": _round(t.seconds(now)),
+                       "state": t.state, "subject": t.subject, "started_at": iso(t.started_at),
+                       "ended_at": iso(t.ended_at),
+                       "duration_seconds": rounded_seconds(t.seconds(now)),
                        "cost_usd": round(t.cost_usd, 6)} for t in day.tasks],
             "cost_usd": round(day.cost_usd, 6), "last_24h_usd": round(day.last_24h_usd, 6),
             "daily_cost_usd": day.daily_cost_usd}
 
 
-def _round(seconds: float | None) -> float | None:
+def rounded_seconds(seconds: float | None) -> float | None:
+    """A duration in the JSON forms: seconds to a tenth, or null."""
     return None if seconds is None else round(seconds, 1)

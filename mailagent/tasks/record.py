@@ -27,10 +27,15 @@ from mailagent.store.records import (
     task_summaries,
     tool_steps,
 )
-from mailagent.tasks.progress import change_text, seconds_text, target, usd
-from mailagent.tasks.toolbox import conversation_nonce
-
-FENCE_KEY = "fence.key"  # the data directory's secret behind each conversation's fence id
+from mailagent.tasks.progress import (
+    change_text,
+    iso,
+    rounded_seconds,
+    seconds_text,
+    target,
+    usd,
+)
+from mailagent.tasks.toolbox import FENCE_KEY, conversation_nonce
 
 RESULT_CHARS = 300  # of a tool's output, in a record
 INPUT_CHARS = 120  # an input string longer than this is shown by its length
@@ -93,10 +98,6 @@ def shown_input(tool_input: dict[str, Any], secrets: tuple[str, ...]) -> dict[st
     return shown
 
 
-def _iso(at: datetime | None) -> str | None:
-    return at.isoformat() if at is not None else None
-
-
 OPEN_STATES = ("decided", "started", "approved")  # a call on its way, while its task runs
 
 
@@ -125,7 +126,7 @@ def turns_json(entries: list[TurnEntry], steps: list[ToolStep], secrets: tuple[s
                          if not (isinstance(b, dict) and b.get("type") == "tool_use"))
         calls = [by_id.pop(str(b.get("id"))) for b in blocks if isinstance(b, dict)
                  and b.get("type") == "tool_use" and b.get("id") in by_id]
-        turns.append({"turn": len(turns) + 1, "at": _iso(entry.created_at),
+        turns.append({"turn": len(turns) + 1, "at": iso(entry.created_at),
                       "text": clip(text.strip(), TEXT_CHARS),
                       "tool_calls": [step_json(c, secrets, ended) for c in calls]})
     if by_id:  # calls whose turn is no longer stored (it was compacted away)
@@ -138,16 +139,16 @@ def summary_json(t: TaskSummary, now: datetime) -> dict[str, Any]:
     """A task in `history`: number, conversation, state, subject, when, duration and cost."""
     seconds = t.seconds(now)
     return {"task_id": t.task_id, "conversation": t.conversation_name, "state": t.state,
-            "subject": t.subject, "created_at": _iso(t.created_at),
-            "started_at": _iso(t.started_at), "ended_at": _iso(t.ended_at),
-            "duration_seconds": None if seconds is None else round(seconds, 1),
+            "subject": t.subject, "created_at": iso(t.created_at),
+            "started_at": iso(t.started_at), "ended_at": iso(t.ended_at),
+            "duration_seconds": rounded_seconds(seconds),
             "turns": t.turns, "tool_calls": t.tool_calls, "cost_usd": round(t.cost_usd, 6)}
 
 
 def mail_json(mail: MailSent) -> dict[str, Any]:
     return {"kind": mail.kind, "recipient": mail.recipient, "subject": mail.subject,
-            "state": mail.state, "created_at": _iso(mail.created_at),
-            "sent_at": _iso(mail.sent_at)}
+            "state": mail.state, "created_at": iso(mail.created_at),
+            "sent_at": iso(mail.sent_at)}
 
 
 def fence_ids(data_dir: Path | None, conversation_id: int) -> tuple[str, ...]:

@@ -69,9 +69,12 @@ FILE_TOOLS = ("list_files", "read_file", "write_file", "edit_file", "move_file",
               "search_files", "attach_file")
 
 
+FENCE_KEY = "fence.key"  # the data directory's secret behind each conversation's fence id
+
+
 def conversation_nonce(data_dir: Path, conversation_id: int) -> str:
     """A fence id unknown to senders and stable per conversation (a stable prompt prefix)."""
-    key = data_key(data_dir, "fence.key")
+    key = data_key(data_dir, FENCE_KEY)
     return hmac.new(key, str(conversation_id).encode(), hashlib.sha256).hexdigest()[:16]
 
 

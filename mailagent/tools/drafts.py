@@ -11,14 +11,12 @@ Attachments are read through descriptors from the root of the rule that allowed 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from mailagent.errors import PolicyError
-from mailagent.policy import fsat
-from mailagent.tools.files import Anchored, ToolError
+from mailagent.tools.files import Anchored, ToolError, read_anchored
 
 MAX_RECIPIENTS = 20
 MAX_BODY_CHARS = 50_000
@@ -41,17 +39,9 @@ def read_judged(decision: Anchored, limit: int) -> tuple[Path, bytes]:
     if decision.verdict != "allow" or decision.anchor is None:
         raise ToolError(f"denied by {decision.rule}: {decision.reason}")
     try:
-        with fsat.parent(decision.anchor) as place:
-            fd, info = place.open_file(for_change=False)
-            with os.fdopen(fd, "rb") as handle:
-                if info.st_size > limit:
-                    raise ToolError(f"{decision.anchor.path} is over {limit} bytes: too large "
-                                    "to attach")
-                return decision.anchor.path, handle.read(limit + 1)[:limit]
+        return decision.anchor.path, read_anchored(decision.anchor, limit, whole=True)
     except PolicyError as error:
         raise ToolError(str(error)) from None
-    except OSError as error:
-        raise ToolError(f"{decision.anchor.path} cannot be read ({error.strerror})") from None
 
 
 @dataclass

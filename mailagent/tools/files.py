@@ -182,7 +182,7 @@ class FileTools:
         """
         anchor = self._anchor("read", path)
         with _refusals():
-            data = _read(anchor, MAX_DOCUMENT_BYTES)
+            data = read_anchored(anchor, MAX_DOCUMENT_BYTES)
         note = ""
         if offset is None and limit is None:
             try:
@@ -213,7 +213,7 @@ class FileTools:
         cannot be shown."""
         anchor = self._anchor("read", path)
         with _refusals():
-            data = _read(anchor, MAX_DOCUMENT_BYTES)
+            data = read_anchored(anchor, MAX_DOCUMENT_BYTES)
         name = anchor.path.name
         media = media_of(name, data, content_type)
         if media is not None:
@@ -364,7 +364,7 @@ class FileTools:
 
         found = [f"{file}: (name matches)"] if search(file.name) else []
         try:
-            data = _read(decision.anchor, MAX_READ_BYTES)
+            data = read_anchored(decision.anchor, MAX_READ_BYTES)
         except PolicyError:
             return found
         if b"\x00" in data[:8192]:
@@ -393,15 +393,19 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read(anchor: Anchor, limit: int) -> bytes:
-    """Up to `limit` bytes of the regular file `anchor` names, through descriptors."""
-    with fsat.parent(anchor) as place:
-        fd, _ = place.open_file(for_change=False)
-        with os.fdopen(fd, "rb") as handle:
-            try:
+def read_anchored(anchor: Anchor, limit: int, *, whole: bool = False) -> bytes:
+    """Up to `limit` bytes of the regular file `anchor` names, through descriptors from its
+    rule's root (the file judged by fstat when opened); PolicyError if it cannot be read, and
+    with `whole` if it is over `limit` bytes (an attachment goes whole or not at all)."""
+    try:
+        with fsat.parent(anchor) as place:
+            fd, info = place.open_file(for_change=False)
+            with os.fdopen(fd, "rb") as handle:
+                if whole and info.st_size > limit:
+                    raise PolicyError(f"{anchor.path} is over {limit} bytes: too large to attach")
                 return handle.read(limit)
-            except OSError as error:
-                raise PolicyError(f"{anchor.path} cannot be read ({error.strerror})") from None
+    except OSError as error:
+        raise PolicyError(f"{anchor.path} cannot be read ({error.strerror})") from None
 
 
 def _edited(fd: int, info: os.stat_result, path: str, old_text: str, new_text: str) -> str:
