@@ -14,6 +14,7 @@ from tests.support.mail import owner_mail
 from tests.support.model_server import ModelServer
 from tests.support.service import ServiceProcess, wait_until
 from tests.support.smtp import SmtpServer
+from tests.support.upstream import SRT
 
 
 def mailagent(*args: str, password: str = "agent-secret") -> subprocess.CompletedProcess[str]:
@@ -184,10 +185,9 @@ def test_config_path_may_come_from_the_environment(tmp_path: Path) -> None:
 
 
 def test_check_says_srt_filters_a_host_list_and_why(tmp_path: Path) -> None:
-    srt = Path(__file__).resolve().parents[1] / ".venv" / "srt" / "node_modules" / ".bin" / "srt"
     config = write_config(tmp_path, closed_port(), closed_port())
     with config.open("a") as file:
-        file.write(f'\n[commands]\nsrt = "{os.environ.get("MAILAGENT_SRT") or srt}"\n')
+        file.write(f'\n[commands]\nsrt = "{SRT}"\n')
     (tmp_path / "policies").mkdir(exist_ok=True)
     (tmp_path / "policies" / "c.toml").write_text(
         '[commands]\nallow = ["python3"]\nnetwork = ["pypi.org"]\n')

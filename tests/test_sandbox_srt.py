@@ -5,13 +5,11 @@ the policy's folders.
 The internet is an upstream proxy on loopback (tests/support/upstream.py) that maps the names
 `allowed.test` and `other.test` to two local servers: srt's filter decides by name, and what it
 lets through goes to that proxy, so the test sees exactly what left the sandbox.
-scripts/test.sh installs srt and a Node 22 for it into .venv/srt; MAILAGENT_SRT names another.
+srt is found as tests/support/upstream.py says (SRT).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,29 +21,13 @@ from mailagent.policy import load_policy
 from mailagent.policy.sandbox import Limits, NoHostFilterError, Runner, find_sandbox
 from mailagent.policy.srt import SrtInfo
 from tests.support.sandbox import Box
-from tests.support.upstream import Site, Upstream
-
-PYTHON = str(Path(sys.prefix) / "bin" / "python3")
-SRT = Path(os.environ.get("MAILAGENT_SRT") or
-           Path(__file__).resolve().parents[1] / ".venv" / "srt" / "node_modules" / ".bin" / "srt")
-FETCH = """
-import sys, urllib.request
-for url in sys.argv[1:]:
-    try:
-        print(url, urllib.request.urlopen(url, timeout=10).read().decode().strip())
-    except Exception as error:
-        print(url, "FAILED", error)
-"""
+from tests.support.upstream import FETCH, PYTHON, SRT, Site, Upstream, two_sites
 
 
 @pytest.fixture(scope="module")
 def sites() -> Iterator[tuple[Site, Site, Upstream]]:
-    allowed, other = Site("allowed"), Site("other")
-    upstream = Upstream({"allowed.test": allowed, "other.test": other})
-    yield allowed, other, upstream
-    for server in (allowed, other, upstream):
-        server.shutdown()
-        server.server_close()
+    with two_sites() as served:
+        yield served
 
 
 @pytest.fixture

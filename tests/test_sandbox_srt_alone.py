@@ -5,12 +5,11 @@ srt: only the policy's folders readable, only its write folders and the workspac
 protected paths neither, even the data folder that holds the workspace, the network only to the
 listed hosts, and the limits held for the command.
 
-scripts/test.sh installs srt and a Node 22 for it into .venv/srt; MAILAGENT_SRT names another.
+srt is found as tests/support/upstream.py says (SRT).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -31,29 +30,13 @@ from mailagent.policy.sandbox import (
 )
 from mailagent.policy.srt import alone_settings, cover
 from tests.support.sandbox import Box
-from tests.support.upstream import Site, Upstream
-
-PYTHON = str(Path(sys.prefix) / "bin" / "python3")
-SRT = Path(os.environ.get("MAILAGENT_SRT") or
-           Path(__file__).resolve().parents[1] / ".venv" / "srt" / "node_modules" / ".bin" / "srt")
-FETCH = """
-import sys, urllib.request
-for url in sys.argv[1:]:
-    try:
-        print(url, urllib.request.urlopen(url, timeout=10).read().decode().strip())
-    except Exception as error:
-        print(url, "FAILED", error)
-"""
+from tests.support.upstream import FETCH, PYTHON, SRT, Site, Upstream, two_sites
 
 
 @pytest.fixture(scope="module")
 def sites() -> Iterator[tuple[Site, Site, Upstream]]:
-    allowed, other = Site("allowed"), Site("other")
-    upstream = Upstream({"allowed.test": allowed, "other.test": other})
-    yield allowed, other, upstream
-    for server in (allowed, other, upstream):
-        server.shutdown()
-        server.server_close()
+    with two_sites() as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,32 @@ left the filter and what did not. It speaks both forms a proxy is asked in: an a
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
+import os
 import select
 import socket
+import sys
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
+
+# srt as scripts/test.sh installs it (with a Node 22 for it) into .venv/srt; MAILAGENT_SRT
+# names another.
+SRT = Path(os.environ.get("MAILAGENT_SRT") or Path(__file__).resolve().parents[2] / ".venv"
+           / "srt" / "node_modules" / ".bin" / "srt")
+PYTHON = str(Path(sys.prefix) / "bin" / "python3")
+# A command that fetches each URL it is given and prints what came back, or why nothing did.
+FETCH = """
+import sys, urllib.request
+for url in sys.argv[1:]:
+    try:
+        print(url, urllib.request.urlopen(url, timeout=10).read().decode().strip())
+    except Exception as error:
+        print(url, "FAILED", error)
+"""
 
 
 class Site(http.server.ThreadingHTTPServer):
@@ -105,3 +125,16 @@ def _pipe(a: socket.socket, b: socket.socket) -> None:
             if not data:
                 return
             (b if sock is a else a).sendall(data)
+
+
+@contextlib.contextmanager
+def two_sites() -> Iterator[tuple[Site, Site, Upstream]]:
+    """`allowed.test` and `other.test`, and the upstream proxy that reaches both by name."""
+    allowed, other = Site("allowed"), Site("other")
+    upstream = Upstream({"allowed.test": allowed, "other.test": other})
+    try:
+        yield allowed, other, upstream
+    finally:
+        for server in (allowed, other, upstream):
+            server.shutdown()
+            server.server_close()
