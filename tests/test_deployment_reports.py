@@ -19,6 +19,7 @@ from mailagent.config import load_settings
 from mailagent.mail.mailbox import Fetched
 from mailagent.service import Service
 from mailagent.store import Store
+from mailagent.store.halts import active_halt, halt
 from tests.support.deployment import AGENT_B, OWNER_B, USERS, addressed_to, write_agent_config
 from tests.support.mail import AGENT, OWNER, owner_mail
 
@@ -169,3 +170,20 @@ def test_show_history_and_logs_of_a_deployment_need_the_agent_and_name_them(
     result = mailagent("show", "1", "--configs", str(agents), "--agent", "carol")
     assert result.returncode == 2 and "the agents of" in result.stderr
     assert "are alice, bob" in result.stderr
+
+
+def test_resume_ends_the_halt_of_the_agent_it_names_and_no_other(agents: Path) -> None:
+    for name in ("alice", "bob"):
+        settings = load_settings(agents / name / "mailagent.toml", secrets=False)
+        with contextlib.closing(Store.open(settings.database_url)) as store:
+            assert halt(store, f"{name}'s policy changed", {"problems": ["p.toml"]}, None)
+    result = mailagent("resume", "--configs", str(agents))
+    assert result.returncode == 2 and "say which with --agent NAME, one of alice, bob" in \
+        result.stderr
+    result = mailagent("resume", "--configs", str(agents), "--agent", "bob")
+    assert result.returncode == 0, result.stderr
+    assert "bob's policy changed" in result.stdout and "Resumed" in result.stdout
+    for name, stopped in (("alice", True), ("bob", False)):
+        settings = load_settings(agents / name / "mailagent.toml", secrets=False)
+        with contextlib.closing(Store.open(settings.database_url)) as store:
+            assert (active_halt(store) is not None) is stopped, name

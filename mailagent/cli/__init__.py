@@ -20,7 +20,12 @@ from pathlib import Path
 
 from mailagent import __version__
 from mailagent.cli import init_config, init_finish, init_wizard, install
-from mailagent.cli.agents import add_agent_arguments, cmd_status, deployment_folder
+from mailagent.cli.agents import (
+    add_agent_arguments,
+    cmd_status,
+    config_path,
+    deployment_folder,
+)
 from mailagent.cli.check import check_settings, cmd_check
 from mailagent.cli.demo import add_demo_parser
 from mailagent.cli.install import add_service_parser
@@ -130,7 +135,7 @@ def log_to_file(path: Path, line_format: str = LOG_FORMAT) -> None:
 def cmd_resume(args: argparse.Namespace) -> int:
     """End a halt: say what had stopped the tools, and let them run again (the running service
     notices within seconds; a stopped one at its next start)."""
-    settings = _settings(args, secrets=False)
+    settings = load_settings(config_path(args), secrets=False)
     with contextlib.closing(Store.open(settings.database_url)) as store:
         ended = resume(store)
     if ended is None:
@@ -330,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
             add_agent_arguments(command, every=True)
             command.add_argument("--json", action="store_true", help="JSON with stable keys")
             command.add_argument("--plain", action="store_true", help="lines, not tables")
+            continue
+        if name == "resume":  # one agent's tools: of --config, or --agent of --configs
+            add_agent_arguments(command)
             continue
         command.add_argument("--config", help="config file (default: $MAILAGENT_CONFIG, "
                              "then the user config dir)")
