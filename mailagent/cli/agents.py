@@ -1,10 +1,10 @@
 """Which agent a command reads: `--config PATH`, or `--agent NAME` of the deployment
 `--configs DIR`; and `mailagent status`, of one agent or of every agent of a deployment.
 
-In: the parsed command line. Out: the config file of the agent that `show`, `history` and
-`logs` (and `resume`) read; for `status`, each agent's status under its name, where an agent whose config or
-database cannot be read is shown with its error and makes the exit code 1. Side effects: none;
-reads only, without secrets. It never walks a deployment's folder itself: deployment.py finds
+In: the parsed command line. Out: the config file of the agent that `show`, `history`, `logs`
+and `resume` read; for `status`, each agent's status under its name, where an agent whose config
+or database cannot be read is shown with its error and makes the exit code 1. Side effects:
+none; reads only, without secrets. It never walks a deployment's folder itself: deployment.py finds
 and loads the agents, so every command agrees on which agents there are.
 """
 
