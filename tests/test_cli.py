@@ -211,3 +211,15 @@ def test_check_says_a_host_list_is_refused_without_srt_and_how_to_install_it(
     assert line.startswith("error: run_command is refused at every call"), line
     assert "only pypi.org" in line and "npm install" in line and "not executable" in line
     assert result.returncode == 1
+
+
+def test_output_cut_short_by_its_reader_ends_quietly() -> None:
+    # `mailagent example policy | head -1`: the reader goes away before mailagent writes.
+    process = subprocess.Popen([sys.executable, "-m", "mailagent", "example", "policy"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    with process.stderr:
+        stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 1
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr

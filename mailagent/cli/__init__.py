@@ -397,3 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:  # the reader has gone (`mailagent status | head`): nothing to say
+        # Python's own recipe (the signal module's "Note on SIGPIPE"): no second error as the
+        # interpreter flushes stdout on its way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
