@@ -135,6 +135,31 @@ def test_a_lock_whose_session_the_server_ended_is_taken_again_if_nobody_took_it(
     assert second.mailbox_holder(MAILBOX) is None
 
 
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_who_holds_a_lock_is_read_from_the_server_without_taking_it(
+        stores: tuple[Store, Store], tmp_path: Path) -> None:
+    # Keys of both signs: a bigint key shows in pg_locks split in two unsigned halves.
+    mailboxes = [mailbox_identity("127.0.0.1", f"agent{n}@example.com", "INBOX")
+                 for n in range(40)]
+    negative = next(m for m in mailboxes if advisory_key(m) < 0)
+    positive = next(m for m in mailboxes if advisory_key(m) > 0)
+    first, second = stores
+    for mailbox in (negative, positive):
+        claim = MailboxClaim(first.engine, mailbox, tmp_path / "a")
+        claim.take()
+        try:
+            holder = second.mailbox_holder(mailbox)
+            assert holder is not None and holder.pid == os.getpid(), mailbox
+            with second.engine.begin() as connection:  # the reader took no lock of its own
+                held = connection.execute(text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND pid <> pg_backend_pid()")).scalar()
+            assert held == 1
+        finally:
+            claim.release()
+        assert second.mailbox_holder(mailbox) is None
+
+
 def end_other_sessions(store: Store) -> None:
     """What a restart of the server, or a network cut, does to every other connection.
 

@@ -248,8 +248,13 @@ def holder_of(engine: Engine, mailbox: str) -> Holder | None:
 
 
 def _is_lock_free(connection: Connection, mailbox: str) -> bool:
-    key = {"key": advisory_key(mailbox)}
-    if not connection.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar():
-        return False
-    connection.execute(text("SELECT pg_advisory_unlock(:key)"), key)
-    return True
+    """Whether no session holds the mailbox's lock, read from pg_locks without trying to take
+    it: a try would hold it for a moment, and a service starting at that moment would refuse
+    to run. A bigint key shows as its high half in classid, its low half in objid, and
+    objsubid 1 (PostgreSQL's documentation of pg_locks, "advisory locks")."""
+    key = advisory_key(mailbox) & 0xFFFF_FFFF_FFFF_FFFF
+    return not connection.execute(text(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "AND classid::bigint = :high AND objid::bigint = :low AND objsubid = 1)"),
+        {"high": key >> 32, "low": key & 0xFFFF_FFFF}).scalar()
