@@ -95,7 +95,9 @@ def test_status_shows_what_a_running_task_did_so_far_and_show_n_what_it_did(
         cost_so_far = so_far.cost_usd
         assert cost_so_far > 0 and running["cost_usd"] == round(cost_so_far, 6)
         assert running["tokens"] == so_far.tokens > 0
-        assert data["service"] == {"running": True}
+        assert data["service"]["running"] is True
+        assert service.process is not None
+        assert data["service"]["holder"]["pid"] == service.process.pid  # the mailbox's holder
         assert smtp_server.messages == []  # nothing is mailed unasked
 
         dovecot.append(owner_mail("status", "status"))

@@ -16,7 +16,7 @@ import pytest
 from mailagent.cli.status_view import as_json, plain_lines, take_snapshot
 from mailagent.mail.mailbox import Fetched
 from mailagent.service import Service
-from mailagent.store import Store
+from mailagent.store import Store, mailbox_identity
 from tests.support.config import settings_for_tests, write_config
 from tests.support.dovecot import Dovecot
 from tests.support.mail import owner_mail
@@ -65,7 +65,7 @@ def test_status_json_has_the_stable_keys(served: ServiceProcess) -> None:
     assert data["schedules"] == [] and data["approvals"] == [] and data["commands"] == []
     assert data["held"] == [] and data["halt"] is None
     assert data["duplicates"] == [] and data["gave_up"] == []
-    assert data["running"] == [] and data["service"] == {"running": False}
+    assert data["running"] == [] and data["service"] == {"running": False, "holder": None}
     [today] = data["today"]["tasks"]
     assert (today["task_id"], today["state"]) == (task["task_id"], "done")
     assert set(today) == {"task_id", "conversation", "state", "subject", "started_at",
@@ -102,6 +102,29 @@ def test_status_shows_mail_seen_twice_and_mail_given_up(tmp_path: Path) -> None:
     assert "Duplicates (seen before, not acted on again):" in text
     assert "raw #1 uid 2" in text
     assert f"raw #{saved.raw_message_id}: gave up after 3 attempts" in text
+
+
+def test_status_names_the_service_of_another_computer_that_holds_the_mailbox(
+        tmp_path: Path) -> None:
+    """One database, the mailbox's service on another computer: this one runs nothing, and
+    says who watches the mailbox rather than "not running"."""
+    settings = settings_for_tests(tmp_path)
+    store = Store.open(settings.database_url)
+    snap = take_snapshot(store, settings)
+    assert as_json(snap)["service"] == {"running": False, "holder": None}
+    assert "Service: not running (start it with `mailagent run`" in "\n".join(plain_lines(snap))
+    elsewhere = tmp_path / "laptop-data"  # the other service's data directory
+    mailbox = mailbox_identity(settings.imap.host, settings.imap.username, settings.imap.folder)
+    with store.claim_mailbox(mailbox, elsewhere, lambda _why: None):
+        snap = take_snapshot(store, settings)
+    holder = as_json(snap)["service"]["holder"]
+    assert as_json(snap)["service"]["running"] is False
+    assert holder["data_dir"] == str(elsewhere.resolve()) and holder["pid"] == os.getpid()
+    assert holder["since"].startswith("20")
+    text = "\n".join(plain_lines(snap))
+    assert "Service: not running here; the mailbox is watched by a service on host " in text
+    assert f"data_dir {elsewhere.resolve()}" in text
+    store.close()
 
 
 def read_terminal(command: list[str], env: dict[str, str]) -> str:

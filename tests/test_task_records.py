@@ -97,7 +97,7 @@ def test_today_lists_each_outcome_duration_and_cost_and_the_total_against_the_ca
     assert first["duration_seconds"] is not None and first["cost_usd"] == 0.25
     assert (second["state"], second["cost_usd"]) == ("failed", 0.5)
     assert (third["started_at"], third["duration_seconds"]) == (None, None)
-    assert data["service"] == {"running": False}
+    assert data["service"] == {"running": False, "holder": None}
     lines = "\n".join(plain_lines(take_snapshot(store, settings)))
     assert f"#{third['task_id']} [main] cancelled, not started, $0.0000: never ran" in lines
     assert ("today: 3 task(s), $0.7500; last 24 hours $0.7500 of the daily limit $3.00 "

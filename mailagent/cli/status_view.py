@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from mailagent.instance import is_service_running
 from mailagent.mail.canary import status_lines as canary_lines
 from mailagent.settings import Settings
-from mailagent.store import Store
+from mailagent.store import Holder, Store, mailbox_identity
 from mailagent.store.halts import HaltView, active_halt
 from mailagent.store.views import (
     ApprovalView,
@@ -80,6 +80,7 @@ class Snapshot:
     running: list[Progress] | None = None  # what each running task is doing now
     day: Day | None = None  # today's tasks and what they cost (with the settings only)
     service_running: bool | None = None  # whether a service holds the lock (None: not asked)
+    holder: Holder | None = None  # the service, of any computer, that holds the mailbox now
     at: datetime | None = None  # when the snapshot was taken
 
 
@@ -99,7 +100,9 @@ def take_snapshot(store: Store, settings: Settings | None = None) -> Snapshot:
         duplicates=store.audit_events("intake.duplicate", limit=RECENT),
         gave_up=store.audit_events("intake.gave_up", limit=RECENT),
         running=running_progress(store), day=day, at=now,
-        service_running=None if settings is None else is_service_running(settings.data_dir))
+        service_running=None if settings is None else is_service_running(settings.data_dir),
+        holder=None if settings is None else store.mailbox_holder(mailbox_identity(
+            settings.imap.host, settings.imap.username, settings.imap.folder)))
 
 
 def snapshot_of(settings: Settings) -> Snapshot:
@@ -164,7 +167,9 @@ def as_json(snap: Snapshot) -> dict[str, Any]:
             "conversation": snap.halt.detail.get("conversation")},
         "running": [progress_json(p, _now(snap)) for p in snap.running or []],
         "today": None if snap.day is None else day_json(snap.day, _now(snap)),
-        "service": {"running": snap.service_running},
+        "service": {"running": snap.service_running, "holder": None if snap.holder is None else {
+            "host": snap.holder.host, "pid": snap.holder.pid, "data_dir": snap.holder.data_dir,
+            "since": iso(snap.holder.since)}},
     }
 
 
@@ -177,6 +182,9 @@ def service_line(snap: Snapshot) -> list[str]:
         return []
     if snap.service_running:
         return ["Service: running (it holds the data directory's lock)"]
+    if snap.holder is not None:  # another computer's, on the same database
+        return [f"Service: not running here; the mailbox is watched by a service on "
+                f"{snap.holder.line()}"]
     return ["Service: not running (start it with `mailagent run`, or `mailagent service "
             "install`); mail waits in the mailbox meanwhile"]
 
