@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from mailagent.config import Settings, load_settings
 from mailagent.errors import ConfigError
-from mailagent.store.claims import mailbox_identity
+from mailagent.store.claims import mailbox_of
 from mailagent.store.db import without_password
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def shared(a: str, sa: Settings, b: str, sb: Settings) -> list[str]:
         shown = without_password(sa.database_url)
         problems.append(f"agents {a} and {b} share the database {shown} "
                         f"({where}): give each its own database_url (another database or file)")
-    if mailbox_of(sa) == mailbox_of(sb):
+    if mailbox_of(sa.imap) == mailbox_of(sb.imap):
         problems.append(f"agents {a} and {b} watch the same mailbox {sa.imap.username} "
                         f"({sa.imap.folder} on {sa.imap.host}) ({where}): give each its own "
                         "address")
@@ -181,10 +181,6 @@ def database_key(database_url: str) -> tuple[str, ...]:
     port = parts.port or DEFAULT_PORTS.get(scheme)
     return (scheme, (parts.hostname or "").lower(), str(port or ""), parts.path.strip("/"))
 
-
-def mailbox_of(s: Settings) -> str:
-    """One key for a mailbox, the one its service claims in the store."""
-    return mailbox_identity(s.imap.host, s.imap.username, s.imap.folder)
 
 
 # ------------------------------------------------------------ the supervisor

@@ -51,7 +51,7 @@ from mailagent.mail.render import check_templates
 from mailagent.mail.threads import CommandRoute, TaskRoute, route
 from mailagent.policy import PolicyWatcher
 from mailagent.policy.sandbox import find_sandbox
-from mailagent.store import NewCommand, NewTask, Outbound, ReplyTarget, Store, mailbox_identity
+from mailagent.store import NewCommand, NewTask, Outbound, ReplyTarget, Store, mailbox_of
 from mailagent.tasks.keepawake import KeepAwake
 from mailagent.tasks.scheduler import Scheduler
 from mailagent.tasks.stoppage import Stoppage
@@ -400,7 +400,7 @@ def run_service(settings: Settings) -> None:
     with instance_lock(settings.data_dir):
         store = Store.open(settings.database_url)
         imap = settings.imap
-        mailbox = mailbox_identity(imap.host, imap.username, imap.folder)
+        mailbox = mailbox_of(imap)
         try:
             with store.claim_mailbox(mailbox, settings.data_dir, on_lost=stop_for_lost_claim):
                 asyncio.run(Service(settings, store).run())

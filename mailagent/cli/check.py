@@ -38,7 +38,7 @@ from mailagent.policy.sandbox import (
     process_limit_kind,
 )
 from mailagent.policy.skills import describe_catalogue, read_skills
-from mailagent.store import Store, mailbox_identity
+from mailagent.store import Store, mailbox_of
 from mailagent.store.halts import active_halt
 from mailagent.tasks.when import read_schedules_file
 
@@ -277,7 +277,7 @@ def _check_schedules(settings: Settings) -> str:
 def _check_store(loaded: Loaded) -> str:
     """The database, migrated, and whether its claim on the mailbox is free (SECURITY.md L5)."""
     imap = loaded.settings.imap
-    mailbox = mailbox_identity(imap.host, imap.username, imap.folder)
+    mailbox = mailbox_of(imap)
     store = loaded.store()
     holder = store.mailbox_holder(mailbox)
     database = store.describe()

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from mailagent.instance import is_service_running
 from mailagent.mail.canary import status_lines as canary_lines
 from mailagent.settings import Settings
-from mailagent.store import Holder, Store, mailbox_identity
+from mailagent.store import Holder, Store, mailbox_of
 from mailagent.store.halts import HaltView, active_halt
 from mailagent.store.views import (
     ApprovalView,
@@ -101,8 +101,7 @@ def take_snapshot(store: Store, settings: Settings | None = None) -> Snapshot:
         gave_up=store.audit_events("intake.gave_up", limit=RECENT),
         running=running_progress(store), day=day, at=now,
         service_running=None if settings is None else is_service_running(settings.data_dir),
-        holder=None if settings is None else store.mailbox_holder(mailbox_identity(
-            settings.imap.host, settings.imap.username, settings.imap.folder)))
+        holder=None if settings is None else store.mailbox_holder(mailbox_of(settings.imap)))
 
 
 def snapshot_of(settings: Settings) -> Snapshot:

@@ -71,20 +71,22 @@ def prlimit_argv(limits: Limits) -> list[str]:
     program = shutil.which("prlimit")
     if program is None:
         return []
-    # RLIMIT_NPROC counts every process of the user, not only the command's: leave room for
-    # the ones already running, or a busy desktop session could not start the sandbox at all.
-    nproc = limits.max_processes + (processes_of(os.getuid()) if os.geteuid() != 0 else 0)
-    return [program, f"--as={limits.memory_bytes}", f"--nproc={nproc}",
+    return [program, f"--as={limits.memory_bytes}", f"--nproc={_nproc(limits)}",
             f"--fsize={limits.max_file_bytes}", "--core=0", "--nofile=1024", "--"]
+
+
+def _nproc(limits: Limits) -> int:
+    """RLIMIT_NPROC counts every process of the user, not only the command's: room is left for
+    the ones already running, or a busy desktop session could not start the sandbox at all."""
+    return limits.max_processes + (processes_of(os.getuid()) if os.geteuid() != 0 else 0)
 
 
 def launcher_argv(limits: Limits, unset: tuple[str, ...] = (),
                   setting: dict[str, str] | None = None) -> list[str]:
     """The prefix that runs a command under `limits` with the Python running mailagent (every
     sandbox shows it), dropping the variables named in `unset` and setting those of `setting`."""
-    nproc = limits.max_processes + (processes_of(os.getuid()) if os.geteuid() != 0 else 0)
-    return [sys.executable, "-I", "-S", "-c", LAUNCHER, str(limits.memory_bytes), str(nproc),
-            str(limits.max_file_bytes), "0", "1024", ",".join(unset),
+    return [sys.executable, "-I", "-S", "-c", LAUNCHER, str(limits.memory_bytes),
+            str(_nproc(limits)), str(limits.max_file_bytes), "0", "1024", ",".join(unset),
             json.dumps(setting or {})]
 
 

@@ -133,11 +133,11 @@ def alone_settings(hosts: tuple[str, ...], proxy: str | None, *, read: tuple[Pat
     writable = (*write, workspace)
     if sys.platform == "linux":  # srt's Linux backend binds a read folder over a write folder
         read = tuple(entry for root in read for entry in cover(root, writable)  # inside it
-                     if entry == root or not any(_under(entry, h) for h in hidden))
+                     if entry == root or not any(entry.is_relative_to(h) for h in hidden))
     shown = (*read, *writable)
-    deny_read = [covered for path in hidden if any(_under(path, root) for root in shown)
+    deny_read = [covered for path in hidden if any(path.is_relative_to(root) for root in shown)
                  for covered in cover(path, shown)]
-    deny_write = [covered for path in hidden if any(_under(path, root) for root in writable)
+    deny_write = [covered for path in hidden if any(path.is_relative_to(root) for root in writable)
                   for covered in cover(path, writable)]
     return {"network": _network(hosts, proxy),
             "filesystem": {"denyRead": ["/", *map(str, deny_read)],
@@ -165,10 +165,6 @@ def _network(hosts: tuple[str, ...], proxy: str | None) -> dict[str, object]:
     if proxy:
         network["parentProxy"] = {"http": proxy, "https": proxy}
     return network
-
-
-def _under(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
 
 
 def write_settings(folder: Path, settings: dict[str, object]) -> Path:

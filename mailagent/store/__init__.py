@@ -9,7 +9,7 @@ so that a crash between two calls leaves a state the service can resume from.
 from __future__ import annotations
 
 from mailagent.store.approvals import ApprovalStore
-from mailagent.store.claims import ClaimStore, Holder, mailbox_identity
+from mailagent.store.claims import ClaimStore, Holder, mailbox_identity, mailbox_of
 from mailagent.store.db import create_store_engine
 from mailagent.store.drafts import DraftStore
 from mailagent.store.held import HeldStore
@@ -84,6 +84,7 @@ __all__ = [
     "Usage",
     "create_store_engine",
     "mailbox_identity",
+    "mailbox_of",
 ]
 
 

@@ -25,6 +25,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, and_, delete, insert, or_, select, text, update
 from sqlalchemy.engine import Engine
@@ -34,6 +35,9 @@ from sqlmodel import SQLModel
 from mailagent.errors import AlreadyRunningError, StoreError
 from mailagent.store.db import MailStore, _aware
 from mailagent.store.tables import utcnow
+
+if TYPE_CHECKING:
+    from mailagent.settings import ImapSettings
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,11 @@ def mailbox_identity(host: str, username: str, folder: str) -> str:
     than watched twice), and of INBOX, whose name IMAP takes in any case (RFC 3501 5.1)."""
     inbox = folder.strip().upper() == "INBOX"
     return f"{host.strip().lower()}/{username.strip().lower()}/{'INBOX' if inbox else folder}"
+
+
+def mailbox_of(imap: ImapSettings) -> str:
+    """The identity of the mailbox a config's [imap] section watches."""
+    return mailbox_identity(imap.host, imap.username, imap.folder)
 
 
 def advisory_key(mailbox: str) -> int:
